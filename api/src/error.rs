@@ -1,0 +1,68 @@
+//! The one HTTP error type. 4xx carry a useful message (and the field it is
+//! about); 5xx carry a generic body, with the cause logged once, here.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+#[derive(Debug)]
+pub enum ApiError {
+    BadRequest { message: String, field: Option<String> },
+    Unauthorized,
+    NotFound(String),
+    Unavailable(String),
+    Internal(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ApiError {
+    pub fn bad(message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            message: message.into(),
+            field: Some(field.into()),
+        }
+    }
+}
+
+impl<E> From<E> for ApiError
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn from(e: E) -> Self {
+        Self::Internal(e.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = match self {
+            ApiError::BadRequest { message, field } => {
+                let mut body = json!({ "error": message });
+                if let Some(field) = field {
+                    body["field"] = json!(field);
+                }
+                (StatusCode::BAD_REQUEST, body)
+            }
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                json!({"error": "missing or invalid bearer token"}),
+            ),
+            ApiError::NotFound(what) => (StatusCode::NOT_FOUND, json!({ "error": what })),
+            ApiError::Unavailable(what) => (StatusCode::SERVICE_UNAVAILABLE, json!({ "error": what })),
+            ApiError::Internal(cause) => {
+                tracing::error!(error = %cause, "request failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, json!({"error": "internal error"}))
+            }
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

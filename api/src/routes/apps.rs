@@ -1,0 +1,114 @@
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use norn_shared::db::{apps, deployments, routes};
+use norn_shared::domain::AppName;
+use norn_shared::infraspec::{InfraSpec, SpecErrors};
+use serde_json::{Value, json};
+
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+/// Parses an app id from the path, or 400.
+pub fn app_id(raw: &str) -> ApiResult<AppName> {
+    AppName::parse(raw).map_err(|e| ApiError::field("id", format!("invalid app id: {e}")))
+}
+
+fn spec_error(errors: SpecErrors) -> ApiError {
+    let first = errors.first().clone();
+    let message = if first.field.is_empty() {
+        first.message
+    } else {
+        format!("{}: {}", first.field, first.message)
+    };
+    ApiError::BadRequest {
+        message,
+        field: (!first.field.is_empty()).then_some(first.field),
+    }
+}
+
+/// Decodes a spec sent as JSON or YAML into the stored document and the typed spec.
+pub fn decode(headers: &HeaderMap, body: &[u8]) -> ApiResult<(Value, InfraSpec)> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("json"));
+    let text = std::str::from_utf8(body).map_err(|_| ApiError::bad("the body must be UTF-8 text"))?;
+    let document: Value = if is_json {
+        serde_json::from_str(text).map_err(|e| ApiError::bad(format!("invalid JSON: {e}")))?
+    } else {
+        let yaml: serde_yaml::Value =
+            serde_yaml::from_str(text).map_err(|e| ApiError::bad(format!("invalid YAML: {e}")))?;
+        serde_json::to_value(yaml).map_err(|e| ApiError::bad(format!("unsupported YAML: {e}")))?
+    };
+    let spec = InfraSpec::from_json(document.clone()).map_err(spec_error)?;
+    Ok((document, spec))
+}
+
+pub async fn register(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<(StatusCode, Json<Value>)> {
+    let (document, spec) = decode(&headers, &body)?;
+    let mut conn = state.pool.acquire().await?;
+    let created = apps::upsert(&mut conn, &spec, &document, "api", None).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(json!({ "id": spec.name, "created": created, "spec": spec }))))
+}
+
+pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let mut conn = state.pool.acquire().await?;
+    let list = apps::list(&mut conn).await?;
+    Ok(Json(json!(list)))
+}
+
+pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let id = app_id(&id)?;
+    let mut conn = state.pool.acquire().await?;
+    let app = apps::get(&mut conn, id.as_str())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("app {id} is not registered")))?;
+    let recent = deployments::list(
+        &mut conn,
+        &deployments::ListFilter {
+            app: Some(id.as_str()),
+            limit: 10,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let current = deployments::current(&mut conn, id.as_str()).await?;
+    let routes = routes::for_app(&mut conn, id.as_str()).await?;
+    Ok(Json(json!({
+        "app": app,
+        "current": current,
+        "routes": routes,
+        "deployments": recent,
+    })))
+}
+
+/// Registers every `<dir>/*/infraspec.yaml`. A broken spec is logged and
+/// skipped so one bad app never keeps the API from starting.
+pub async fn register_dir(pool: &sqlx::PgPool, dir: &std::path::Path) -> Result<usize, sqlx::Error> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        tracing::info!(dir = %dir.display(), "apps directory not found; nothing to register");
+        return Ok(0);
+    };
+    let mut count = 0;
+    for entry in entries.flatten() {
+        let path = entry.path().join("infraspec.yaml");
+        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        let parsed = serde_yaml::from_str::<serde_yaml::Value>(&text)
+            .map_err(|e| e.to_string())
+            .and_then(|y| serde_json::to_value(y).map_err(|e| e.to_string()))
+            .and_then(|doc| InfraSpec::from_json(doc.clone()).map(|s| (doc, s)).map_err(|e| e.to_string()));
+        match parsed {
+            Ok((doc, spec)) => {
+                let dir = entry.path().canonicalize().unwrap_or(entry.path());
+                let mut conn = pool.acquire().await?;
+                apps::upsert(&mut conn, &spec, &doc, "apps_dir", dir.to_str()).await?;
+                count += 1;
+            }
+            Err(e) => tracing::warn!(file = %path.display(), error = %e, "skipping app with an invalid infraspec"),
+        }
+    }
+    Ok(count)
+}

@@ -1,0 +1,150 @@
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use norn_shared::db::deployments::{self, ListFilter, NewDeployment};
+use norn_shared::db::saga::{self, NewSagaEvent};
+use norn_shared::db::apps;
+use norn_shared::domain::{DeploymentStatus, GitRef, new_deployment_id};
+use norn_shared::events::{self, Event};
+use norn_shared::jobs::DeployJob;
+use norn_shared::queue::{self, Queue};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::apps::app_id;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DeployBody {
+    #[serde(rename = "ref")]
+    git_ref: Option<String>,
+}
+
+/// Records a `queued` deployment and pushes its job in one transaction.
+pub async fn deploy(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let app = app_id(&id)?;
+    let body: DeployBody = if body.iter().all(|b| b.is_ascii_whitespace()) {
+        DeployBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))?
+    };
+    let git_ref = GitRef::parse(body.git_ref.as_deref().unwrap_or("HEAD")).map_err(|e| ApiError::field("ref", e))?;
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 200)
+                .ok_or_else(|| ApiError::field("Idempotency-Key", "must be 1..200 visible ASCII characters"))?,
+        ),
+    };
+    let actor = if state.config.api_token.is_some() { "api-token" } else { "api" };
+
+    let mut tx = state.pool.begin().await?;
+    if apps::get(&mut tx, app.as_str()).await?.is_none() {
+        return Err(ApiError::NotFound(format!("app {app} is not registered")));
+    }
+    let id = new_deployment_id();
+    let (deployment, created) = deployments::insert_queued(
+        &mut tx,
+        &NewDeployment {
+            id: &id,
+            app: app.as_str(),
+            git_ref: git_ref.as_str(),
+            idempotency_key: key,
+            triggered_by: actor,
+        },
+    )
+    .await?;
+    if !created {
+        tx.rollback().await?;
+        return Ok((StatusCode::OK, Json(json!({"id": deployment.id, "status": deployment.status, "duplicate": true}))));
+    }
+    let job = DeployJob {
+        deployment_id: id.clone(),
+        app: app.to_string(),
+    };
+    queue::enqueue(&mut tx, Queue::Deploy, &job, Some(&id)).await?;
+    saga::append(
+        &mut tx,
+        NewSagaEvent {
+            saga_id: &id,
+            app: app.as_str(),
+            category: "deploy",
+            action: "deploy.queued",
+            step: None,
+            message: git_ref.as_str(),
+            actor,
+            metadata: json!({"ref": git_ref}),
+        },
+    )
+    .await?;
+    events::publish(&mut tx, &Event::new("deploy.queued", app.as_str(), json!(deployment))).await?;
+    tx.commit().await?;
+    tracing::info!(app = %app, deployment.id = %id, r#ref = %git_ref, "deploy queued");
+    Ok((StatusCode::ACCEPTED, Json(json!({"id": id, "status": "queued"}))))
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    app: Option<String>,
+    status: Option<String>,
+    limit: Option<i64>,
+}
+
+pub async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
+    let app = q.app.as_deref().map(app_id).transpose()?;
+    let status = q
+        .status
+        .as_deref()
+        .map(str::parse::<DeploymentStatus>)
+        .transpose()
+        .map_err(|e| ApiError::field("status", e))?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::field("limit", "must be 1..500"));
+    }
+    let mut conn = state.pool.acquire().await?;
+    let list = deployments::list(
+        &mut conn,
+        &ListFilter {
+            app: app.as_ref().map(|a| a.as_str()),
+            status,
+            limit,
+        },
+    )
+    .await?;
+    Ok(Json(json!(list)))
+}
+
+fn deployment_id(raw: &str) -> ApiResult<&str> {
+    uuid::Uuid::parse_str(raw)
+        .map(|_| raw)
+        .map_err(|_| ApiError::field("id", "deployment ids are UUIDs"))
+}
+
+pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let id = deployment_id(&id)?;
+    let mut conn = state.pool.acquire().await?;
+    let d = deployments::get(&mut conn, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("deployment {id} not found")))?;
+    Ok(Json(json!(d)))
+}
+
+pub async fn events(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let id = deployment_id(&id)?;
+    let mut conn = state.pool.acquire().await?;
+    if deployments::get(&mut conn, id).await?.is_none() {
+        return Err(ApiError::NotFound(format!("deployment {id} not found")));
+    }
+    Ok(Json(json!(saga::for_saga(&mut conn, id).await?)))
+}

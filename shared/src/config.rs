@@ -1,0 +1,173 @@
+//! Configuration from environment variables into one typed struct. Every
+//! variable is documented, with its default, in the README.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::domain::parse_duration;
+
+/// A value that must never reach a log line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{var}: {message}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub message: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `NORN_BIND_ADDR`
+    pub bind_addr: IpAddr,
+    /// `NORN_PORT`
+    pub port: u16,
+    /// `DATABASE_URL` (also read as `NORN_DATABASE_URL`). `None` only matters to `norn up`,
+    /// which then starts a private cluster.
+    pub database_url: Option<Secret>,
+    /// `NORN_APP_DATABASE_URL`: the server that holds app databases (snapshots, migrations).
+    pub app_database_url: Option<Secret>,
+    /// `NORN_APPS_DIR`
+    pub apps_dir: PathBuf,
+    /// `NORN_GIT_TOKEN`
+    pub git_token: Option<Secret>,
+    /// `NORN_GIT_SSH_KEY`: path of a private key file.
+    pub git_ssh_key: Option<PathBuf>,
+    /// `NORN_REGISTRY_URL`
+    pub registry_url: Option<String>,
+    /// `NORN_SNAPSHOTS_DIR`
+    pub snapshots_dir: PathBuf,
+    /// `NORN_API_TOKEN`
+    pub api_token: Option<Secret>,
+    /// `NORN_WORK_DIR`: where checkouts are made.
+    pub work_dir: PathBuf,
+    /// `NORN_WORKER_CONCURRENCY`: jobs one worker runs at once per queue.
+    pub worker_concurrency: usize,
+    /// `NORN_DOCKER_NETWORK`: the bridge network app containers join.
+    pub docker_network: String,
+    /// `NORN_PG_BIN_DIR`: where `pg_dump`, `initdb`, `pg_ctl` live.
+    pub pg_bin_dir: Option<PathBuf>,
+    /// `NORN_HEALTHY_TIMEOUT`: how long a new release may take to answer its health path.
+    pub healthy_timeout: Duration,
+    /// `NORN_DRAIN_GRACE`: how long the old release keeps running after the switch.
+    pub drain_grace: Duration,
+    /// `NORN_JOB_RETENTION`: finished queue rows older than this are pruned.
+    pub job_retention: Duration,
+    /// `NORN_INGRESS_PORT`: the port the api serves app traffic on (0 disables).
+    pub ingress_port: u16,
+    /// `NORN_NODE_NAME`: a human name for this process in logs and the cluster registry.
+    pub node_name: String,
+}
+
+fn var(name: &'static str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn parsed<T: std::str::FromStr>(name: &'static str, default: T) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match var(name) {
+        None => Ok(default),
+        Some(raw) => raw.trim().parse().map_err(|e: T::Err| ConfigError {
+            var: name,
+            message: format!("cannot parse {raw:?}: {e}"),
+        }),
+    }
+}
+
+fn duration(name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+    match var(name) {
+        None => Ok(default),
+        Some(raw) => parse_duration(&raw).map_err(|message| ConfigError { var: name, message }),
+    }
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let worker_concurrency = parsed("NORN_WORKER_CONCURRENCY", 4usize)?;
+        if worker_concurrency == 0 {
+            return Err(ConfigError {
+                var: "NORN_WORKER_CONCURRENCY",
+                message: "must be at least 1".into(),
+            });
+        }
+        let host = var("HOSTNAME").unwrap_or_else(|| "norn".into());
+        Ok(Self {
+            bind_addr: parsed("NORN_BIND_ADDR", IpAddr::from([127, 0, 0, 1]))?,
+            port: parsed("NORN_PORT", 8800u16)?,
+            database_url: var("DATABASE_URL")
+                .or_else(|| var("NORN_DATABASE_URL"))
+                .map(Secret::new),
+            app_database_url: var("NORN_APP_DATABASE_URL").map(Secret::new),
+            apps_dir: var("NORN_APPS_DIR").unwrap_or_else(|| "apps".into()).into(),
+            git_token: var("NORN_GIT_TOKEN").map(Secret::new),
+            git_ssh_key: var("NORN_GIT_SSH_KEY").map(PathBuf::from),
+            registry_url: var("NORN_REGISTRY_URL"),
+            snapshots_dir: var("NORN_SNAPSHOTS_DIR")
+                .unwrap_or_else(|| "snapshots".into())
+                .into(),
+            api_token: var("NORN_API_TOKEN").map(Secret::new),
+            work_dir: var("NORN_WORK_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| std::env::temp_dir().join("norn-work")),
+            worker_concurrency,
+            docker_network: var("NORN_DOCKER_NETWORK").unwrap_or_else(|| "norn".into()),
+            pg_bin_dir: var("NORN_PG_BIN_DIR").map(PathBuf::from),
+            healthy_timeout: duration("NORN_HEALTHY_TIMEOUT", Duration::from_secs(120))?,
+            drain_grace: duration("NORN_DRAIN_GRACE", Duration::from_secs(2))?,
+            job_retention: duration("NORN_JOB_RETENTION", Duration::from_secs(24 * 3600))?,
+            ingress_port: parsed("NORN_INGRESS_PORT", 8880u16)?,
+            node_name: var("NORN_NODE_NAME").unwrap_or(host),
+        })
+    }
+
+    /// The database URL every server role needs.
+    pub fn require_database_url(&self) -> Result<&str, ConfigError> {
+        self.database_url
+            .as_ref()
+            .map(Secret::expose)
+            .ok_or(ConfigError {
+                var: "DATABASE_URL",
+                message: "is not set (or run `norn up`, which starts a private Postgres)".into(),
+            })
+    }
+
+    /// The directory of PostgreSQL client/server binaries: configured, or the newest
+    /// Debian-style install, or `None` to rely on `PATH`.
+    pub fn pg_bin_dir(&self) -> Option<PathBuf> {
+        if let Some(dir) = &self.pg_bin_dir {
+            return Some(dir.clone());
+        }
+        let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|p| p.join("pg_dump").exists())
+            .collect();
+        found.sort_by_key(|p| {
+            p.parent()
+                .and_then(|v| v.file_name())
+                .and_then(|v| v.to_str())
+                .and_then(|v| v.parse::<u32>().ok())
+                .unwrap_or(0)
+        });
+        found.pop()
+    }
+}

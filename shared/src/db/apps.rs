@@ -1,0 +1,97 @@
+//! Registered apps. The stored spec is the document as the user wrote it (as
+//! JSON); it is re-validated on every read so a stored spec is never trusted
+//! blindly across Norn versions.
+
+use serde::Serialize;
+use sqlx::PgConnection;
+use sqlx::types::Json;
+
+use crate::infraspec::{InfraSpec, SpecErrors};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct Row {
+    id: String,
+    spec: Json<serde_json::Value>,
+    source: String,
+    source_dir: Option<String>,
+    created_at: chrono::DateTime<chrono::Utc>,
+    updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct App {
+    pub id: String,
+    pub spec: InfraSpec,
+    pub source: String,
+    /// For apps found under `NORN_APPS_DIR`: their directory, deployed when there is no repo.
+    pub source_dir: Option<String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error("stored spec of app {app} no longer validates: {errors}")]
+    Invalid { app: String, errors: SpecErrors },
+}
+
+impl TryFrom<Row> for App {
+    type Error = AppError;
+    fn try_from(row: Row) -> Result<Self, AppError> {
+        let spec = InfraSpec::from_json(row.spec.0).map_err(|errors| AppError::Invalid {
+            app: row.id.clone(),
+            errors,
+        })?;
+        Ok(App {
+            id: row.id,
+            spec,
+            source: row.source,
+            source_dir: row.source_dir,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+/// Registers or replaces an app. Returns `true` when it was new.
+pub async fn upsert(
+    conn: &mut PgConnection,
+    spec: &InfraSpec,
+    document: &serde_json::Value,
+    source: &str,
+    source_dir: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    let (created,): (bool,) = sqlx::query_as(
+        "INSERT INTO apps (id, spec, source, source_dir) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (id) DO UPDATE SET spec = excluded.spec, source = excluded.source,
+                                        source_dir = excluded.source_dir, updated_at = now()
+         RETURNING (xmax = 0)",
+    )
+    .bind(spec.name.as_str())
+    .bind(Json(document))
+    .bind(source)
+    .bind(source_dir)
+    .fetch_one(conn)
+    .await?;
+    Ok(created)
+}
+
+pub async fn get(conn: &mut PgConnection, id: &str) -> Result<Option<App>, AppError> {
+    let row: Option<Row> =
+        sqlx::query_as("SELECT id, spec, source, source_dir, created_at, updated_at FROM apps WHERE id = $1")
+            .bind(id)
+            .fetch_optional(conn)
+            .await?;
+    row.map(App::try_from).transpose()
+}
+
+pub async fn list(conn: &mut PgConnection) -> Result<Vec<App>, AppError> {
+    let rows: Vec<Row> =
+        sqlx::query_as("SELECT id, spec, source, source_dir, created_at, updated_at FROM apps ORDER BY id")
+            .fetch_all(conn)
+            .await?;
+    rows.into_iter().map(App::try_from).collect()
+}

@@ -1,0 +1,170 @@
+//! The `deployments` table. Status changes go through [`update`], which
+//! enforces the state machine from `domain::DeploymentStatus`.
+
+use serde::Serialize;
+use sqlx::PgConnection;
+use sqlx::types::Json;
+
+use super::DbError;
+use crate::domain::DeploymentStatus;
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct Deployment {
+    pub id: String,
+    pub app: String,
+    #[sqlx(rename = "ref")]
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    pub commit_sha: Option<String>,
+    pub image_tag: Option<String>,
+    pub status: String,
+    pub steps: Json<serde_json::Value>,
+    pub error: Option<String>,
+    pub failed_step: Option<String>,
+    pub triggered_by: String,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Deployment {
+    pub fn status(&self) -> DeploymentStatus {
+        // The column's CHECK constraint admits only known values.
+        self.status.parse().unwrap_or(DeploymentStatus::Failed)
+    }
+}
+
+pub struct NewDeployment<'a> {
+    pub id: &'a str,
+    pub app: &'a str,
+    pub git_ref: &'a str,
+    pub idempotency_key: Option<&'a str>,
+    pub triggered_by: &'a str,
+}
+
+macro_rules! columns {
+    () => {
+        "id, app, ref, commit_sha, image_tag, status, steps, error, failed_step, \
+         triggered_by, started_at, finished_at"
+    };
+}
+
+/// Inserts a `queued` deployment. With an idempotency key that was used before
+/// for this app, returns the earlier deployment and `false`.
+pub async fn insert_queued(
+    conn: &mut PgConnection,
+    new: &NewDeployment<'_>,
+) -> Result<(Deployment, bool), DbError> {
+    let inserted: Option<Deployment> = sqlx::query_as(concat!("INSERT INTO deployments (id, app, ref, idempotency_key, triggered_by)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (app, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+         RETURNING ", columns!(), ""))
+    .bind(new.id)
+    .bind(new.app)
+    .bind(new.git_ref)
+    .bind(new.idempotency_key)
+    .bind(new.triggered_by)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(d) = inserted {
+        return Ok((d, true));
+    }
+    let existing: Deployment = sqlx::query_as(concat!("SELECT ", columns!(), " FROM deployments WHERE app = $1 AND idempotency_key = $2"))
+    .bind(new.app)
+    .bind(new.idempotency_key)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok((existing, false))
+}
+
+pub async fn get(conn: &mut PgConnection, id: &str) -> Result<Option<Deployment>, DbError> {
+    Ok(
+        sqlx::query_as(concat!("SELECT ", columns!(), " FROM deployments WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(conn)
+            .await?,
+    )
+}
+
+#[derive(Debug, Default)]
+pub struct ListFilter<'a> {
+    pub app: Option<&'a str>,
+    pub status: Option<DeploymentStatus>,
+    pub limit: i64,
+}
+
+pub async fn list(
+    conn: &mut PgConnection,
+    filter: &ListFilter<'_>,
+) -> Result<Vec<Deployment>, DbError> {
+    Ok(sqlx::query_as(concat!("SELECT ", columns!(), " FROM deployments
+         WHERE ($1::text IS NULL OR app = $1) AND ($2::text IS NULL OR status = $2)
+         ORDER BY started_at DESC, id DESC LIMIT $3"))
+    .bind(filter.app)
+    .bind(filter.status.map(|s| s.as_str()))
+    .bind(filter.limit)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// The newest deployed release of an app: what is serving now.
+pub async fn current(conn: &mut PgConnection, app: &str) -> Result<Option<Deployment>, DbError> {
+    Ok(sqlx::query_as(concat!("SELECT ", columns!(), " FROM deployments WHERE app = $1 AND status = 'deployed'
+         ORDER BY finished_at DESC LIMIT 1"))
+    .bind(app)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// A change to one deployment row; `None` fields are left as they are.
+#[derive(Debug, Default)]
+pub struct Update<'a> {
+    pub status: Option<DeploymentStatus>,
+    pub steps: Option<&'a serde_json::Value>,
+    pub commit_sha: Option<&'a str>,
+    pub image_tag: Option<&'a str>,
+    pub error: Option<&'a str>,
+    pub failed_step: Option<&'a str>,
+}
+
+/// Applies `update` after checking the status transition against the row,
+/// locked for the rest of the caller's transaction.
+pub async fn update(
+    conn: &mut PgConnection,
+    id: &str,
+    update: &Update<'_>,
+) -> Result<Deployment, DbError> {
+    let current: Option<(String,)> =
+        sqlx::query_as("SELECT status FROM deployments WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some((current,)) = current else {
+        return Err(DbError::DeploymentNotFound(id.to_owned()));
+    };
+    let current: DeploymentStatus = current.parse().unwrap_or(DeploymentStatus::Failed);
+    let next = match update.status {
+        Some(to) => current.transition(to)?,
+        None => current,
+    };
+    Ok(sqlx::query_as(concat!("UPDATE deployments SET
+            status = $2,
+            steps = COALESCE($3, steps),
+            commit_sha = COALESCE($4, commit_sha),
+            image_tag = COALESCE($5, image_tag),
+            error = COALESCE($6, error),
+            failed_step = COALESCE($7, failed_step),
+            finished_at = CASE WHEN $8 THEN now() ELSE finished_at END
+         WHERE id = $1
+         RETURNING ", columns!(), ""))
+    .bind(id)
+    .bind(next.as_str())
+    .bind(update.steps.map(Json))
+    .bind(update.commit_sha)
+    .bind(update.image_tag)
+    .bind(update.error)
+    .bind(update.failed_step)
+    .bind(next.is_terminal() && !current.is_terminal())
+    .fetch_one(conn)
+    .await?)
+}

@@ -1,0 +1,73 @@
+//! App leases: one mutating operation per app at a time, across all workers.
+//! The holder token is unique per process and attempt, so a restarted worker
+//! never inherits (and never keeps alive) a dead one's lease.
+
+use std::time::Duration;
+
+use sqlx::{PgConnection, PgPool};
+
+pub const RELEASED_CHANNEL: &str = "norn_lease_released";
+
+fn interval(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// Takes the lease if it is free, expired, or already ours.
+pub async fn try_acquire(
+    pool: &PgPool,
+    app: &str,
+    holder: &str,
+    operation: &str,
+    ttl: Duration,
+) -> Result<bool, sqlx::Error> {
+    let row: Option<(String,)> = sqlx::query_as(
+        "INSERT INTO app_leases (app, holder, operation, expires_at)
+         VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+         ON CONFLICT (app) DO UPDATE
+            SET holder = excluded.holder, operation = excluded.operation,
+                acquired_at = now(), expires_at = excluded.expires_at
+            WHERE app_leases.expires_at < now() OR app_leases.holder = excluded.holder
+         RETURNING app",
+    )
+    .bind(app)
+    .bind(holder)
+    .bind(operation)
+    .bind(interval(ttl))
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.is_some())
+}
+
+/// Extends a lease we hold. `false` means we lost it.
+pub async fn extend(
+    pool: &PgPool,
+    app: &str,
+    holder: &str,
+    ttl: Duration,
+) -> Result<bool, sqlx::Error> {
+    let res = sqlx::query(
+        "UPDATE app_leases SET expires_at = now() + make_interval(secs => $3)
+         WHERE app = $1 AND holder = $2",
+    )
+    .bind(app)
+    .bind(holder)
+    .bind(interval(ttl))
+    .execute(pool)
+    .await?;
+    Ok(res.rows_affected() == 1)
+}
+
+/// Releases a lease we hold and wakes workers waiting for the app.
+pub async fn release(conn: &mut PgConnection, app: &str, holder: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM app_leases WHERE app = $1 AND holder = $2")
+        .bind(app)
+        .bind(holder)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(RELEASED_CHANNEL)
+        .bind(app)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

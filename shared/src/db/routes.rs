@@ -1,0 +1,52 @@
+//! Where each app process is served. The deploy step switches a route in the
+//! same transaction that records the switch; the ingress follows it.
+
+use serde::Serialize;
+use sqlx::PgConnection;
+
+pub const CHANGED_CHANNEL: &str = "norn_routes";
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct Route {
+    pub app: String,
+    pub process: String,
+    pub upstream: String,
+    pub deployment_id: String,
+}
+
+pub async fn set(conn: &mut PgConnection, route: &Route) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO app_routes (app, process, upstream, deployment_id) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (app, process) DO UPDATE
+            SET upstream = excluded.upstream, deployment_id = excluded.deployment_id,
+                updated_at = now()",
+    )
+    .bind(&route.app)
+    .bind(&route.process)
+    .bind(&route.upstream)
+    .bind(&route.deployment_id)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANGED_CHANNEL)
+        .bind(&route.app)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn all(conn: &mut PgConnection) -> Result<Vec<Route>, sqlx::Error> {
+    sqlx::query_as("SELECT app, process, upstream, deployment_id FROM app_routes")
+        .fetch_all(conn)
+        .await
+}
+
+pub async fn for_app(conn: &mut PgConnection, app: &str) -> Result<Vec<Route>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT app, process, upstream, deployment_id FROM app_routes WHERE app = $1 ORDER BY process",
+    )
+    .bind(app)
+    .fetch_all(conn)
+    .await
+}

@@ -1,0 +1,16 @@
+//! Domain types: parsed once at the edge, trusted inside.
+
+mod app_name;
+mod duration;
+mod git_ref;
+mod status;
+
+pub use app_name::AppName;
+pub use duration::parse_duration;
+pub use git_ref::GitRef;
+pub use status::{DeploymentStatus, IllegalTransition, Step, StepStatus};
+
+/// A deployment id: a UUIDv7, so ids sort by creation time.
+pub fn new_deployment_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}

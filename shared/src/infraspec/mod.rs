@@ -1,0 +1,183 @@
+//! `infraspec.yaml`: parsed into typed, validated domain types. Every error
+//! names the field path it is about.
+
+mod raw;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::domain::AppName;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+/// All problems found in one spec, in document order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+pub struct SpecErrors(pub Vec<FieldError>);
+
+impl SpecErrors {
+    pub fn first(&self) -> &FieldError {
+        &self.0[0]
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InfraSpec {
+    pub name: AppName,
+    pub repo: Option<Repo>,
+    pub build: Build,
+    pub processes: BTreeMap<String, Process>,
+    pub services: Services,
+    pub migrations: Option<Migrations>,
+    pub env: BTreeMap<String, String>,
+    pub secrets: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Repo {
+    pub url: String,
+    pub branch: String,
+    pub auto_deploy: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Build {
+    pub dockerfile: String,
+    pub test: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Process {
+    pub port: Option<u16>,
+    pub command: Option<String>,
+    pub health: Option<Health>,
+    pub replicas: u32,
+    pub schedule: Option<Schedule>,
+    pub function: Option<Function>,
+}
+
+impl Process {
+    /// A long-running process (not a cron job, not an on-demand function).
+    pub fn is_service(&self) -> bool {
+        self.schedule.is_none() && self.function.is_none()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    pub path: String,
+    #[serde(with = "secs")]
+    pub interval: Duration,
+    #[serde(with = "secs")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Schedule {
+    /// As written: 5 fields, or 6 with seconds.
+    pub expression: String,
+    pub timezone: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Function {
+    #[serde(with = "secs")]
+    pub timeout: Duration,
+    pub memory_mb: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Services {
+    pub postgres: Option<Postgres>,
+    pub kv: Option<Kv>,
+    pub events: Option<Events>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Postgres {
+    pub database: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Kv {
+    pub namespace: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Events {
+    pub topics: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Migrations {
+    pub command: String,
+}
+
+mod secs {
+    use std::time::Duration;
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}ms", d.as_millis()))
+    }
+}
+
+impl InfraSpec {
+    /// Parses YAML (JSON is YAML too).
+    pub fn parse(text: &str) -> Result<Self, SpecErrors> {
+        let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
+            SpecErrors(vec![FieldError {
+                field: String::new(),
+                message: format!("not valid YAML: {e}"),
+            }])
+        })?;
+        let json = serde_json::to_value(value).map_err(|e| {
+            SpecErrors(vec![FieldError {
+                field: String::new(),
+                message: format!("unsupported YAML (keys must be strings): {e}"),
+            }])
+        })?;
+        Self::from_json(json)
+    }
+
+    /// Parses an already-decoded document (the API's JSON body, or a stored spec).
+    pub fn from_json(value: serde_json::Value) -> Result<Self, SpecErrors> {
+        if !value.is_object() {
+            return Err(SpecErrors(vec![FieldError {
+                field: String::new(),
+                message: "the infraspec must be a mapping".into(),
+            }]));
+        }
+        let raw: raw::RawSpec = serde_path_to_error::deserialize(value).map_err(|e| {
+            let field = e.path().to_string();
+            let field = if field == "." { String::new() } else { field };
+            SpecErrors(vec![FieldError {
+                field,
+                message: e.into_inner().to_string(),
+            }])
+        })?;
+        validate::validate(raw)
+    }
+
+    /// Processes that run continuously and may serve traffic.
+    pub fn services(&self) -> impl Iterator<Item = (&String, &Process)> {
+        self.processes.iter().filter(|(_, p)| p.is_service())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,129 @@
+//! The wire shape of `infraspec.yaml`, as written by users. Only
+//! [`super::InfraSpec::parse`] reads it; everything else uses the typed spec.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawSpec {
+    pub name: Option<String>,
+    /// Accepted for compatibility with the seeds; every registered app is deployable.
+    #[allow(dead_code)]
+    pub deploy: Option<bool>,
+    pub repo: Option<RawRepo>,
+    pub build: Option<RawBuild>,
+    #[serde(default)]
+    pub processes: BTreeMap<String, RawProcess>,
+    pub services: Option<RawServices>,
+    pub infrastructure: Option<RawServices>,
+    pub migrations: Option<RawMigrations>,
+    #[serde(default)]
+    pub env: BTreeMap<String, Scalar>,
+    #[serde(default)]
+    pub secrets: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawRepo {
+    pub url: Option<String>,
+    pub branch: Option<String>,
+    #[serde(default)]
+    pub auto_deploy: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawBuild {
+    pub dockerfile: Option<String>,
+    pub test: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawProcess {
+    pub port: Option<i64>,
+    pub command: Option<String>,
+    pub health: Option<RawHealth>,
+    pub replicas: Option<i64>,
+    pub schedule: Option<String>,
+    pub timezone: Option<String>,
+    pub function: Option<RawFunction>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawHealth {
+    pub path: Option<String>,
+    pub interval: Option<Scalar>,
+    pub timeout: Option<Scalar>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawFunction {
+    pub timeout: Option<Scalar>,
+    pub memory: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawServices {
+    pub postgres: Option<RawPostgres>,
+    pub kv: Option<RawKv>,
+    pub events: Option<RawEvents>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawPostgres {
+    pub database: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawKv {
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawEvents {
+    #[serde(default)]
+    pub topics: Vec<String>,
+}
+
+/// `migrations: "./migrate up"` or `migrations: {command: "./migrate up"}`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawMigrations {
+    Command(String),
+    Table {
+        command: Option<String>,
+        /// The seeds' v1 name for the target database; must match the app's.
+        database: Option<String>,
+    },
+}
+
+/// YAML writes `PORT: 8080` and `TIMEOUT: 30`; both are meant as strings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum Scalar {
+    Str(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl Scalar {
+    pub fn into_string(self) -> String {
+        match self {
+            Scalar::Str(s) => s,
+            Scalar::Int(i) => i.to_string(),
+            Scalar::Float(f) => f.to_string(),
+            Scalar::Bool(b) => b.to_string(),
+        }
+    }
+}

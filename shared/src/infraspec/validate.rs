@@ -1,0 +1,391 @@
+//! Turns the raw document into an [`InfraSpec`], collecting every problem with
+//! its field path.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::raw::{RawMigrations, RawProcess, RawServices, RawSpec, Scalar};
+use super::*;
+use crate::domain::{AppName, parse_duration};
+
+#[derive(Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+}
+
+fn is_env_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn is_process_name(s: &str) -> bool {
+    AppName::parse(s).is_ok() && s.len() <= 30
+}
+
+fn non_empty(value: Option<String>, field: &str, errors: &mut Errors) -> Option<String> {
+    match value.map(|v| v.trim().to_owned()) {
+        Some(v) if !v.is_empty() => Some(v),
+        _ => {
+            errors.push(field, "is required and must not be empty");
+            None
+        }
+    }
+}
+
+fn duration(
+    value: Option<Scalar>,
+    default: Duration,
+    field: &str,
+    errors: &mut Errors,
+) -> Duration {
+    let Some(value) = value else { return default };
+    match parse_duration(&value.into_string()) {
+        Ok(d) if !d.is_zero() => d,
+        Ok(_) => {
+            errors.push(field, "must be greater than zero");
+            default
+        }
+        Err(e) => {
+            errors.push(field, e);
+            default
+        }
+    }
+}
+
+pub(super) fn validate(raw: RawSpec) -> Result<InfraSpec, SpecErrors> {
+    let mut errors = Errors::default();
+
+    let name = match raw.name.as_deref().map(AppName::parse) {
+        Some(Ok(name)) => Some(name),
+        Some(Err(e)) => {
+            errors.push("name", e);
+            None
+        }
+        None => {
+            errors.push("name", "is required");
+            None
+        }
+    };
+
+    let repo = raw.repo.and_then(|r| {
+        let url = non_empty(r.url, "repo.url", &mut errors)?;
+        let looks_like_repo = ["https://", "http://", "ssh://", "git://", "file://", "/"]
+            .iter()
+            .any(|p| url.starts_with(p))
+            || (url.contains('@') && url.contains(':'));
+        if !looks_like_repo {
+            errors.push(
+                "repo.url",
+                format!("{url:?} is not a git URL (https://, ssh://, git@host:path, file:// or an absolute path)"),
+            );
+        }
+        let branch = r.branch.unwrap_or_else(|| "main".into());
+        if let Err(e) = crate::domain::GitRef::parse(&branch) {
+            errors.push("repo.branch", e);
+        }
+        Some(Repo {
+            url,
+            branch,
+            auto_deploy: r.auto_deploy,
+        })
+    });
+
+    let build = {
+        let b = raw.build;
+        let dockerfile = b
+            .as_ref()
+            .and_then(|b| b.dockerfile.clone())
+            .unwrap_or_else(|| "Dockerfile".into());
+        if dockerfile.starts_with('/') || dockerfile.split('/').any(|part| part == "..") {
+            errors.push(
+                "build.dockerfile",
+                "must be a path inside the repository (relative, no '..')",
+            );
+        }
+        let test = b.and_then(|b| b.test).filter(|t| !t.trim().is_empty());
+        Build { dockerfile, test }
+    };
+
+    if raw.processes.is_empty() {
+        errors.push("processes", "at least one process is required");
+    }
+    let mut processes = BTreeMap::new();
+    for (pname, p) in raw.processes {
+        let path = format!("processes.{pname}");
+        if !is_process_name(&pname) {
+            errors.push(
+                &path,
+                "process names must match ^[a-z0-9][a-z0-9-]*$ and be at most 30 characters",
+            );
+        }
+        if let Some(process) = process(p, &path, &mut errors) {
+            processes.insert(pname, process);
+        }
+    }
+
+    let services = services(raw.services, raw.infrastructure, &mut errors);
+
+    let migrations = raw.migrations.and_then(|m| {
+        let (command, database) = match m {
+            RawMigrations::Command(c) => (Some(c), None),
+            RawMigrations::Table { command, database } => (command, database),
+        };
+        let command = non_empty(command, "migrations.command", &mut errors)?;
+        if let Some(db) = database {
+            let declared = services.postgres.as_ref().map(|p| p.database.as_str());
+            if declared != Some(db.as_str()) {
+                errors.push(
+                    "migrations.database",
+                    format!("{db:?} must match services.postgres.database"),
+                );
+            }
+        } else if services.postgres.is_none() {
+            errors.push(
+                "migrations",
+                "migrations need a database: declare services.postgres.database",
+            );
+        }
+        Some(Migrations { command })
+    });
+
+    let mut env = BTreeMap::new();
+    for (key, value) in raw.env {
+        if !is_env_name(&key) {
+            errors.push(
+                format!("env.{key}"),
+                "variable names must match ^[A-Za-z_][A-Za-z0-9_]*$",
+            );
+        }
+        env.insert(key, value.into_string());
+    }
+
+    let mut seen = BTreeSet::new();
+    for (i, secret) in raw.secrets.iter().enumerate() {
+        if !is_env_name(secret) {
+            errors.push(
+                format!("secrets[{i}]"),
+                "secret names must match ^[A-Za-z_][A-Za-z0-9_]*$",
+            );
+        } else if !seen.insert(secret) {
+            errors.push(format!("secrets[{i}]"), format!("{secret} is listed twice"));
+        }
+    }
+
+    match (name, errors.0.is_empty()) {
+        (Some(name), true) => Ok(InfraSpec {
+            name,
+            repo,
+            build,
+            processes,
+            services,
+            migrations,
+            env,
+            secrets: raw.secrets,
+        }),
+        _ => Err(SpecErrors(errors.0)),
+    }
+}
+
+fn process(p: RawProcess, path: &str, errors: &mut Errors) -> Option<Process> {
+    let before = errors.0.len();
+    let port = match p.port {
+        None => None,
+        Some(port) if (1..=65535).contains(&port) => Some(port as u16),
+        Some(_) => {
+            errors.push(format!("{path}.port"), "must be 1..65535");
+            None
+        }
+    };
+    let replicas = match p.replicas {
+        None => 1,
+        Some(n) if (1..=100).contains(&n) => n as u32,
+        Some(_) => {
+            errors.push(format!("{path}.replicas"), "must be 1..100");
+            1
+        }
+    };
+    let health = p.health.and_then(|h| {
+        let hp = format!("{path}.health");
+        let hpath = non_empty(h.path, &format!("{hp}.path"), errors)?;
+        if !hpath.starts_with('/') {
+            errors.push(format!("{hp}.path"), "must start with '/'");
+        }
+        if port.is_none() {
+            errors.push(&hp, "a health check needs the process to declare a port");
+        }
+        Some(Health {
+            path: hpath,
+            interval: duration(
+                h.interval,
+                Duration::from_secs(10),
+                &format!("{hp}.interval"),
+                errors,
+            ),
+            timeout: duration(
+                h.timeout,
+                Duration::from_secs(5),
+                &format!("{hp}.timeout"),
+                errors,
+            ),
+        })
+    });
+    let schedule = p.schedule.and_then(|expr| {
+        let field = format!("{path}.schedule");
+        match cron_schedule(&expr) {
+            Ok(()) => Some(Schedule {
+                expression: expr.trim().to_owned(),
+                timezone: p.timezone.clone(),
+            }),
+            Err(e) => {
+                errors.push(field, e);
+                None
+            }
+        }
+    });
+    if let Some(tz) = &p.timezone {
+        if tz.parse::<chrono_tz::Tz>().is_err() {
+            errors.push(
+                format!("{path}.timezone"),
+                format!("{tz:?} is not an IANA timezone (e.g. Europe/Berlin)"),
+            );
+        } else if schedule.is_none() && errors.0.len() == before {
+            errors.push(format!("{path}.timezone"), "only applies to a schedule");
+        }
+    }
+    let function = p.function.map(|f| {
+        let fp = format!("{path}.function");
+        let memory_mb = match f.memory {
+            None => 256,
+            Some(m) if (16..=65536).contains(&m) => m as u32,
+            Some(_) => {
+                errors.push(format!("{fp}.memory"), "must be 16..65536 (MB)");
+                256
+            }
+        };
+        Function {
+            timeout: duration(
+                f.timeout,
+                Duration::from_secs(30),
+                &format!("{fp}.timeout"),
+                errors,
+            ),
+            memory_mb,
+        }
+    });
+    if schedule.is_some() && function.is_some() {
+        errors.push(path, "a process is either scheduled or a function, not both");
+    }
+    if (schedule.is_some() || function.is_some()) && p.command.is_none() {
+        errors.push(
+            format!("{path}.command"),
+            "is required for scheduled and function processes",
+        );
+    }
+    let command = p.command.filter(|c| !c.trim().is_empty());
+    (errors.0.len() == before).then_some(Process {
+        port,
+        command,
+        health,
+        replicas,
+        schedule,
+        function,
+    })
+}
+
+/// Accepts 5 fields (minute precision) or 6 (with seconds), like the seeds.
+pub fn cron_schedule(expr: &str) -> Result<(), String> {
+    let fields = expr.split_whitespace().count();
+    let normalized = match fields {
+        5 => format!("0 {}", expr.trim()),
+        6 => expr.trim().to_owned(),
+        n => {
+            return Err(format!(
+                "{expr:?} has {n} fields; use 5 (min hour day month weekday) or 6 (with seconds first)"
+            ));
+        }
+    };
+    cron::Schedule::from_str(&normalized)
+        .map(|_| ())
+        .map_err(|e| format!("{expr:?} is not a valid cron expression: {e}"))
+}
+
+fn services(
+    services: Option<RawServices>,
+    infrastructure: Option<RawServices>,
+    errors: &mut Errors,
+) -> Services {
+    let (raw, prefix) = match (services, infrastructure) {
+        (Some(_), Some(_)) => {
+            errors.push(
+                "infrastructure",
+                "declare services or infrastructure (its older name), not both",
+            );
+            return Services::default();
+        }
+        (Some(s), None) => (s, "services"),
+        (None, Some(s)) => (s, "infrastructure"),
+        (None, None) => return Services::default(),
+    };
+    let postgres = raw.postgres.and_then(|p| {
+        let field = format!("{prefix}.postgres.database");
+        let database = non_empty(p.database, &field, errors)?;
+        let valid = database.len() <= 63
+            && database
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && database
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !valid {
+            errors.push(
+                field,
+                "must match ^[a-z_][a-z0-9_]*$ and be at most 63 characters",
+            );
+        }
+        Some(Postgres { database })
+    });
+    let kv = raw.kv.and_then(|k| {
+        let namespace = non_empty(k.namespace, &format!("{prefix}.kv.namespace"), errors)?;
+        if namespace.contains(|c: char| c.is_whitespace() || c == '*' || c == ':') {
+            errors.push(
+                format!("{prefix}.kv.namespace"),
+                "must not contain whitespace, '*' or ':'",
+            );
+        }
+        Some(Kv { namespace })
+    });
+    let events = raw.events.map(|e| {
+        let mut seen = BTreeSet::new();
+        for (i, topic) in e.topics.iter().enumerate() {
+            let field = format!("{prefix}.events.topics[{i}]");
+            let ok = !topic.is_empty()
+                && topic.len() <= 249
+                && topic
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+            if !ok {
+                errors.push(field, "topics are 1..249 characters of [A-Za-z0-9._-]");
+            } else if !seen.insert(topic) {
+                errors.push(field, format!("{topic} is listed twice"));
+            }
+        }
+        Events { topics: e.topics }
+    });
+    Services {
+        postgres,
+        kv,
+        events,
+    }
+}

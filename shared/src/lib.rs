@@ -1,0 +1,13 @@
+//! Norn's shared domain: everything the api, worker, scheduler and cli agree on.
+
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod events;
+pub mod infraspec;
+pub mod jobs;
+pub mod queue;
+pub mod shutdown;
+pub mod testing;
+
+pub use config::Config;

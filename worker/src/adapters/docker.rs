@@ -1,0 +1,281 @@
+//! `ImageBuilder` and `Runtime` on the Docker engine (bollard).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, HostConfig, NetworkCreateRequest, RestartPolicy, RestartPolicyNameEnum};
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, InspectContainerOptions,
+    ListContainersOptionsBuilder, LogsOptionsBuilder, PushImageOptionsBuilder,
+    RemoveContainerOptionsBuilder, TagImageOptionsBuilder,
+};
+use futures::StreamExt;
+
+use super::{Instance, InstanceSpec, OneOff, OneOffResult};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("docker: {0}")]
+    Docker(#[from] bollard::errors::Error),
+    #[error("{0}")]
+    Failed(String),
+    #[error("timed out after {0:?}")]
+    TimedOut(std::time::Duration),
+}
+
+/// Builds images from a checkout.
+#[async_trait::async_trait]
+pub trait ImageBuilder: Send + Sync {
+    /// Builds `tag` from `context`; build output is appended to `log`.
+    async fn build(&self, context: &Path, dockerfile: &str, tag: &str, log: &mut String) -> Result<(), RuntimeError>;
+    /// Pushes `tag` to `registry` and returns the pushed reference.
+    async fn push(&self, tag: &str, registry: &str, log: &mut String) -> Result<String, RuntimeError>;
+}
+
+/// Runs containers: one-off jobs and long-running release instances.
+#[async_trait::async_trait]
+pub trait Runtime: Send + Sync {
+    async fn run_once(&self, job: &OneOff) -> Result<OneOffResult, RuntimeError>;
+    /// Starts (or restarts, when re-run) one instance and returns its address.
+    async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError>;
+    async fn is_running(&self, name: &str) -> Result<bool, RuntimeError>;
+    /// Stops and removes an instance; absent is fine.
+    async fn remove(&self, name: &str) -> Result<(), RuntimeError>;
+    /// Instances of `app`, as (name, deployment id).
+    async fn instances(&self, app: &str) -> Result<Vec<(String, String)>, RuntimeError>;
+}
+
+#[derive(Clone)]
+pub struct DockerEngine {
+    client: Docker,
+    network: String,
+}
+
+impl DockerEngine {
+    pub async fn connect(network: &str) -> Result<Self, RuntimeError> {
+        let client = Docker::connect_with_local_defaults()?.negotiate_version().await?;
+        Ok(Self {
+            client,
+            network: network.to_owned(),
+        })
+    }
+
+    pub async fn ping(&self) -> Result<(), RuntimeError> {
+        self.client.ping().await?;
+        Ok(())
+    }
+
+    /// The bridge network release instances join; created on first use.
+    pub async fn ensure_network(&self) -> Result<(), RuntimeError> {
+        if self.client.inspect_network(&self.network, None).await.is_ok() {
+            return Ok(());
+        }
+        let req = NetworkCreateRequest {
+            name: self.network.clone(),
+            driver: Some("bridge".into()),
+            labels: Some(HashMap::from([("norn.managed".into(), "true".into())])),
+            ..Default::default()
+        };
+        match self.client.create_network(req).await {
+            Ok(_) => Ok(()),
+            // Another worker created it first.
+            Err(_) if self.client.inspect_network(&self.network, None).await.is_ok() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn logs(&self, name: &str) -> String {
+        let opts = LogsOptionsBuilder::default().stdout(true).stderr(true).build();
+        let mut stream = self.client.logs(name, Some(opts));
+        let mut out = String::new();
+        while let Some(Ok(chunk)) = stream.next().await {
+            out.push_str(&chunk.to_string());
+        }
+        out
+    }
+
+    async fn wait_exit(&self, name: &str) -> Result<i64, RuntimeError> {
+        let mut stream = self.client.wait_container(name, None::<bollard::query_parameters::WaitContainerOptions>);
+        match stream.next().await {
+            Some(Ok(resp)) => Ok(resp.status_code),
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(e.into()),
+            None => Err(RuntimeError::Failed(format!("container {name} vanished while running"))),
+        }
+    }
+}
+
+fn labels(map: &std::collections::BTreeMap<String, String>) -> HashMap<String, String> {
+    map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+fn env(map: &std::collections::BTreeMap<String, String>) -> Vec<String> {
+    map.iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+fn tar_dir(dir: &Path) -> std::io::Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.follow_symlinks(false);
+    builder.append_dir_all(".", dir)?;
+    builder.into_inner()
+}
+
+#[async_trait::async_trait]
+impl ImageBuilder for DockerEngine {
+    async fn build(&self, context: &Path, dockerfile: &str, tag: &str, log: &mut String) -> Result<(), RuntimeError> {
+        let dir = context.to_owned();
+        let archive = tokio::task::spawn_blocking(move || tar_dir(&dir))
+            .await
+            .map_err(|e| RuntimeError::Failed(format!("packing build context: {e}")))?
+            .map_err(|e| RuntimeError::Failed(format!("packing build context: {e}")))?;
+        let opts = BuildImageOptionsBuilder::default()
+            .dockerfile(dockerfile)
+            .t(tag)
+            .rm(true)
+            .forcerm(true)
+            .labels(&HashMap::from([("norn.managed", "true")]))
+            .build();
+        let mut stream = self
+            .client
+            .build_image(opts, None, Some(bollard::body_full(archive.into())));
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| match e {
+                bollard::errors::Error::DockerStreamError { error } => RuntimeError::Failed(error),
+                other => other.into(),
+            })?;
+            if let Some(s) = info.stream {
+                log.push_str(&s);
+            }
+            if let Some(detail) = info.error_detail {
+                return Err(RuntimeError::Failed(detail.message.unwrap_or_else(|| "build failed".into())));
+            }
+        }
+        Ok(())
+    }
+
+    async fn push(&self, tag: &str, registry: &str, log: &mut String) -> Result<String, RuntimeError> {
+        let (name, version) = tag.split_once(':').unwrap_or((tag, "latest"));
+        let repo = format!("{}/{name}", registry.trim_end_matches('/'));
+        self.client
+            .tag_image(tag, Some(TagImageOptionsBuilder::default().repo(&repo).tag(version).build()))
+            .await?;
+        let mut stream = self
+            .client
+            .push_image(&repo, Some(PushImageOptionsBuilder::default().tag(version).build()), None);
+        while let Some(item) = stream.next().await {
+            let info = item?;
+            if let Some(status) = info.status {
+                log.push_str(&status);
+                log.push('\n');
+            }
+            if let Some(detail) = info.error_detail {
+                return Err(RuntimeError::Failed(detail.message.unwrap_or_else(|| "push failed".into())));
+            }
+        }
+        Ok(format!("{repo}:{version}"))
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for DockerEngine {
+    async fn run_once(&self, job: &OneOff) -> Result<OneOffResult, RuntimeError> {
+        self.remove(&job.name).await?;
+        let body = ContainerCreateBody {
+            image: Some(job.image.clone()),
+            cmd: Some(vec!["/bin/sh".into(), "-c".into(), job.command.clone()]),
+            env: Some(env(&job.env)),
+            labels: Some(labels(&job.labels)),
+            // One-off jobs reach the databases the host reaches (migrations).
+            host_config: Some(HostConfig {
+                network_mode: Some("host".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let opts = CreateContainerOptionsBuilder::default().name(&job.name).build();
+        self.client.create_container(Some(opts), body).await?;
+        self.client.start_container(&job.name, None).await?;
+        let exit = tokio::time::timeout(job.timeout, self.wait_exit(&job.name)).await;
+        let output = self.logs(&job.name).await;
+        self.remove(&job.name).await?;
+        match exit {
+            Ok(code) => Ok(OneOffResult { exit_code: code?, output }),
+            Err(_) => Err(RuntimeError::TimedOut(job.timeout)),
+        }
+    }
+
+    async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError> {
+        self.ensure_network().await?;
+        self.remove(&spec.name).await?;
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: spec
+                .command
+                .as_ref()
+                .map(|c| vec!["/bin/sh".into(), "-c".into(), c.clone()]),
+            env: Some(env(&spec.env)),
+            labels: Some(labels(&spec.labels)),
+            host_config: Some(HostConfig {
+                network_mode: Some(self.network.clone()),
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                    maximum_retry_count: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let opts = CreateContainerOptionsBuilder::default().name(&spec.name).build();
+        self.client.create_container(Some(opts), body).await?;
+        self.client.start_container(&spec.name, None).await?;
+        let info = self
+            .client
+            .inspect_container(&spec.name, None::<InspectContainerOptions>)
+            .await?;
+        let ip = info
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|n| n.get(&self.network).and_then(|e| e.ip_address.clone()))
+            .filter(|ip| !ip.is_empty())
+            .ok_or_else(|| RuntimeError::Failed(format!("{} has no address on network {}", spec.name, self.network)))?;
+        Ok(Instance {
+            name: spec.name.clone(),
+            ip,
+        })
+    }
+
+    async fn is_running(&self, name: &str) -> Result<bool, RuntimeError> {
+        match self.client.inspect_container(name, None::<InspectContainerOptions>).await {
+            Ok(info) => Ok(info.state.and_then(|s| s.running).unwrap_or(false)),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn remove(&self, name: &str) -> Result<(), RuntimeError> {
+        let opts = RemoveContainerOptionsBuilder::default().force(true).build();
+        match self.client.remove_container(name, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+            // Already being removed by a concurrent call.
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn instances(&self, app: &str) -> Result<Vec<(String, String)>, RuntimeError> {
+        let filters = HashMap::from([("label".to_string(), vec![format!("norn.app={app}")])]);
+        let opts = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+        let list = self.client.list_containers(Some(opts)).await?;
+        Ok(list
+            .into_iter()
+            .filter(|c| c.labels.as_ref().is_some_and(|l| l.contains_key("norn.process")))
+            .filter_map(|c| {
+                let name = c.names?.first()?.trim_start_matches('/').to_owned();
+                let dep = c.labels?.get("norn.deployment")?.clone();
+                Some((name, dep))
+            })
+            .collect())
+    }
+}

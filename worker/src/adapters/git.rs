@@ -1,0 +1,132 @@
+//! `Source` on git2: clone over https (token), ssh (key), `file://` or a local
+//! path, then check out a branch, tag or SHA detached.
+
+use std::path::{Path, PathBuf};
+
+use git2::build::RepoBuilder;
+use git2::{Cred, FetchOptions, Oid, RemoteCallbacks, Repository};
+use norn_shared::config::Secret;
+
+use super::{Checkout, FetchRequest, Source, SourceError};
+
+#[derive(Clone, Default)]
+pub struct GitSource {
+    pub token: Option<Secret>,
+    pub ssh_key: Option<PathBuf>,
+}
+
+impl GitSource {
+    fn callbacks(&self) -> RemoteCallbacks<'_> {
+        let mut cb = RemoteCallbacks::new();
+        let mut tries = 0;
+        cb.credentials(move |_url, username, allowed| {
+            // libgit2 asks again after a rejected credential; stop instead of looping.
+            tries += 1;
+            if tries > 3 {
+                return Err(git2::Error::from_str("authentication failed"));
+            }
+            if allowed.contains(git2::CredentialType::SSH_KEY) {
+                if let Some(key) = &self.ssh_key {
+                    return Cred::ssh_key(username.unwrap_or("git"), None, key, None);
+                }
+            }
+            if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT) {
+                if let Some(token) = &self.token {
+                    return Cred::userpass_plaintext("x-access-token", token.expose());
+                }
+            }
+            Cred::default()
+        });
+        cb
+    }
+
+    fn clone_at(&self, req: &FetchRequest, url: &str, dest: &Path) -> Result<Checkout, SourceError> {
+        let mut fetch = FetchOptions::new();
+        fetch.remote_callbacks(self.callbacks());
+        fetch.download_tags(git2::AutotagOption::All);
+        let repo = RepoBuilder::new()
+            .fetch_options(fetch)
+            .clone(url, dest)
+            .map_err(|e| SourceError::Clone(format!("cloning {url}: {}", e.message())))?;
+        let oid = resolve(&repo, req.git_ref.as_str(), req.default_branch.as_deref())?;
+        let commit = repo
+            .find_commit(oid)
+            .map_err(|e| SourceError::Ref(format!("{}: {}", req.git_ref, e.message())))?;
+        repo.checkout_tree(commit.as_object(), Some(git2::build::CheckoutBuilder::new().force()))
+            .and_then(|_| repo.set_head_detached(oid))
+            .map_err(|e| SourceError::Clone(format!("checking out {oid}: {}", e.message())))?;
+        let sha = oid.to_string();
+        Ok(Checkout {
+            description: format!("cloned {url} ({}) at {}", req.git_ref, &sha[..12]),
+            sha,
+        })
+    }
+}
+
+/// `HEAD` means the tip of the app's branch (or the remote's default branch);
+/// otherwise a branch, then a tag, then a (possibly abbreviated) SHA.
+fn resolve(repo: &Repository, git_ref: &str, default_branch: Option<&str>) -> Result<Oid, SourceError> {
+    let candidates: Vec<String> = if git_ref == "HEAD" {
+        match default_branch {
+            Some(b) => vec![format!("refs/remotes/origin/{b}"), "HEAD".into()],
+            None => vec!["HEAD".into()],
+        }
+    } else {
+        vec![
+            format!("refs/remotes/origin/{git_ref}"),
+            format!("refs/tags/{git_ref}"),
+            git_ref.to_owned(),
+        ]
+    };
+    for candidate in &candidates {
+        if let Ok(obj) = repo.revparse_single(candidate) {
+            if let Ok(commit) = obj.peel_to_commit() {
+                return Ok(commit.id());
+            }
+        }
+    }
+    Err(SourceError::Ref(format!(
+        "{git_ref:?} is not a branch, tag or commit of the repository"
+    )))
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let ty = entry.file_type()?;
+        let target = to.join(entry.file_name());
+        if ty.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else if ty.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+impl Source for GitSource {
+    fn fetch(&self, req: &FetchRequest, dest: &Path) -> Result<Checkout, SourceError> {
+        if let Some(url) = &req.repo_url {
+            return self.clone_at(req, url, dest);
+        }
+        let Some(dir) = &req.local_dir else {
+            return Err(SourceError::Clone(
+                "the app has neither repo.url nor a directory under NORN_APPS_DIR".into(),
+            ));
+        };
+        copy_dir(dir, dest).map_err(|e| SourceError::Clone(format!("copying {}: {e}", dir.display())))?;
+        // A local directory that is itself a git repository has a real SHA.
+        let sha = Repository::open(dir)
+            .ok()
+            .and_then(|r| r.head().ok().and_then(|h| h.target()))
+            .map(|oid| oid.to_string())
+            .unwrap_or_else(|| format!("local{}", chrono::Utc::now().format("%Y%m%d%H%M%S")));
+        Ok(Checkout {
+            description: format!("copied {} at {}", dir.display(), &sha[..12.min(sha.len())]),
+            sha,
+        })
+    }
+}

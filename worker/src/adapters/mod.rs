@@ -1,0 +1,72 @@
+//! The seams the pipeline steps depend on, and their real implementations.
+//! Steps never touch git2 or bollard directly.
+
+pub mod docker;
+pub mod git;
+pub mod postgres;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use norn_shared::domain::GitRef;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{0}")]
+    Clone(String),
+    #[error("{0}")]
+    Ref(String),
+}
+
+pub struct FetchRequest {
+    pub repo_url: Option<String>,
+    pub default_branch: Option<String>,
+    pub local_dir: Option<PathBuf>,
+    pub git_ref: GitRef,
+}
+
+pub struct Checkout {
+    pub sha: String,
+    pub description: String,
+}
+
+/// Fetches code at a ref into a directory. Blocking (git2 is); callers run it
+/// on a blocking thread.
+pub trait Source: Send + Sync {
+    fn fetch(&self, req: &FetchRequest, dest: &Path) -> Result<Checkout, SourceError>;
+}
+
+/// A container run to completion: tests, migrations.
+#[derive(Debug, Clone)]
+pub struct OneOff {
+    pub name: String,
+    pub image: String,
+    pub command: String,
+    pub env: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct OneOffResult {
+    pub exit_code: i64,
+    pub output: String,
+}
+
+/// One long-running container of a release.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    pub name: String,
+    pub image: String,
+    pub command: Option<String>,
+    pub env: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub name: String,
+    /// Reachable address on the app network, e.g. `172.18.0.5`.
+    pub ip: String,
+}

@@ -1,0 +1,3 @@
+//! One file per job type.
+
+pub mod deploy;

@@ -1,0 +1,197 @@
+//! Persists every step transition: the deployment row (status + steps JSONB),
+//! a saga event and a live event, all in one transaction.
+
+use std::time::Duration;
+
+use norn_shared::db::deployments::{self, Update};
+use norn_shared::db::saga::{self, NewSagaEvent};
+use norn_shared::domain::{DeploymentStatus, Step, StepStatus};
+use norn_shared::events::{self, Event};
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::WorkerError;
+
+pub struct Recorder {
+    pool: PgPool,
+    pub deployment_id: String,
+    pub app: String,
+    actor: String,
+    steps: Vec<serde_json::Value>,
+}
+
+impl Recorder {
+    pub fn new(pool: PgPool, deployment_id: &str, app: &str, actor: &str) -> Self {
+        Self {
+            pool,
+            deployment_id: deployment_id.to_owned(),
+            app: app.to_owned(),
+            actor: actor.to_owned(),
+            steps: Vec::new(),
+        }
+    }
+
+    fn saga<'a>(&'a self, action: &'a str, step: Option<&'a str>, message: &'a str, metadata: serde_json::Value) -> NewSagaEvent<'a> {
+        NewSagaEvent {
+            saga_id: &self.deployment_id,
+            app: &self.app,
+            category: "deploy",
+            action,
+            step,
+            message,
+            actor: &self.actor,
+            metadata,
+        }
+    }
+
+    /// Records the start of the whole operation (after the app lease is held).
+    pub async fn started(&self) -> Result<(), WorkerError> {
+        let mut tx = self.pool.begin().await?;
+        saga::append(&mut tx, self.saga("deploy.start", None, "deploy started", json!({}))).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn step_started(&mut self, step: Step) -> Result<(), WorkerError> {
+        self.steps.push(json!({"step": step.as_str(), "status": StepStatus::Running}));
+        let mut tx = self.pool.begin().await?;
+        deployments::update(
+            &mut tx,
+            &self.deployment_id,
+            &Update {
+                status: Some(step.status()),
+                steps: Some(&serde_json::Value::Array(self.steps.clone())),
+                ..Default::default()
+            },
+        )
+        .await?;
+        saga::append(&mut tx, self.saga("step.start", Some(step.as_str()), "", json!({}))).await?;
+        events::publish(
+            &mut tx,
+            &Event::new(
+                "deploy.step",
+                &self.app,
+                json!({"deploymentId": self.deployment_id, "step": step, "status": StepStatus::Running}),
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    fn close_step(&mut self, step: Step, status: StepStatus, output: &str, took: Duration) {
+        let entry = json!({
+            "step": step.as_str(),
+            "status": status,
+            "durationMs": took.as_millis() as u64,
+            "output": output,
+        });
+        match self.steps.last_mut() {
+            Some(last) if last["step"] == step.as_str() => *last = entry,
+            _ => self.steps.push(entry),
+        }
+    }
+
+    /// Records a finished step; `commit_sha`/`image_tag` are set once known.
+    pub async fn step_finished(
+        &mut self,
+        step: Step,
+        status: StepStatus,
+        output: &str,
+        took: Duration,
+        found: (Option<&str>, Option<&str>),
+    ) -> Result<(), WorkerError> {
+        self.close_step(step, status, output, took);
+        let mut tx = self.pool.begin().await?;
+        deployments::update(
+            &mut tx,
+            &self.deployment_id,
+            &Update {
+                steps: Some(&serde_json::Value::Array(self.steps.clone())),
+                commit_sha: found.0,
+                image_tag: found.1,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let action = if status == StepStatus::Skipped { "step.skipped" } else { "step.complete" };
+        saga::append(
+            &mut tx,
+            self.saga(action, Some(step.as_str()), events::tail(output, 500), json!({"durationMs": took.as_millis() as u64})),
+        )
+        .await?;
+        events::publish(
+            &mut tx,
+            &Event::new(
+                "deploy.step",
+                &self.app,
+                json!({
+                    "deploymentId": self.deployment_id, "step": step, "status": status,
+                    "durationMs": took.as_millis() as u64, "output": output,
+                }),
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Fails the deployment at `step` with `reason`, keeping the step's output.
+    pub async fn failed(&mut self, step: Step, reason: &str, output: &str, took: Duration) -> Result<(), WorkerError> {
+        self.close_step(step, StepStatus::Failed, output, took);
+        let error = format!("{step}: {reason}");
+        let mut tx = self.pool.begin().await?;
+        deployments::update(
+            &mut tx,
+            &self.deployment_id,
+            &Update {
+                status: Some(DeploymentStatus::Failed),
+                steps: Some(&serde_json::Value::Array(self.steps.clone())),
+                error: Some(&error),
+                failed_step: Some(step.as_str()),
+                ..Default::default()
+            },
+        )
+        .await?;
+        saga::append(&mut tx, self.saga("step.failed", Some(step.as_str()), reason, json!({}))).await?;
+        saga::append(&mut tx, self.saga("deploy.failed", Some(step.as_str()), &error, json!({}))).await?;
+        events::publish(
+            &mut tx,
+            &Event::new(
+                "deploy.step",
+                &self.app,
+                json!({"deploymentId": self.deployment_id, "step": step, "status": StepStatus::Failed,
+                       "durationMs": took.as_millis() as u64, "output": output}),
+            ),
+        )
+        .await?;
+        events::publish(
+            &mut tx,
+            &Event::new("deploy.failed", &self.app, json!({"deploymentId": self.deployment_id, "step": step, "error": error})),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn deployed(&self, image_tag: &str) -> Result<(), WorkerError> {
+        let mut tx = self.pool.begin().await?;
+        deployments::update(
+            &mut tx,
+            &self.deployment_id,
+            &Update {
+                status: Some(DeploymentStatus::Deployed),
+                ..Default::default()
+            },
+        )
+        .await?;
+        saga::append(&mut tx, self.saga("deploy.complete", None, image_tag, json!({"imageTag": image_tag}))).await?;
+        events::publish(
+            &mut tx,
+            &Event::new("deploy.completed", &self.app, json!({"deploymentId": self.deployment_id, "imageTag": image_tag})),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

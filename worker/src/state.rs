@@ -1,0 +1,59 @@
+//! What every job handler of this worker process shares.
+
+use std::sync::Arc;
+
+use norn_shared::Config;
+use sqlx::PgPool;
+
+use crate::adapters::Source;
+use crate::adapters::docker::{DockerEngine, ImageBuilder, Runtime};
+use crate::adapters::git::GitSource;
+use crate::adapters::postgres::PgTools;
+
+pub struct WorkerState {
+    pub pool: PgPool,
+    pub config: Config,
+    pub source: Arc<dyn Source>,
+    pub builder: Arc<dyn ImageBuilder>,
+    pub runtime: Arc<dyn Runtime>,
+    pub pg: PgTools,
+    pub http: reqwest::Client,
+    /// Unique to this process and start (`node:pid:nanos`): the lease holder
+    /// identity, never reused by a restarted worker.
+    pub token: String,
+}
+
+impl WorkerState {
+    pub async fn new(pool: PgPool, config: Config) -> Result<Self, crate::WorkerError> {
+        let docker = DockerEngine::connect(&config.docker_network).await?;
+        docker.ping().await?;
+        let app_db = config
+            .app_database_url
+            .clone()
+            .or_else(|| config.database_url.clone())
+            .map(|s| s.expose().to_owned())
+            .unwrap_or_default();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        Ok(Self {
+            token: format!("{}:{}:{nanos}", config.node_name, std::process::id()),
+            source: Arc::new(GitSource {
+                token: config.git_token.clone(),
+                ssh_key: config.git_ssh_key.clone(),
+            }),
+            builder: Arc::new(docker.clone()),
+            runtime: Arc::new(docker),
+            pg: PgTools {
+                bin_dir: config.pg_bin_dir(),
+                server_url: app_db,
+            },
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()?,
+            pool,
+            config,
+        })
+    }
+}
