@@ -1,1 +1,61 @@
-fn main() {}
+//! `norn`: the command line. Talks to the API, except `norn up`.
+
+mod client;
+mod localpg;
+mod up;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "norn", version, about = "Norn: deploy your apps on your own machines")]
+struct Cli {
+    /// The Norn API.
+    #[arg(long, env = "NORN_URL", default_value = "http://127.0.0.1:8800", global = true)]
+    api: String,
+    /// Bearer token (the server's NORN_API_TOKEN).
+    #[arg(long, env = "NORN_API_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start api, worker and scheduler in this process (and a private Postgres if DATABASE_URL is unset).
+    Up,
+    /// Deploy an app at a ref (branch, tag or SHA; default HEAD) and follow it.
+    Deploy { app: String, r#ref: Option<String> },
+    /// Registered apps and recent deployments.
+    Status,
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let code = match run(cli).await {
+        Ok(true) => 0,
+        Ok(false) => 1,
+        Err(e) => {
+            eprintln!("norn: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+async fn run(cli: Cli) -> anyhow::Result<bool> {
+    let api = client::Api::new(&cli.api, cli.token);
+    match cli.command {
+        Command::Up => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+                )
+                .init();
+            up::run(norn_shared::Config::from_env()?).await?;
+            Ok(true)
+        }
+        Command::Deploy { app, r#ref } => client::deploy(&api, &app, r#ref.as_deref()).await,
+        Command::Status => client::status(&api).await.map(|_| true),
+    }
+}

@@ -39,7 +39,6 @@ pub async fn deploy_queue(state: Arc<WorkerState>, shutdown: watch::Receiver<boo
             .backend(backend)
             .data(state.clone())
             .concurrency(state.config.worker_concurrency)
-            .parallelize(tokio::spawn)
             .build(jobs::deploy::run);
         tracing::info!(worker = %name, "deploy worker started");
         match worker.run_until(stopped(shutdown.clone())).await {

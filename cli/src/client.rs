@@ -1,0 +1,159 @@
+//! The API client behind `norn deploy` and `norn status`.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+
+pub struct Api {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(base: &str, token: Option<String>) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+
+    async fn send(&self, r: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let resp = r.send().await.with_context(|| format!("cannot reach the Norn API at {}", self.base))?;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let msg = body["error"].as_str().unwrap_or("request failed");
+            bail!("{msg} (HTTP {})", status.as_u16());
+        }
+        Ok(body)
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(self.req(reqwest::Method::GET, path)).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(self.req(reqwest::Method::POST, path).json(body)).await
+    }
+
+    fn ws_url(&self, app: &str) -> String {
+        let mut url = format!("{}/ws?app={app}", self.base.replacen("http", "ws", 1));
+        if let Some(t) = &self.token {
+            url.push_str(&format!("&token={t}"));
+        }
+        url
+    }
+}
+
+fn print_step(payload: &Value) {
+    let step = payload["step"].as_str().unwrap_or("?");
+    match payload["status"].as_str().unwrap_or("?") {
+        "running" => println!("▶ {step}"),
+        status => {
+            let ms = payload["durationMs"].as_u64().unwrap_or(0);
+            let mark = match status {
+                "complete" => "✓",
+                "skipped" => "·",
+                _ => "✗",
+            };
+            println!("{mark} {step} ({status}, {:.1}s)", ms as f64 / 1000.0);
+            if status == "failed" {
+                if let Some(out) = payload["output"].as_str().filter(|o| !o.is_empty()) {
+                    for line in out.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev() {
+                        println!("    {line}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Queues a deploy and follows it live. Returns whether it ended `deployed`.
+pub async fn deploy(api: &Api, app: &str, git_ref: Option<&str>) -> anyhow::Result<bool> {
+    // Subscribe before queueing so no step event is missed.
+    let ws = tokio_tungstenite::connect_async(api.ws_url(app)).await.ok().map(|(s, _)| s);
+    let body = match git_ref {
+        Some(r) => serde_json::json!({ "ref": r }),
+        None => serde_json::json!({}),
+    };
+    let queued = api.post(&format!("/api/apps/{app}/deploy"), &body).await?;
+    let id = queued["id"].as_str().context("the API returned no deployment id")?.to_owned();
+    println!("deployment {id} queued");
+    let mut ws = ws;
+    let mut poll = tokio::time::interval(Duration::from_secs(3));
+    loop {
+        let event = async {
+            match ws.as_mut() {
+                Some(s) => s.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            msg = event => match msg {
+                Some(Ok(Message::Text(text))) => {
+                    let Ok(ev) = serde_json::from_str::<Value>(&text) else { continue };
+                    let payload = &ev["payload"];
+                    if payload["deploymentId"].as_str() != Some(id.as_str()) { continue; }
+                    match ev["type"].as_str() {
+                        Some("deploy.step") => print_step(payload),
+                        Some("deploy.completed") => {
+                            println!("deployed {}", payload["imageTag"].as_str().unwrap_or(""));
+                            return Ok(true);
+                        }
+                        Some("deploy.failed") => {
+                            println!("failed: {}", payload["error"].as_str().unwrap_or("unknown error"));
+                            return Ok(false);
+                        }
+                        _ => {}
+                    }
+                }
+                Some(Ok(_)) => {}
+                // The stream ended; keep following by polling.
+                _ => ws = None,
+            },
+            _ = poll.tick() => {
+                let d = api.get(&format!("/api/deployments/{id}")).await?;
+                match d["status"].as_str() {
+                    Some("deployed") => { println!("deployed {}", d["imageTag"].as_str().unwrap_or("")); return Ok(true); }
+                    Some("failed") => { println!("failed: {}", d["error"].as_str().unwrap_or("unknown error")); return Ok(false); }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+pub async fn status(api: &Api) -> anyhow::Result<()> {
+    let apps = api.get("/api/apps").await?;
+    let deployments = api.get("/api/deployments?limit=20").await?;
+    println!("{:<24} {:<10}", "APP", "SOURCE");
+    for app in apps.as_array().into_iter().flatten() {
+        println!("{:<24} {:<10}", app["id"].as_str().unwrap_or(""), app["source"].as_str().unwrap_or(""));
+    }
+    println!();
+    println!("{:<38} {:<20} {:<13} {:<26} ERROR", "DEPLOYMENT", "APP", "STATUS", "IMAGE");
+    for d in deployments.as_array().into_iter().flatten() {
+        println!(
+            "{:<38} {:<20} {:<13} {:<26} {}",
+            d["id"].as_str().unwrap_or(""),
+            d["app"].as_str().unwrap_or(""),
+            d["status"].as_str().unwrap_or(""),
+            d["imageTag"].as_str().unwrap_or("-"),
+            d["error"].as_str().unwrap_or(""),
+        );
+    }
+    Ok(())
+}

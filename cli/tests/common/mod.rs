@@ -1,0 +1,172 @@
+//! Test harness: a fresh database, an in-process api + worker, a real Docker
+//! engine and real git repositories in temp dirs.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use norn_shared::Config;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+pub struct Harness {
+    pub db_url: String,
+    pub api: String,
+    pub ingress: std::net::SocketAddr,
+    pub http: reqwest::Client,
+    pub tmp: tempfile::TempDir,
+    stop: watch::Sender<bool>,
+}
+
+pub fn test_config(db_url: &str, tmp: &Path) -> Config {
+    let mut config = Config::from_env().expect("config");
+    config.database_url = Some(norn_shared::config::Secret::new(db_url));
+    config.app_database_url = None;
+    config.apps_dir = tmp.join("apps");
+    config.work_dir = tmp.join("work");
+    config.snapshots_dir = tmp.join("snapshots");
+    config.healthy_timeout = Duration::from_secs(30);
+    config.drain_grace = Duration::from_millis(500);
+    config.docker_network = "norn-test".into();
+    config.api_token = None;
+    config
+}
+
+impl Harness {
+    pub async fn start() -> Self {
+        let db_url = norn_shared::testing::fresh_database().await;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let config = test_config(&db_url, tmp.path());
+        let pool = norn_shared::db::connect(&db_url, 20).await.expect("pool");
+        let (stop, rx) = watch::channel(false);
+        let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ingress_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api = format!("http://{}", api_listener.local_addr().unwrap());
+        let ingress = ingress_listener.local_addr().unwrap();
+        tokio::spawn(norn_api::serve(pool.clone(), config.clone(), api_listener, Some(ingress_listener), rx.clone()));
+        tokio::spawn(norn_worker::run(pool, config, rx));
+        Self {
+            db_url,
+            api,
+            ingress,
+            http: reqwest::Client::new(),
+            tmp,
+            stop,
+        }
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let resp = self.http.post(format!("{}{path}", self.api)).json(&body).send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let resp = self.http.get(format!("{}{path}", self.api)).send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn deploy(&self, app: &str, git_ref: &str) -> String {
+        let (status, body) = self.post(&format!("/api/apps/{app}/deploy"), json!({"ref": git_ref})).await;
+        assert_eq!(status, 202, "{body}");
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Polls until the deployment is terminal (deadline 3 min).
+    pub async fn wait_terminal(&self, id: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+        loop {
+            let (_, d) = self.get(&format!("/api/deployments/{id}")).await;
+            if matches!(d["status"].as_str(), Some("deployed" | "failed" | "rolled_back")) {
+                return d;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "deployment {id} never finished: {d}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// GET `/` of `app` through the ingress.
+    pub async fn fetch(&self, app: &str) -> Result<String, String> {
+        app_get(&self.http, self.ingress, app).await
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+pub async fn app_get(http: &reqwest::Client, ingress: std::net::SocketAddr, app: &str) -> Result<String, String> {
+    let resp = http
+        .get(format!("http://{ingress}/"))
+        .header("host", format!("{app}.localhost"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let text = resp.text().await.map_err(|e| e.to_string())?;
+    if status.is_success() { Ok(text) } else { Err(format!("{status}: {text}")) }
+}
+
+pub fn unique_app(prefix: &str) -> String {
+    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
+/// A git repository whose image is a static busybox serving `www/` on :8080.
+pub struct AppRepo {
+    pub dir: PathBuf,
+}
+
+impl AppRepo {
+    pub fn create(root: &Path, name: &str) -> Self {
+        let dir = root.join(format!("repo-{name}"));
+        std::fs::create_dir_all(dir.join("www")).unwrap();
+        std::fs::copy("/bin/busybox", dir.join("busybox")).expect("busybox-static must be installed (/bin/busybox)");
+        std::fs::write(
+            dir.join("Dockerfile"),
+            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY busybox /bin/sh\nCOPY www /www\n\
+             CMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("www/health"), "ok\n").unwrap();
+        git2::Repository::init(&dir).unwrap();
+        let repo = Self { dir };
+        repo.commit("v1");
+        repo
+    }
+
+    /// Writes `version` to `www/index.html` and commits; returns the SHA.
+    pub fn commit(&self, version: &str) -> String {
+        std::fs::write(self.dir.join("www/index.html"), version).unwrap();
+        let repo = git2::Repository::open(&self.dir).unwrap();
+        let mut index = repo.index().unwrap();
+        index.add_all(["*"], git2::IndexAddOption::DEFAULT, None).unwrap();
+        index.write().unwrap();
+        let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+        let sig = git2::Signature::now("norn test", "test@norn.invalid").unwrap();
+        let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
+        let parents: Vec<&git2::Commit> = parent.iter().collect();
+        let oid = repo.commit(Some("HEAD"), &sig, &sig, version, &tree, &parents).unwrap();
+        oid.to_string()
+    }
+
+    pub fn url(&self) -> String {
+        format!("file://{}", self.dir.display())
+    }
+}
+
+pub fn spec(app: &str, repo: &AppRepo, test: Option<&str>) -> Value {
+    let mut spec = json!({
+        "name": app,
+        "repo": {"url": repo.url()},
+        "processes": {"web": {"port": 8080, "health": {"path": "/health", "timeout": "2s"}}},
+    });
+    if let Some(t) = test {
+        spec["build"] = json!({"test": t});
+    }
+    spec
+}
