@@ -13,7 +13,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-pub async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Result<Response, ApiError> {
+pub async fn require_token(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let Some(expected) = &state.config.api_token else {
         return Ok(next.run(req).await);
     };
@@ -29,9 +33,15 @@ pub async fn require_token(State(state): State<AppState>, req: Request, next: Ne
         .uri()
         .query()
         .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
-    let given = header.or(if req.uri().path() == "/ws" { query } else { None });
+    let given = header.or(if req.uri().path() == "/ws" {
+        query
+    } else {
+        None
+    });
     match given {
-        Some(token) if constant_time_eq(token.as_bytes(), expected.expose().as_bytes()) => Ok(next.run(req).await),
+        Some(token) if constant_time_eq(token.as_bytes(), expected.expose().as_bytes()) => {
+            Ok(next.run(req).await)
+        }
         _ => Err(ApiError::Unauthorized),
     }
 }

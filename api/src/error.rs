@@ -8,7 +8,10 @@ use serde_json::json;
 
 #[derive(Debug)]
 pub enum ApiError {
-    BadRequest { message: String, field: Option<String> },
+    BadRequest {
+        message: String,
+        field: Option<String>,
+    },
     Unauthorized,
     NotFound(String),
     Unavailable(String),
@@ -55,10 +58,15 @@ impl IntoResponse for ApiError {
                 json!({"error": "missing or invalid bearer token"}),
             ),
             ApiError::NotFound(what) => (StatusCode::NOT_FOUND, json!({ "error": what })),
-            ApiError::Unavailable(what) => (StatusCode::SERVICE_UNAVAILABLE, json!({ "error": what })),
+            ApiError::Unavailable(what) => {
+                (StatusCode::SERVICE_UNAVAILABLE, json!({ "error": what }))
+            }
             ApiError::Internal(cause) => {
                 tracing::error!(error = %cause, "request failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, json!({"error": "internal error"}))
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({"error": "internal error"}),
+                )
             }
         };
         (status, Json(body)).into_response()

@@ -45,7 +45,10 @@ impl RouteTable {
     async fn upstream(&self, app: &str) -> Option<String> {
         let map = self.by_app.read().await;
         let list = map.get(app)?;
-        let route = list.iter().find(|r| r.process == "web").or_else(|| list.first())?;
+        let route = list
+            .iter()
+            .find(|r| r.process == "web")
+            .or_else(|| list.first())?;
         let addrs: Vec<&str> = route.upstream.split(',').collect();
         let i = self.next.fetch_add(1, Ordering::Relaxed) % addrs.len();
         Some(addrs[i].to_owned())
@@ -68,7 +71,12 @@ impl Ingress {
 }
 
 fn plain(status: StatusCode, text: String) -> Response {
-    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        text,
+    )
+        .into_response()
 }
 
 pub async fn proxy(State(ingress): State<Ingress>, mut req: Request) -> Response {
@@ -79,23 +87,40 @@ pub async fn proxy(State(ingress): State<Ingress>, mut req: Request) -> Response
         .unwrap_or_default();
     let app = host.split([':', '.']).next().unwrap_or_default().to_owned();
     let Some(upstream) = ingress.table.upstream(&app).await else {
-        return plain(StatusCode::NOT_FOUND, format!("norn: no deployed app {app:?} (Host: {host})\n"));
+        return plain(
+            StatusCode::NOT_FOUND,
+            format!("norn: no deployed app {app:?} (Host: {host})\n"),
+        );
     };
-    let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
     let uri: Uri = match format!("http://{upstream}{path}").parse() {
         Ok(u) => u,
-        Err(e) => return plain(StatusCode::BAD_GATEWAY, format!("norn: bad upstream: {e}\n")),
+        Err(e) => {
+            return plain(
+                StatusCode::BAD_GATEWAY,
+                format!("norn: bad upstream: {e}\n"),
+            );
+        }
     };
     *req.uri_mut() = uri;
     match ingress.client.request(req).await {
         Ok(resp) => resp.map(Body::new),
         Err(e) => {
             tracing::warn!(app = %app, upstream = %upstream, error = %e, "ingress upstream failed");
-            plain(StatusCode::BAD_GATEWAY, format!("norn: {app} did not answer\n"))
+            plain(
+                StatusCode::BAD_GATEWAY,
+                format!("norn: {app} did not answer\n"),
+            )
         }
     }
 }
 
 pub fn router(table: RouteTable) -> axum::Router {
-    axum::Router::new().fallback(proxy).with_state(Ingress::new(table))
+    axum::Router::new()
+        .fallback(proxy)
+        .with_state(Ingress::new(table))
 }

@@ -16,7 +16,11 @@ use tokio::sync::{broadcast, watch};
 pub use state::AppState;
 
 /// Binds the configured ports and serves until `shutdown` turns true.
-pub async fn run(pool: sqlx::PgPool, config: Config, shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
+pub async fn run(
+    pool: sqlx::PgPool,
+    config: Config,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
     let api = TcpListener::bind((config.bind_addr, config.port)).await?;
     let ingress = if config.ingress_port == 0 {
         None
@@ -35,7 +39,9 @@ pub async fn serve(
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     match routes::apps::register_dir(&pool, &config.apps_dir).await {
-        Ok(n) => tracing::info!(count = n, dir = %config.apps_dir.display(), "registered apps from NORN_APPS_DIR"),
+        Ok(n) => {
+            tracing::info!(count = n, dir = %config.apps_dir.display(), "registered apps from NORN_APPS_DIR")
+        }
         Err(e) => tracing::warn!(error = %e, "could not register apps from NORN_APPS_DIR"),
     }
     let docker = bollard::Docker::connect_with_local_defaults().ok();

@@ -21,9 +21,15 @@ pub async fn run(pool: sqlx::PgPool, events_tx: broadcast::Sender<String>, table
     }
 }
 
-async fn session(pool: &sqlx::PgPool, events_tx: &broadcast::Sender<String>, table: &RouteTable) -> Result<(), sqlx::Error> {
+async fn session(
+    pool: &sqlx::PgPool,
+    events_tx: &broadcast::Sender<String>,
+    table: &RouteTable,
+) -> Result<(), sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen_all([events::CHANNEL, routes::CHANGED_CHANNEL]).await?;
+    listener
+        .listen_all([events::CHANNEL, routes::CHANGED_CHANNEL])
+        .await?;
     table.reload(pool).await?;
     loop {
         // A timed wake-up reloads routes even if a NOTIFY was lost.

@@ -31,7 +31,10 @@ impl Api {
     }
 
     async fn send(&self, r: reqwest::RequestBuilder) -> anyhow::Result<Value> {
-        let resp = r.send().await.with_context(|| format!("cannot reach the Norn API at {}", self.base))?;
+        let resp = r
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the Norn API at {}", self.base))?;
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
@@ -46,7 +49,8 @@ impl Api {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        self.send(self.req(reqwest::Method::POST, path).json(body)).await
+        self.send(self.req(reqwest::Method::POST, path).json(body))
+            .await
     }
 
     fn ws_url(&self, app: &str) -> String {
@@ -70,11 +74,12 @@ fn print_step(payload: &Value) {
                 _ => "✗",
             };
             println!("{mark} {step} ({status}, {:.1}s)", ms as f64 / 1000.0);
-            if status == "failed" {
-                if let Some(out) = payload["output"].as_str().filter(|o| !o.is_empty()) {
-                    for line in out.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev() {
-                        println!("    {line}");
-                    }
+            if status == "failed"
+                && let Some(out) = payload["output"].as_str().filter(|o| !o.is_empty())
+            {
+                let lines: Vec<&str> = out.lines().collect();
+                for line in &lines[lines.len().saturating_sub(20)..] {
+                    println!("    {line}");
                 }
             }
         }
@@ -84,13 +89,19 @@ fn print_step(payload: &Value) {
 /// Queues a deploy and follows it live. Returns whether it ended `deployed`.
 pub async fn deploy(api: &Api, app: &str, git_ref: Option<&str>) -> anyhow::Result<bool> {
     // Subscribe before queueing so no step event is missed.
-    let ws = tokio_tungstenite::connect_async(api.ws_url(app)).await.ok().map(|(s, _)| s);
+    let ws = tokio_tungstenite::connect_async(api.ws_url(app))
+        .await
+        .ok()
+        .map(|(s, _)| s);
     let body = match git_ref {
         Some(r) => serde_json::json!({ "ref": r }),
         None => serde_json::json!({}),
     };
     let queued = api.post(&format!("/api/apps/{app}/deploy"), &body).await?;
-    let id = queued["id"].as_str().context("the API returned no deployment id")?.to_owned();
+    let id = queued["id"]
+        .as_str()
+        .context("the API returned no deployment id")?
+        .to_owned();
     println!("deployment {id} queued");
     let mut ws = ws;
     let mut poll = tokio::time::interval(Duration::from_secs(3));
@@ -141,10 +152,17 @@ pub async fn status(api: &Api) -> anyhow::Result<()> {
     let deployments = api.get("/api/deployments?limit=20").await?;
     println!("{:<24} {:<10}", "APP", "SOURCE");
     for app in apps.as_array().into_iter().flatten() {
-        println!("{:<24} {:<10}", app["id"].as_str().unwrap_or(""), app["source"].as_str().unwrap_or(""));
+        println!(
+            "{:<24} {:<10}",
+            app["id"].as_str().unwrap_or(""),
+            app["source"].as_str().unwrap_or("")
+        );
     }
     println!();
-    println!("{:<38} {:<20} {:<13} {:<26} ERROR", "DEPLOYMENT", "APP", "STATUS", "IMAGE");
+    println!(
+        "{:<38} {:<20} {:<13} {:<26} ERROR",
+        "DEPLOYMENT", "APP", "STATUS", "IMAGE"
+    );
     for d in deployments.as_array().into_iter().flatten() {
         println!(
             "{:<38} {:<20} {:<13} {:<26} {}",

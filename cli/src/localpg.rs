@@ -27,7 +27,8 @@ fn unsafe_is_root() -> bool {
 
 impl LocalPg {
     pub fn new(bin: Option<PathBuf>, root: &Path, port: u16) -> anyhow::Result<Self> {
-        let Some(bin) = bin.filter(|b| b.join("initdb").exists() && b.join("pg_ctl").exists()) else {
+        let Some(bin) = bin.filter(|b| b.join("initdb").exists() && b.join("pg_ctl").exists())
+        else {
             bail!(
                 "DATABASE_URL is not set and no PostgreSQL server binaries (initdb, pg_ctl) were found \
                  under /usr/lib/postgresql/*/bin; install PostgreSQL or set NORN_PG_BIN_DIR or DATABASE_URL"
@@ -64,12 +65,26 @@ impl LocalPg {
         if !self.data.join("PG_VERSION").exists() {
             std::fs::create_dir_all(&self.data)?;
             if as_postgres_user() {
-                let status = Command::new("chown").args(["-R", "postgres:", &data]).status()?;
+                let status = Command::new("chown")
+                    .args(["-R", "postgres:", &data])
+                    .status()?;
                 if !status.success() {
                     bail!("could not hand {data} to the postgres user");
                 }
             }
-            let out = self.run("initdb", &["-D", &data, "-U", "norn", "--auth=trust", "-E", "UTF8", "--locale=C"])?;
+            let out = self.run(
+                "initdb",
+                &[
+                    "-D",
+                    &data,
+                    "-U",
+                    "norn",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                ],
+            )?;
             if !out.status.success() {
                 bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
             }
@@ -80,17 +95,44 @@ impl LocalPg {
         }
         let opts = format!("-h 127.0.0.1 -p {} -k {data}", self.port);
         let log = format!("{data}/server.log");
-        let out = self.run("pg_ctl", &["-D", &data, "-l", &log, "-w", "-o", &opts, "start"])?;
+        let out = self.run(
+            "pg_ctl",
+            &["-D", &data, "-l", &log, "-w", "-o", &opts, "start"],
+        )?;
         if !out.status.success() {
-            bail!("pg_ctl start failed (see {log}): {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "pg_ctl start failed (see {log}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let out = self.run(
             "psql",
-            &["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "norn", "-d", "postgres", "-tAc",
-              "SELECT 1 FROM pg_database WHERE datname = 'norn'"],
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "norn",
+                "-d",
+                "postgres",
+                "-tAc",
+                "SELECT 1 FROM pg_database WHERE datname = 'norn'",
+            ],
         )?;
         if String::from_utf8_lossy(&out.stdout).trim() != "1" {
-            let out = self.run("createdb", &["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "norn", "norn"])?;
+            let out = self.run(
+                "createdb",
+                &[
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "norn",
+                    "norn",
+                ],
+            )?;
             if !out.status.success() {
                 bail!("createdb failed: {}", String::from_utf8_lossy(&out.stderr));
             }

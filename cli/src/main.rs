@@ -7,10 +7,19 @@ mod up;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "norn", version, about = "Norn: deploy your apps on your own machines")]
+#[command(
+    name = "norn",
+    version,
+    about = "Norn: deploy your apps on your own machines"
+)]
 struct Cli {
     /// The Norn API.
-    #[arg(long, env = "NORN_URL", default_value = "http://127.0.0.1:8800", global = true)]
+    #[arg(
+        long,
+        env = "NORN_URL",
+        default_value = "http://127.0.0.1:8800",
+        global = true
+    )]
     api: String,
     /// Bearer token (the server's NORN_API_TOKEN).
     #[arg(long, env = "NORN_API_TOKEN", hide_env_values = true, global = true)]
@@ -49,7 +58,8 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Up => {
             tracing_subscriber::fmt()
                 .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
                 )
                 .init();
             up::run(norn_shared::Config::from_env()?).await?;

@@ -10,19 +10,32 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let local = if config.database_url.is_none() {
         let pg = LocalPg::new(config.pg_bin_dir(), std::path::Path::new(".norn"), 55499)?;
         pg.start()?;
-        eprintln!("norn: started a private Postgres at {} (data in .norn/pg)", pg.url());
+        eprintln!(
+            "norn: started a private Postgres at {} (data in .norn/pg)",
+            pg.url()
+        );
         config.database_url = Some(Secret::new(pg.url()));
         Some(pg)
     } else {
         None
     };
     let url = config.require_database_url()?.to_owned();
-    let pool = norn_shared::db::connect(&url, 30).await.context("connecting to Postgres")?;
+    let pool = norn_shared::db::connect(&url, 30)
+        .await
+        .context("connecting to Postgres")?;
     norn_shared::db::migrate(&pool).await?;
     let shutdown = norn_shared::shutdown::on_signal();
     eprintln!("norn: api on http://{}:{}", config.bind_addr, config.port);
-    let api = tokio::spawn(norn_api::run(pool.clone(), config.clone(), shutdown.clone()));
-    let worker = tokio::spawn(norn_worker::run(pool.clone(), config.clone(), shutdown.clone()));
+    let api = tokio::spawn(norn_api::run(
+        pool.clone(),
+        config.clone(),
+        shutdown.clone(),
+    ));
+    let worker = tokio::spawn(norn_worker::run(
+        pool.clone(),
+        config.clone(),
+        shutdown.clone(),
+    ));
     let scheduler = tokio::spawn(norn_scheduler::run(pool, config, shutdown));
     let (a, w, s) = tokio::join!(api, worker, scheduler);
     if let Some(pg) = local {

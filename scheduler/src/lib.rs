@@ -51,7 +51,12 @@ pub async fn prune_health_checks(pool: &PgPool) -> Result<u64, sqlx::Error> {
     }
 }
 
-async fn lead(pool: &PgPool, config: &Config, mut leader: PgConnection, shutdown: &mut watch::Receiver<bool>) {
+async fn lead(
+    pool: &PgPool,
+    config: &Config,
+    mut leader: PgConnection,
+    shutdown: &mut watch::Receiver<bool>,
+) {
     tracing::info!(node = %config.node_name, "scheduler is leading");
     let mut tick = tokio::time::interval(PRUNE_EVERY);
     loop {
@@ -77,7 +82,11 @@ async fn lead(pool: &PgPool, config: &Config, mut leader: PgConnection, shutdown
     }
 }
 
-pub async fn run(pool: PgPool, config: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), SchedulerError> {
+pub async fn run(
+    pool: PgPool,
+    config: Config,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), SchedulerError> {
     let url = config
         .require_database_url()
         .map_err(|e| SchedulerError::Db(sqlx::Error::Configuration(e.into())))?

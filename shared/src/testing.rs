@@ -26,7 +26,9 @@ fn template_name() -> String {
 pub async fn fresh_database() -> String {
     let admin = admin_url();
     let template = template_name();
-    let mut conn = PgConnection::connect(&admin).await.expect("connect to test server");
+    let mut conn = PgConnection::connect(&admin)
+        .await
+        .expect("connect to test server");
     sqlx::query("SELECT pg_advisory_lock(7316)")
         .execute(&mut conn)
         .await
@@ -51,9 +53,9 @@ pub async fn fresh_database() -> String {
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "CREATE DATABASE {name} TEMPLATE {template}"
     )))
-        .execute(&mut conn)
-        .await
-        .expect("create test database");
+    .execute(&mut conn)
+    .await
+    .expect("create test database");
     sqlx::query("SELECT pg_advisory_unlock(7316)")
         .execute(&mut conn)
         .await

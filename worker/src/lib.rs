@@ -27,7 +27,11 @@ pub enum WorkerError {
 }
 
 /// Runs the worker role until `shutdown` turns true.
-pub async fn run(pool: sqlx::PgPool, config: Config, shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
+pub async fn run(
+    pool: sqlx::PgPool,
+    config: Config,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), WorkerError> {
     let state = Arc::new(state::WorkerState::new(pool, config).await?);
     tracing::info!(token = %state.token, "worker ready");
     supervisor::deploy_queue(state, shutdown).await;

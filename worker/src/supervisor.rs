@@ -16,7 +16,12 @@ use crate::jobs;
 use crate::state::WorkerState;
 
 fn worker_name(state: &WorkerState, queue: Queue) -> String {
-    format!("{}-{}-{}", state.config.node_name, queue.name(), uuid::Uuid::new_v4().simple())
+    format!(
+        "{}-{}-{}",
+        state.config.node_name,
+        queue.name(),
+        uuid::Uuid::new_v4().simple()
+    )
 }
 
 async fn stopped(mut shutdown: watch::Receiver<bool>) -> Result<(), std::io::Error> {
@@ -44,7 +49,9 @@ pub async fn deploy_queue(state: Arc<WorkerState>, shutdown: watch::Receiver<boo
         match worker.run_until(stopped(shutdown.clone())).await {
             Ok(()) if *shutdown.borrow() => return,
             Ok(()) => tracing::warn!(worker = %name, "deploy worker stopped; restarting"),
-            Err(e) => tracing::warn!(worker = %name, error = %e, "deploy worker failed; restarting"),
+            Err(e) => {
+                tracing::warn!(worker = %name, error = %e, "deploy worker failed; restarting")
+            }
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));

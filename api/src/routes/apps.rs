@@ -34,7 +34,8 @@ pub fn decode(headers: &HeaderMap, body: &[u8]) -> ApiResult<(Value, InfraSpec)>
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("json"));
-    let text = std::str::from_utf8(body).map_err(|_| ApiError::bad("the body must be UTF-8 text"))?;
+    let text =
+        std::str::from_utf8(body).map_err(|_| ApiError::bad("the body must be UTF-8 text"))?;
     let document: Value = if is_json {
         serde_json::from_str(text).map_err(|e| ApiError::bad(format!("invalid JSON: {e}")))?
     } else {
@@ -46,12 +47,23 @@ pub fn decode(headers: &HeaderMap, body: &[u8]) -> ApiResult<(Value, InfraSpec)>
     Ok((document, spec))
 }
 
-pub async fn register(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<(StatusCode, Json<Value>)> {
+pub async fn register(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
     let (document, spec) = decode(&headers, &body)?;
     let mut conn = state.pool.acquire().await?;
     let created = apps::upsert(&mut conn, &spec, &document, "api", None).await?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(json!({ "id": spec.name, "created": created, "spec": spec }))))
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(json!({ "id": spec.name, "created": created, "spec": spec })),
+    ))
 }
 
 pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
@@ -87,7 +99,10 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiRe
 
 /// Registers every `<dir>/*/infraspec.yaml`. A broken spec is logged and
 /// skipped so one bad app never keeps the API from starting.
-pub async fn register_dir(pool: &sqlx::PgPool, dir: &std::path::Path) -> Result<usize, sqlx::Error> {
+pub async fn register_dir(
+    pool: &sqlx::PgPool,
+    dir: &std::path::Path,
+) -> Result<usize, sqlx::Error> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         tracing::info!(dir = %dir.display(), "apps directory not found; nothing to register");
         return Ok(0);
@@ -95,11 +110,17 @@ pub async fn register_dir(pool: &sqlx::PgPool, dir: &std::path::Path) -> Result<
     let mut count = 0;
     for entry in entries.flatten() {
         let path = entry.path().join("infraspec.yaml");
-        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
         let parsed = serde_yaml::from_str::<serde_yaml::Value>(&text)
             .map_err(|e| e.to_string())
             .and_then(|y| serde_json::to_value(y).map_err(|e| e.to_string()))
-            .and_then(|doc| InfraSpec::from_json(doc.clone()).map(|s| (doc, s)).map_err(|e| e.to_string()));
+            .and_then(|doc| {
+                InfraSpec::from_json(doc.clone())
+                    .map(|s| (doc, s))
+                    .map_err(|e| e.to_string())
+            });
         match parsed {
             Ok((doc, spec)) => {
                 let dir = entry.path().canonicalize().unwrap_or(entry.path());
@@ -107,7 +128,9 @@ pub async fn register_dir(pool: &sqlx::PgPool, dir: &std::path::Path) -> Result<
                 apps::upsert(&mut conn, &spec, &doc, "apps_dir", dir.to_str()).await?;
                 count += 1;
             }
-            Err(e) => tracing::warn!(file = %path.display(), error = %e, "skipping app with an invalid infraspec"),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "skipping app with an invalid infraspec")
+            }
         }
     }
     Ok(count)

@@ -2,9 +2,9 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
+use norn_shared::db::apps;
 use norn_shared::db::deployments::{self, ListFilter, NewDeployment};
 use norn_shared::db::saga::{self, NewSagaEvent};
-use norn_shared::db::apps;
 use norn_shared::domain::{DeploymentStatus, GitRef, new_deployment_id};
 use norn_shared::events::{self, Event};
 use norn_shared::jobs::DeployJob;
@@ -34,19 +34,27 @@ pub async fn deploy(
     let body: DeployBody = if body.iter().all(|b| b.is_ascii_whitespace()) {
         DeployBody::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))?
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))?
     };
-    let git_ref = GitRef::parse(body.git_ref.as_deref().unwrap_or("HEAD")).map_err(|e| ApiError::field("ref", e))?;
+    let git_ref = GitRef::parse(body.git_ref.as_deref().unwrap_or("HEAD"))
+        .map_err(|e| ApiError::field("ref", e))?;
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => Some(
             v.to_str()
                 .ok()
                 .filter(|k| !k.is_empty() && k.len() <= 200)
-                .ok_or_else(|| ApiError::field("Idempotency-Key", "must be 1..200 visible ASCII characters"))?,
+                .ok_or_else(|| {
+                    ApiError::field("Idempotency-Key", "must be 1..200 visible ASCII characters")
+                })?,
         ),
     };
-    let actor = if state.config.api_token.is_some() { "api-token" } else { "api" };
+    let actor = if state.config.api_token.is_some() {
+        "api-token"
+    } else {
+        "api"
+    };
 
     let mut tx = state.pool.begin().await?;
     if apps::get(&mut tx, app.as_str()).await?.is_none() {
@@ -66,7 +74,10 @@ pub async fn deploy(
     .await?;
     if !created {
         tx.rollback().await?;
-        return Ok((StatusCode::OK, Json(json!({"id": deployment.id, "status": deployment.status, "duplicate": true}))));
+        return Ok((
+            StatusCode::OK,
+            Json(json!({"id": deployment.id, "status": deployment.status, "duplicate": true})),
+        ));
     }
     let job = DeployJob {
         deployment_id: id.clone(),
@@ -87,10 +98,17 @@ pub async fn deploy(
         },
     )
     .await?;
-    events::publish(&mut tx, &Event::new("deploy.queued", app.as_str(), json!(deployment))).await?;
+    events::publish(
+        &mut tx,
+        &Event::new("deploy.queued", app.as_str(), json!(deployment)),
+    )
+    .await?;
     tx.commit().await?;
     tracing::info!(app = %app, deployment.id = %id, r#ref = %git_ref, "deploy queued");
-    Ok((StatusCode::ACCEPTED, Json(json!({"id": id, "status": "queued"}))))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"id": id, "status": "queued"})),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -100,7 +118,10 @@ pub struct ListQuery {
     limit: Option<i64>,
 }
 
-pub async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
+pub async fn list(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
     let app = q.app.as_deref().map(app_id).transpose()?;
     let status = q
         .status
@@ -140,7 +161,10 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiRe
     Ok(Json(json!(d)))
 }
 
-pub async fn events(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let id = deployment_id(&id)?;
     let mut conn = state.pool.acquire().await?;
     if deployments::get(&mut conn, id).await?.is_none() {

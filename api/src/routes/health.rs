@@ -27,6 +27,10 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         },
         "queues": queues,
     });
-    let code = if pg_up { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if pg_up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(body))
 }

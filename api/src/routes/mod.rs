@@ -21,6 +21,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/deployments/{id}/events", get(deployments::events))
         .route("/ws", get(ws::upgrade))
         .fallback(|| async { crate::error::ApiError::NotFound("no such route".into()) })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::require_token))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::require_token,
+        ))
         .with_state(state)
 }

@@ -15,12 +15,20 @@ pub struct WsQuery {
     app: Option<String>,
 }
 
-pub async fn upgrade(ws: WebSocketUpgrade, State(state): State<AppState>, Query(q): Query<WsQuery>) -> Response {
+pub async fn upgrade(
+    ws: WebSocketUpgrade,
+    State(state): State<AppState>,
+    Query(q): Query<WsQuery>,
+) -> Response {
     let rx = state.events.subscribe();
     ws.on_upgrade(move |socket| pump(socket, rx, q.app))
 }
 
-async fn pump(mut socket: WebSocket, mut rx: tokio::sync::broadcast::Receiver<String>, app: Option<String>) {
+async fn pump(
+    mut socket: WebSocket,
+    mut rx: tokio::sync::broadcast::Receiver<String>,
+    app: Option<String>,
+) {
     loop {
         tokio::select! {
             event = rx.recv() => match event {

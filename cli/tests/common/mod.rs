@@ -44,7 +44,13 @@ impl Harness {
         let ingress_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api = format!("http://{}", api_listener.local_addr().unwrap());
         let ingress = ingress_listener.local_addr().unwrap();
-        tokio::spawn(norn_api::serve(pool.clone(), config.clone(), api_listener, Some(ingress_listener), rx.clone()));
+        tokio::spawn(norn_api::serve(
+            pool.clone(),
+            config.clone(),
+            api_listener,
+            Some(ingress_listener),
+            rx.clone(),
+        ));
         tokio::spawn(norn_worker::run(pool, config, rx));
         Self {
             db_url,
@@ -57,19 +63,32 @@ impl Harness {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let resp = self.http.post(format!("{}{path}", self.api)).json(&body).send().await.unwrap();
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.api))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let resp = self.http.get(format!("{}{path}", self.api)).send().await.unwrap();
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.api))
+            .send()
+            .await
+            .unwrap();
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn deploy(&self, app: &str, git_ref: &str) -> String {
-        let (status, body) = self.post(&format!("/api/apps/{app}/deploy"), json!({"ref": git_ref})).await;
+        let (status, body) = self
+            .post(&format!("/api/apps/{app}/deploy"), json!({"ref": git_ref}))
+            .await;
         assert_eq!(status, 202, "{body}");
         body["id"].as_str().unwrap().to_owned()
     }
@@ -79,10 +98,16 @@ impl Harness {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
         loop {
             let (_, d) = self.get(&format!("/api/deployments/{id}")).await;
-            if matches!(d["status"].as_str(), Some("deployed" | "failed" | "rolled_back")) {
+            if matches!(
+                d["status"].as_str(),
+                Some("deployed" | "failed" | "rolled_back")
+            ) {
                 return d;
             }
-            assert!(tokio::time::Instant::now() < deadline, "deployment {id} never finished: {d}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "deployment {id} never finished: {d}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -99,7 +124,11 @@ impl Drop for Harness {
     }
 }
 
-pub async fn app_get(http: &reqwest::Client, ingress: std::net::SocketAddr, app: &str) -> Result<String, String> {
+pub async fn app_get(
+    http: &reqwest::Client,
+    ingress: std::net::SocketAddr,
+    app: &str,
+) -> Result<String, String> {
     let resp = http
         .get(format!("http://{ingress}/"))
         .header("host", format!("{app}.localhost"))
@@ -109,11 +138,18 @@ pub async fn app_get(http: &reqwest::Client, ingress: std::net::SocketAddr, app:
         .map_err(|e| e.to_string())?;
     let status = resp.status();
     let text = resp.text().await.map_err(|e| e.to_string())?;
-    if status.is_success() { Ok(text) } else { Err(format!("{status}: {text}")) }
+    if status.is_success() {
+        Ok(text)
+    } else {
+        Err(format!("{status}: {text}"))
+    }
 }
 
 pub fn unique_app(prefix: &str) -> String {
-    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
 }
 
 /// A git repository whose image is a static busybox serving `www/` on :8080.
@@ -125,7 +161,8 @@ impl AppRepo {
     pub fn create(root: &Path, name: &str) -> Self {
         let dir = root.join(format!("repo-{name}"));
         std::fs::create_dir_all(dir.join("www")).unwrap();
-        std::fs::copy("/bin/busybox", dir.join("busybox")).expect("busybox-static must be installed (/bin/busybox)");
+        std::fs::copy("/bin/busybox", dir.join("busybox"))
+            .expect("busybox-static must be installed (/bin/busybox)");
         std::fs::write(
             dir.join("Dockerfile"),
             "FROM scratch\nCOPY busybox /bin/busybox\nCOPY busybox /bin/sh\nCOPY www /www\n\
@@ -144,13 +181,17 @@ impl AppRepo {
         std::fs::write(self.dir.join("www/index.html"), version).unwrap();
         let repo = git2::Repository::open(&self.dir).unwrap();
         let mut index = repo.index().unwrap();
-        index.add_all(["*"], git2::IndexAddOption::DEFAULT, None).unwrap();
+        index
+            .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
+            .unwrap();
         index.write().unwrap();
         let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
         let sig = git2::Signature::now("norn test", "test@norn.invalid").unwrap();
         let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
         let parents: Vec<&git2::Commit> = parent.iter().collect();
-        let oid = repo.commit(Some("HEAD"), &sig, &sig, version, &tree, &parents).unwrap();
+        let oid = repo
+            .commit(Some("HEAD"), &sig, &sig, version, &tree, &parents)
+            .unwrap();
         oid.to_string()
     }
 

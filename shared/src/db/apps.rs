@@ -80,18 +80,20 @@ pub async fn upsert(
 }
 
 pub async fn get(conn: &mut PgConnection, id: &str) -> Result<Option<App>, AppError> {
-    let row: Option<Row> =
-        sqlx::query_as("SELECT id, spec, source, source_dir, created_at, updated_at FROM apps WHERE id = $1")
-            .bind(id)
-            .fetch_optional(conn)
-            .await?;
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT id, spec, source, source_dir, created_at, updated_at FROM apps WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
     row.map(App::try_from).transpose()
 }
 
 pub async fn list(conn: &mut PgConnection) -> Result<Vec<App>, AppError> {
-    let rows: Vec<Row> =
-        sqlx::query_as("SELECT id, spec, source, source_dir, created_at, updated_at FROM apps ORDER BY id")
-            .fetch_all(conn)
-            .await?;
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT id, spec, source, source_dir, created_at, updated_at FROM apps ORDER BY id",
+    )
+    .fetch_all(conn)
+    .await?;
     rows.into_iter().map(App::try_from).collect()
 }

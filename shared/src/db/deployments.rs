@@ -55,10 +55,14 @@ pub async fn insert_queued(
     conn: &mut PgConnection,
     new: &NewDeployment<'_>,
 ) -> Result<(Deployment, bool), DbError> {
-    let inserted: Option<Deployment> = sqlx::query_as(concat!("INSERT INTO deployments (id, app, ref, idempotency_key, triggered_by)
+    let inserted: Option<Deployment> = sqlx::query_as(concat!(
+        "INSERT INTO deployments (id, app, ref, idempotency_key, triggered_by)
          VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (app, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-         RETURNING ", columns!(), ""))
+         RETURNING ",
+        columns!(),
+        ""
+    ))
     .bind(new.id)
     .bind(new.app)
     .bind(new.git_ref)
@@ -69,7 +73,11 @@ pub async fn insert_queued(
     if let Some(d) = inserted {
         return Ok((d, true));
     }
-    let existing: Deployment = sqlx::query_as(concat!("SELECT ", columns!(), " FROM deployments WHERE app = $1 AND idempotency_key = $2"))
+    let existing: Deployment = sqlx::query_as(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM deployments WHERE app = $1 AND idempotency_key = $2"
+    ))
     .bind(new.app)
     .bind(new.idempotency_key)
     .fetch_one(&mut *conn)
@@ -78,12 +86,14 @@ pub async fn insert_queued(
 }
 
 pub async fn get(conn: &mut PgConnection, id: &str) -> Result<Option<Deployment>, DbError> {
-    Ok(
-        sqlx::query_as(concat!("SELECT ", columns!(), " FROM deployments WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(conn)
-            .await?,
-    )
+    Ok(sqlx::query_as(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM deployments WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?)
 }
 
 #[derive(Debug, Default)]
@@ -97,9 +107,13 @@ pub async fn list(
     conn: &mut PgConnection,
     filter: &ListFilter<'_>,
 ) -> Result<Vec<Deployment>, DbError> {
-    Ok(sqlx::query_as(concat!("SELECT ", columns!(), " FROM deployments
+    Ok(sqlx::query_as(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM deployments
          WHERE ($1::text IS NULL OR app = $1) AND ($2::text IS NULL OR status = $2)
-         ORDER BY started_at DESC, id DESC LIMIT $3"))
+         ORDER BY started_at DESC, id DESC LIMIT $3"
+    ))
     .bind(filter.app)
     .bind(filter.status.map(|s| s.as_str()))
     .bind(filter.limit)
@@ -109,8 +123,12 @@ pub async fn list(
 
 /// The newest deployed release of an app: what is serving now.
 pub async fn current(conn: &mut PgConnection, app: &str) -> Result<Option<Deployment>, DbError> {
-    Ok(sqlx::query_as(concat!("SELECT ", columns!(), " FROM deployments WHERE app = $1 AND status = 'deployed'
-         ORDER BY finished_at DESC LIMIT 1"))
+    Ok(sqlx::query_as(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM deployments WHERE app = $1 AND status = 'deployed'
+         ORDER BY finished_at DESC LIMIT 1"
+    ))
     .bind(app)
     .fetch_optional(conn)
     .await?)
@@ -147,7 +165,8 @@ pub async fn update(
         Some(to) => current.transition(to)?,
         None => current,
     };
-    Ok(sqlx::query_as(concat!("UPDATE deployments SET
+    Ok(sqlx::query_as(concat!(
+        "UPDATE deployments SET
             status = $2,
             steps = COALESCE($3, steps),
             commit_sha = COALESCE($4, commit_sha),
@@ -156,7 +175,10 @@ pub async fn update(
             failed_step = COALESCE($7, failed_step),
             finished_at = CASE WHEN $8 THEN now() ELSE finished_at END
          WHERE id = $1
-         RETURNING ", columns!(), ""))
+         RETURNING ",
+        columns!(),
+        ""
+    ))
     .bind(id)
     .bind(next.as_str())
     .bind(update.steps.map(Json))

@@ -15,7 +15,11 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
         "" | "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        other => return Err(format!("{raw:?}: unknown unit {other:?} (use ms, s, m or h)")),
+        other => {
+            return Err(format!(
+                "{raw:?}: unknown unit {other:?} (use ms, s, m or h)"
+            ));
+        }
     };
     if !seconds.is_finite() || seconds < 0.0 {
         return Err(format!("{raw:?} is not a valid duration"));

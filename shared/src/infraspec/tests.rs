@@ -40,8 +40,18 @@ fn parses_every_field() {
         nightly.schedule.as_ref().unwrap().timezone.as_deref(),
         Some("Europe/Berlin")
     );
-    assert_eq!(spec.processes["export"].function.as_ref().unwrap().memory_mb, 384);
-    assert_eq!(spec.services.postgres.as_ref().unwrap().database, "ledger_db");
+    assert_eq!(
+        spec.processes["export"]
+            .function
+            .as_ref()
+            .unwrap()
+            .memory_mb,
+        384
+    );
+    assert_eq!(
+        spec.services.postgres.as_ref().unwrap().database,
+        "ledger_db"
+    );
     assert_eq!(spec.env["WORKERS"], "4");
     assert_eq!(spec.services().count(), 1);
 }
@@ -89,7 +99,9 @@ fn errors_name_the_field() {
     let e = first_error("name: a\nprocesses: {web: {port: 1}}\nmigrations: ./up\n");
     assert_eq!(e.field, "migrations");
 
-    let e = first_error("name: a\nprocesses: {web: {port: 1}}\nservices: {postgres: {database: \"x-y\"}}\n");
+    let e = first_error(
+        "name: a\nprocesses: {web: {port: 1}}\nservices: {postgres: {database: \"x-y\"}}\n",
+    );
     assert_eq!(e.field, "services.postgres.database");
 
     let e = first_error("- just\n- a list\n");

@@ -284,7 +284,10 @@ fn process(p: RawProcess, path: &str, errors: &mut Errors) -> Option<Process> {
         }
     });
     if schedule.is_some() && function.is_some() {
-        errors.push(path, "a process is either scheduled or a function, not both");
+        errors.push(
+            path,
+            "a process is either scheduled or a function, not both",
+        );
     }
     if (schedule.is_some() || function.is_some()) && p.command.is_none() {
         errors.push(

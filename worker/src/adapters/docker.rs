@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use bollard::Docker;
-use bollard::models::{ContainerCreateBody, HostConfig, NetworkCreateRequest, RestartPolicy, RestartPolicyNameEnum};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, NetworkCreateRequest, RestartPolicy, RestartPolicyNameEnum,
+};
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, InspectContainerOptions,
     ListContainersOptionsBuilder, LogsOptionsBuilder, PushImageOptionsBuilder,
@@ -28,9 +30,20 @@ pub enum RuntimeError {
 #[async_trait::async_trait]
 pub trait ImageBuilder: Send + Sync {
     /// Builds `tag` from `context`; build output is appended to `log`.
-    async fn build(&self, context: &Path, dockerfile: &str, tag: &str, log: &mut String) -> Result<(), RuntimeError>;
+    async fn build(
+        &self,
+        context: &Path,
+        dockerfile: &str,
+        tag: &str,
+        log: &mut String,
+    ) -> Result<(), RuntimeError>;
     /// Pushes `tag` to `registry` and returns the pushed reference.
-    async fn push(&self, tag: &str, registry: &str, log: &mut String) -> Result<String, RuntimeError>;
+    async fn push(
+        &self,
+        tag: &str,
+        registry: &str,
+        log: &mut String,
+    ) -> Result<String, RuntimeError>;
 }
 
 /// Runs containers: one-off jobs and long-running release instances.
@@ -54,7 +67,9 @@ pub struct DockerEngine {
 
 impl DockerEngine {
     pub async fn connect(network: &str) -> Result<Self, RuntimeError> {
-        let client = Docker::connect_with_local_defaults()?.negotiate_version().await?;
+        let client = Docker::connect_with_local_defaults()?
+            .negotiate_version()
+            .await?;
         Ok(Self {
             client,
             network: network.to_owned(),
@@ -68,7 +83,12 @@ impl DockerEngine {
 
     /// The bridge network release instances join; created on first use.
     pub async fn ensure_network(&self) -> Result<(), RuntimeError> {
-        if self.client.inspect_network(&self.network, None).await.is_ok() {
+        if self
+            .client
+            .inspect_network(&self.network, None)
+            .await
+            .is_ok()
+        {
             return Ok(());
         }
         let req = NetworkCreateRequest {
@@ -80,13 +100,24 @@ impl DockerEngine {
         match self.client.create_network(req).await {
             Ok(_) => Ok(()),
             // Another worker created it first.
-            Err(_) if self.client.inspect_network(&self.network, None).await.is_ok() => Ok(()),
+            Err(_)
+                if self
+                    .client
+                    .inspect_network(&self.network, None)
+                    .await
+                    .is_ok() =>
+            {
+                Ok(())
+            }
             Err(e) => Err(e.into()),
         }
     }
 
     async fn logs(&self, name: &str) -> String {
-        let opts = LogsOptionsBuilder::default().stdout(true).stderr(true).build();
+        let opts = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .build();
         let mut stream = self.client.logs(name, Some(opts));
         let mut out = String::new();
         while let Some(Ok(chunk)) = stream.next().await {
@@ -96,12 +127,17 @@ impl DockerEngine {
     }
 
     async fn wait_exit(&self, name: &str) -> Result<i64, RuntimeError> {
-        let mut stream = self.client.wait_container(name, None::<bollard::query_parameters::WaitContainerOptions>);
+        let mut stream = self.client.wait_container(
+            name,
+            None::<bollard::query_parameters::WaitContainerOptions>,
+        );
         match stream.next().await {
             Some(Ok(resp)) => Ok(resp.status_code),
             Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
             Some(Err(e)) => Err(e.into()),
-            None => Err(RuntimeError::Failed(format!("container {name} vanished while running"))),
+            None => Err(RuntimeError::Failed(format!(
+                "container {name} vanished while running"
+            ))),
         }
     }
 }
@@ -123,7 +159,13 @@ fn tar_dir(dir: &Path) -> std::io::Result<Vec<u8>> {
 
 #[async_trait::async_trait]
 impl ImageBuilder for DockerEngine {
-    async fn build(&self, context: &Path, dockerfile: &str, tag: &str, log: &mut String) -> Result<(), RuntimeError> {
+    async fn build(
+        &self,
+        context: &Path,
+        dockerfile: &str,
+        tag: &str,
+        log: &mut String,
+    ) -> Result<(), RuntimeError> {
         let dir = context.to_owned();
         let archive = tokio::task::spawn_blocking(move || tar_dir(&dir))
             .await
@@ -136,9 +178,9 @@ impl ImageBuilder for DockerEngine {
             .forcerm(true)
             .labels(&HashMap::from([("norn.managed", "true")]))
             .build();
-        let mut stream = self
-            .client
-            .build_image(opts, None, Some(bollard::body_full(archive.into())));
+        let mut stream =
+            self.client
+                .build_image(opts, None, Some(bollard::body_full(archive.into())));
         while let Some(item) = stream.next().await {
             let info = item.map_err(|e| match e {
                 bollard::errors::Error::DockerStreamError { error } => RuntimeError::Failed(error),
@@ -148,21 +190,38 @@ impl ImageBuilder for DockerEngine {
                 log.push_str(&s);
             }
             if let Some(detail) = info.error_detail {
-                return Err(RuntimeError::Failed(detail.message.unwrap_or_else(|| "build failed".into())));
+                return Err(RuntimeError::Failed(
+                    detail.message.unwrap_or_else(|| "build failed".into()),
+                ));
             }
         }
         Ok(())
     }
 
-    async fn push(&self, tag: &str, registry: &str, log: &mut String) -> Result<String, RuntimeError> {
+    async fn push(
+        &self,
+        tag: &str,
+        registry: &str,
+        log: &mut String,
+    ) -> Result<String, RuntimeError> {
         let (name, version) = tag.split_once(':').unwrap_or((tag, "latest"));
         let repo = format!("{}/{name}", registry.trim_end_matches('/'));
         self.client
-            .tag_image(tag, Some(TagImageOptionsBuilder::default().repo(&repo).tag(version).build()))
+            .tag_image(
+                tag,
+                Some(
+                    TagImageOptionsBuilder::default()
+                        .repo(&repo)
+                        .tag(version)
+                        .build(),
+                ),
+            )
             .await?;
-        let mut stream = self
-            .client
-            .push_image(&repo, Some(PushImageOptionsBuilder::default().tag(version).build()), None);
+        let mut stream = self.client.push_image(
+            &repo,
+            Some(PushImageOptionsBuilder::default().tag(version).build()),
+            None,
+        );
         while let Some(item) = stream.next().await {
             let info = item?;
             if let Some(status) = info.status {
@@ -170,7 +229,9 @@ impl ImageBuilder for DockerEngine {
                 log.push('\n');
             }
             if let Some(detail) = info.error_detail {
-                return Err(RuntimeError::Failed(detail.message.unwrap_or_else(|| "push failed".into())));
+                return Err(RuntimeError::Failed(
+                    detail.message.unwrap_or_else(|| "push failed".into()),
+                ));
             }
         }
         Ok(format!("{repo}:{version}"))
@@ -193,14 +254,19 @@ impl Runtime for DockerEngine {
             }),
             ..Default::default()
         };
-        let opts = CreateContainerOptionsBuilder::default().name(&job.name).build();
+        let opts = CreateContainerOptionsBuilder::default()
+            .name(&job.name)
+            .build();
         self.client.create_container(Some(opts), body).await?;
         self.client.start_container(&job.name, None).await?;
         let exit = tokio::time::timeout(job.timeout, self.wait_exit(&job.name)).await;
         let output = self.logs(&job.name).await;
         self.remove(&job.name).await?;
         match exit {
-            Ok(code) => Ok(OneOffResult { exit_code: code?, output }),
+            Ok(code) => Ok(OneOffResult {
+                exit_code: code?,
+                output,
+            }),
             Err(_) => Err(RuntimeError::TimedOut(job.timeout)),
         }
     }
@@ -226,7 +292,9 @@ impl Runtime for DockerEngine {
             }),
             ..Default::default()
         };
-        let opts = CreateContainerOptionsBuilder::default().name(&spec.name).build();
+        let opts = CreateContainerOptionsBuilder::default()
+            .name(&spec.name)
+            .build();
         self.client.create_container(Some(opts), body).await?;
         self.client.start_container(&spec.name, None).await?;
         let info = self
@@ -238,7 +306,12 @@ impl Runtime for DockerEngine {
             .and_then(|n| n.networks)
             .and_then(|n| n.get(&self.network).and_then(|e| e.ip_address.clone()))
             .filter(|ip| !ip.is_empty())
-            .ok_or_else(|| RuntimeError::Failed(format!("{} has no address on network {}", spec.name, self.network)))?;
+            .ok_or_else(|| {
+                RuntimeError::Failed(format!(
+                    "{} has no address on network {}",
+                    spec.name, self.network
+                ))
+            })?;
         Ok(Instance {
             name: spec.name.clone(),
             ip,
@@ -246,9 +319,15 @@ impl Runtime for DockerEngine {
     }
 
     async fn is_running(&self, name: &str) -> Result<bool, RuntimeError> {
-        match self.client.inspect_container(name, None::<InspectContainerOptions>).await {
+        match self
+            .client
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await
+        {
             Ok(info) => Ok(info.state.and_then(|s| s.running).unwrap_or(false)),
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(false),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
             Err(e) => Err(e.into()),
         }
     }
@@ -257,20 +336,31 @@ impl Runtime for DockerEngine {
         let opts = RemoveContainerOptionsBuilder::default().force(true).build();
         match self.client.remove_container(name, Some(opts)).await {
             Ok(()) => Ok(()),
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
             // Already being removed by a concurrent call.
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
 
     async fn instances(&self, app: &str) -> Result<Vec<(String, String)>, RuntimeError> {
         let filters = HashMap::from([("label".to_string(), vec![format!("norn.app={app}")])]);
-        let opts = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+        let opts = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
         let list = self.client.list_containers(Some(opts)).await?;
         Ok(list
             .into_iter()
-            .filter(|c| c.labels.as_ref().is_some_and(|l| l.contains_key("norn.process")))
+            .filter(|c| {
+                c.labels
+                    .as_ref()
+                    .is_some_and(|l| l.contains_key("norn.process"))
+            })
             .filter_map(|c| {
                 let name = c.names?.first()?.trim_start_matches('/').to_owned();
                 let dep = c.labels?.get("norn.deployment")?.clone();

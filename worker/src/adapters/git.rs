@@ -25,22 +25,27 @@ impl GitSource {
             if tries > 3 {
                 return Err(git2::Error::from_str("authentication failed"));
             }
-            if allowed.contains(git2::CredentialType::SSH_KEY) {
-                if let Some(key) = &self.ssh_key {
-                    return Cred::ssh_key(username.unwrap_or("git"), None, key, None);
-                }
+            if allowed.contains(git2::CredentialType::SSH_KEY)
+                && let Some(key) = &self.ssh_key
+            {
+                return Cred::ssh_key(username.unwrap_or("git"), None, key, None);
             }
-            if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT) {
-                if let Some(token) = &self.token {
-                    return Cred::userpass_plaintext("x-access-token", token.expose());
-                }
+            if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT)
+                && let Some(token) = &self.token
+            {
+                return Cred::userpass_plaintext("x-access-token", token.expose());
             }
             Cred::default()
         });
         cb
     }
 
-    fn clone_at(&self, req: &FetchRequest, url: &str, dest: &Path) -> Result<Checkout, SourceError> {
+    fn clone_at(
+        &self,
+        req: &FetchRequest,
+        url: &str,
+        dest: &Path,
+    ) -> Result<Checkout, SourceError> {
         let mut fetch = FetchOptions::new();
         fetch.remote_callbacks(self.callbacks());
         fetch.download_tags(git2::AutotagOption::All);
@@ -52,9 +57,12 @@ impl GitSource {
         let commit = repo
             .find_commit(oid)
             .map_err(|e| SourceError::Ref(format!("{}: {}", req.git_ref, e.message())))?;
-        repo.checkout_tree(commit.as_object(), Some(git2::build::CheckoutBuilder::new().force()))
-            .and_then(|_| repo.set_head_detached(oid))
-            .map_err(|e| SourceError::Clone(format!("checking out {oid}: {}", e.message())))?;
+        repo.checkout_tree(
+            commit.as_object(),
+            Some(git2::build::CheckoutBuilder::new().force()),
+        )
+        .and_then(|_| repo.set_head_detached(oid))
+        .map_err(|e| SourceError::Clone(format!("checking out {oid}: {}", e.message())))?;
         let sha = oid.to_string();
         Ok(Checkout {
             description: format!("cloned {url} ({}) at {}", req.git_ref, &sha[..12]),
@@ -65,7 +73,11 @@ impl GitSource {
 
 /// `HEAD` means the tip of the app's branch (or the remote's default branch);
 /// otherwise a branch, then a tag, then a (possibly abbreviated) SHA.
-fn resolve(repo: &Repository, git_ref: &str, default_branch: Option<&str>) -> Result<Oid, SourceError> {
+fn resolve(
+    repo: &Repository,
+    git_ref: &str,
+    default_branch: Option<&str>,
+) -> Result<Oid, SourceError> {
     let candidates: Vec<String> = if git_ref == "HEAD" {
         match default_branch {
             Some(b) => vec![format!("refs/remotes/origin/{b}"), "HEAD".into()],
@@ -79,10 +91,10 @@ fn resolve(repo: &Repository, git_ref: &str, default_branch: Option<&str>) -> Re
         ]
     };
     for candidate in &candidates {
-        if let Ok(obj) = repo.revparse_single(candidate) {
-            if let Ok(commit) = obj.peel_to_commit() {
-                return Ok(commit.id());
-            }
+        if let Ok(obj) = repo.revparse_single(candidate)
+            && let Ok(commit) = obj.peel_to_commit()
+        {
+            return Ok(commit.id());
         }
     }
     Err(SourceError::Ref(format!(
@@ -117,7 +129,8 @@ impl Source for GitSource {
                 "the app has neither repo.url nor a directory under NORN_APPS_DIR".into(),
             ));
         };
-        copy_dir(dir, dest).map_err(|e| SourceError::Clone(format!("copying {}: {e}", dir.display())))?;
+        copy_dir(dir, dest)
+            .map_err(|e| SourceError::Clone(format!("copying {}: {e}", dir.display())))?;
         // A local directory that is itself a git repository has a real SHA.
         let sha = Repository::open(dir)
             .ok()

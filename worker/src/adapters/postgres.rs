@@ -31,9 +31,9 @@ impl PgTools {
 
     /// Whether `database` exists on the server.
     pub async fn exists(&self, database: &str) -> Result<bool, SnapshotError> {
-        let pool = sqlx::PgPool::connect(&self.server_url)
-            .await
-            .map_err(|e| SnapshotError::Failed(format!("connecting to the app database server: {e}")))?;
+        let pool = sqlx::PgPool::connect(&self.server_url).await.map_err(|e| {
+            SnapshotError::Failed(format!("connecting to the app database server: {e}"))
+        })?;
         let row: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM pg_database WHERE datname = $1")
             .bind(database)
             .fetch_optional(&pool)
@@ -52,19 +52,28 @@ impl PgTools {
             .await
             .map_err(|e| SnapshotError::Failed(e.to_string()))?;
         // The name was validated as ^[a-z_][a-z0-9_]*$ by the infraspec.
-        let res = sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{database}\"")))
-            .execute(&pool)
-            .await;
+        let res = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE \"{database}\""
+        )))
+        .execute(&pool)
+        .await;
         pool.close().await;
         match res {
             Ok(_) => Ok(true),
             Err(_) if self.exists(database).await? => Ok(false),
-            Err(e) => Err(SnapshotError::Failed(format!("creating database {database}: {e}"))),
+            Err(e) => Err(SnapshotError::Failed(format!(
+                "creating database {database}: {e}"
+            ))),
         }
     }
 
     /// `pg_dump -Fc` into `dir/<db>_<sha12>_<YYYYMMDDTHHMMSS>.dump`.
-    pub async fn dump(&self, database: &str, sha12: &str, dir: &Path) -> Result<PathBuf, SnapshotError> {
+    pub async fn dump(
+        &self,
+        database: &str,
+        sha12: &str,
+        dir: &Path,
+    ) -> Result<PathBuf, SnapshotError> {
         tokio::fs::create_dir_all(dir)
             .await
             .map_err(|e| SnapshotError::Failed(format!("creating {}: {e}", dir.display())))?;
@@ -79,7 +88,9 @@ impl PgTools {
             .arg(&partial)
             .output()
             .await
-            .map_err(|e| SnapshotError::Failed(format!("running {}: {e}", self.bin("pg_dump").display())))?;
+            .map_err(|e| {
+                SnapshotError::Failed(format!("running {}: {e}", self.bin("pg_dump").display()))
+            })?;
         if !out.status.success() {
             let _ = tokio::fs::remove_file(&partial).await;
             return Err(SnapshotError::Failed(format!(

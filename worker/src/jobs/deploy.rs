@@ -61,7 +61,11 @@ async fn execute(job: &DeployJob, state: &WorkerState) -> Result<(), WorkerError
     let git_ref = GitRef::parse(&deployment.git_ref).unwrap_or_else(|_| GitRef::head());
 
     wait_for_lease(state, &job.app, &holder).await?;
-    let renew = tokio::spawn(keep_lease(state.pool.clone(), job.app.clone(), holder.clone()));
+    let renew = tokio::spawn(keep_lease(
+        state.pool.clone(),
+        job.app.clone(),
+        holder.clone(),
+    ));
     let mut ctx = DeployCtx {
         state,
         workdir: state.config.work_dir.join(&job.deployment_id),
@@ -72,7 +76,12 @@ async fn execute(job: &DeployJob, state: &WorkerState) -> Result<(), WorkerError
         image: None,
         started: Vec::new(),
     };
-    let mut rec = Recorder::new(state.pool.clone(), &job.deployment_id, &job.app, &state.config.node_name);
+    let mut rec = Recorder::new(
+        state.pool.clone(),
+        &job.deployment_id,
+        &job.app,
+        &state.config.node_name,
+    );
     let result = pipeline::run(&mut ctx, &mut rec).await;
     renew.abort();
     let mut conn = state.pool.acquire().await?;
@@ -99,7 +108,11 @@ async fn recover_interrupted(job: &DeployJob, state: &WorkerState) -> Result<(),
     fail_before_start(state, job, RESTARTED).await
 }
 
-async fn fail_before_start(state: &WorkerState, job: &DeployJob, reason: &str) -> Result<(), WorkerError> {
+async fn fail_before_start(
+    state: &WorkerState,
+    job: &DeployJob,
+    reason: &str,
+) -> Result<(), WorkerError> {
     let mut tx = state.pool.begin().await?;
     deployments::update(
         &mut tx,
@@ -127,7 +140,11 @@ async fn fail_before_start(state: &WorkerState, job: &DeployJob, reason: &str) -
     .await?;
     events::publish(
         &mut tx,
-        &Event::new("deploy.failed", &job.app, json!({"deploymentId": job.deployment_id, "error": reason})),
+        &Event::new(
+            "deploy.failed",
+            &job.app,
+            json!({"deploymentId": job.deployment_id, "error": reason}),
+        ),
     )
     .await?;
     tx.commit().await?;

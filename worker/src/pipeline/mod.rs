@@ -134,19 +134,25 @@ pub async fn run(ctx: &mut DeployCtx<'_>, rec: &mut Recorder) -> Result<(), Work
         let took = began.elapsed();
         match result {
             Ok(out) => {
-                let status = if out.skipped { StepStatus::Skipped } else { StepStatus::Complete };
+                let status = if out.skipped {
+                    StepStatus::Skipped
+                } else {
+                    StepStatus::Complete
+                };
                 let found = match step {
                     Step::Clone => (ctx.sha.as_deref(), None),
                     Step::Build => (None, ctx.image.as_deref()),
                     _ => (None, None),
                 };
-                rec.step_finished(step, status, &out.output, took, found).await?;
+                rec.step_finished(step, status, &out.output, took, found)
+                    .await?;
             }
             Err(failure) => {
                 tracing::warn!(step = %step, reason = %failure.reason, "deploy step failed");
                 steps::deploy::discard_new(ctx).await;
                 steps::cleanup::remove_workdir(&ctx.workdir).await;
-                rec.failed(step, &failure.reason, &failure.output, took).await?;
+                rec.failed(step, &failure.reason, &failure.output, took)
+                    .await?;
                 return Ok(());
             }
         }

@@ -31,7 +31,13 @@ impl Recorder {
         }
     }
 
-    fn saga<'a>(&'a self, action: &'a str, step: Option<&'a str>, message: &'a str, metadata: serde_json::Value) -> NewSagaEvent<'a> {
+    fn saga<'a>(
+        &'a self,
+        action: &'a str,
+        step: Option<&'a str>,
+        message: &'a str,
+        metadata: serde_json::Value,
+    ) -> NewSagaEvent<'a> {
         NewSagaEvent {
             saga_id: &self.deployment_id,
             app: &self.app,
@@ -47,13 +53,18 @@ impl Recorder {
     /// Records the start of the whole operation (after the app lease is held).
     pub async fn started(&self) -> Result<(), WorkerError> {
         let mut tx = self.pool.begin().await?;
-        saga::append(&mut tx, self.saga("deploy.start", None, "deploy started", json!({}))).await?;
+        saga::append(
+            &mut tx,
+            self.saga("deploy.start", None, "deploy started", json!({})),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
 
     pub async fn step_started(&mut self, step: Step) -> Result<(), WorkerError> {
-        self.steps.push(json!({"step": step.as_str(), "status": StepStatus::Running}));
+        self.steps
+            .push(json!({"step": step.as_str(), "status": StepStatus::Running}));
         let mut tx = self.pool.begin().await?;
         deployments::update(
             &mut tx,
@@ -65,7 +76,11 @@ impl Recorder {
             },
         )
         .await?;
-        saga::append(&mut tx, self.saga("step.start", Some(step.as_str()), "", json!({}))).await?;
+        saga::append(
+            &mut tx,
+            self.saga("step.start", Some(step.as_str()), "", json!({})),
+        )
+        .await?;
         events::publish(
             &mut tx,
             &Event::new(
@@ -114,10 +129,19 @@ impl Recorder {
             },
         )
         .await?;
-        let action = if status == StepStatus::Skipped { "step.skipped" } else { "step.complete" };
+        let action = if status == StepStatus::Skipped {
+            "step.skipped"
+        } else {
+            "step.complete"
+        };
         saga::append(
             &mut tx,
-            self.saga(action, Some(step.as_str()), events::tail(output, 500), json!({"durationMs": took.as_millis() as u64})),
+            self.saga(
+                action,
+                Some(step.as_str()),
+                events::tail(output, 500),
+                json!({"durationMs": took.as_millis() as u64}),
+            ),
         )
         .await?;
         events::publish(
@@ -137,7 +161,13 @@ impl Recorder {
     }
 
     /// Fails the deployment at `step` with `reason`, keeping the step's output.
-    pub async fn failed(&mut self, step: Step, reason: &str, output: &str, took: Duration) -> Result<(), WorkerError> {
+    pub async fn failed(
+        &mut self,
+        step: Step,
+        reason: &str,
+        output: &str,
+        took: Duration,
+    ) -> Result<(), WorkerError> {
         self.close_step(step, StepStatus::Failed, output, took);
         let error = format!("{step}: {reason}");
         let mut tx = self.pool.begin().await?;
@@ -153,8 +183,16 @@ impl Recorder {
             },
         )
         .await?;
-        saga::append(&mut tx, self.saga("step.failed", Some(step.as_str()), reason, json!({}))).await?;
-        saga::append(&mut tx, self.saga("deploy.failed", Some(step.as_str()), &error, json!({}))).await?;
+        saga::append(
+            &mut tx,
+            self.saga("step.failed", Some(step.as_str()), reason, json!({})),
+        )
+        .await?;
+        saga::append(
+            &mut tx,
+            self.saga("deploy.failed", Some(step.as_str()), &error, json!({})),
+        )
+        .await?;
         events::publish(
             &mut tx,
             &Event::new(
@@ -167,7 +205,11 @@ impl Recorder {
         .await?;
         events::publish(
             &mut tx,
-            &Event::new("deploy.failed", &self.app, json!({"deploymentId": self.deployment_id, "step": step, "error": error})),
+            &Event::new(
+                "deploy.failed",
+                &self.app,
+                json!({"deploymentId": self.deployment_id, "step": step, "error": error}),
+            ),
         )
         .await?;
         tx.commit().await?;
@@ -185,10 +227,23 @@ impl Recorder {
             },
         )
         .await?;
-        saga::append(&mut tx, self.saga("deploy.complete", None, image_tag, json!({"imageTag": image_tag}))).await?;
+        saga::append(
+            &mut tx,
+            self.saga(
+                "deploy.complete",
+                None,
+                image_tag,
+                json!({"imageTag": image_tag}),
+            ),
+        )
+        .await?;
         events::publish(
             &mut tx,
-            &Event::new("deploy.completed", &self.app, json!({"deploymentId": self.deployment_id, "imageTag": image_tag})),
+            &Event::new(
+                "deploy.completed",
+                &self.app,
+                json!({"deploymentId": self.deployment_id, "imageTag": image_tag}),
+            ),
         )
         .await?;
         tx.commit().await?;

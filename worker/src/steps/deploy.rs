@@ -23,7 +23,10 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
                 env.insert("PORT".into(), port.to_string());
             }
             if let Some(pg) = &ctx.app.spec.services.postgres {
-                env.insert("DATABASE_URL".into(), ctx.state.pg.database_url(&pg.database));
+                env.insert(
+                    "DATABASE_URL".into(),
+                    ctx.state.pg.database_url(&pg.database),
+                );
             }
             let instance = InstanceSpec {
                 name: format!("{}-{process}-{}-{replica}", ctx.app.id, ctx.short_id()),
@@ -37,12 +40,9 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
                     ("norn.replica".into(), replica.to_string()),
                 ]),
             };
-            let started = ctx
-                .state
-                .runtime
-                .start(&instance)
-                .await
-                .map_err(|e| StepFailure::with_output(format!("starting {}: {e}", instance.name), output.clone()))?;
+            let started = ctx.state.runtime.start(&instance).await.map_err(|e| {
+                StepFailure::with_output(format!("starting {}: {e}", instance.name), output.clone())
+            })?;
             output.push_str(&format!("started {} at {}\n", started.name, started.ip));
             ctx.started.push(NewInstance {
                 process: process.clone(),

@@ -17,7 +17,9 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
     let deadline = Instant::now() + ctx.state.config.healthy_timeout;
     let mut output = String::new();
     for new in &ctx.started {
-        let line = wait_ready(ctx, new, deadline).await.map_err(|reason| StepFailure::with_output(reason, output.clone()))?;
+        let line = wait_ready(ctx, new, deadline)
+            .await
+            .map_err(|reason| StepFailure::with_output(reason, output.clone()))?;
         output.push_str(&line);
         output.push('\n');
     }
@@ -26,19 +28,42 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
     Ok(StepOutput::done(output))
 }
 
-async fn wait_ready(ctx: &DeployCtx<'_>, new: &NewInstance, deadline: Instant) -> Result<String, String> {
-    let health = ctx.app.spec.processes.get(&new.process).and_then(|p| p.health.clone());
+async fn wait_ready(
+    ctx: &DeployCtx<'_>,
+    new: &NewInstance,
+    deadline: Instant,
+) -> Result<String, String> {
+    let health = ctx
+        .app
+        .spec
+        .processes
+        .get(&new.process)
+        .and_then(|p| p.health.clone());
     let mut last = String::from("no answer yet");
     loop {
-        if !ctx.state.runtime.is_running(&new.instance.name).await.unwrap_or(false) {
-            return Err(format!("{} exited before becoming healthy", new.instance.name));
+        if !ctx
+            .state
+            .runtime
+            .is_running(&new.instance.name)
+            .await
+            .unwrap_or(false)
+        {
+            return Err(format!(
+                "{} exited before becoming healthy",
+                new.instance.name
+            ));
         }
         let probe: Result<(), String> = match (new.port, &health) {
             (Some(port), Some(h)) => {
                 let url = format!("http://{}:{port}{}", new.instance.ip, h.path);
                 match ctx.state.http.get(&url).timeout(h.timeout).send().await {
                     Ok(resp) if resp.status().is_success() || resp.status().is_redirection() => {
-                        return Ok(format!("{} answered {} on {}", new.instance.name, resp.status().as_u16(), h.path));
+                        return Ok(format!(
+                            "{} answered {} on {}",
+                            new.instance.name,
+                            resp.status().as_u16(),
+                            h.path
+                        ));
                     }
                     Ok(resp) => Err(format!("{url} answered {}", resp.status())),
                     Err(e) => Err(format!("{url}: {e}")),
@@ -46,8 +71,18 @@ async fn wait_ready(ctx: &DeployCtx<'_>, new: &NewInstance, deadline: Instant) -
             }
             (Some(port), None) => {
                 let addr = format!("{}:{port}", new.instance.ip);
-                match tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&addr)).await {
-                    Ok(Ok(_)) => return Ok(format!("{} accepts connections on {port}", new.instance.name)),
+                match tokio::time::timeout(
+                    Duration::from_secs(2),
+                    tokio::net::TcpStream::connect(&addr),
+                )
+                .await
+                {
+                    Ok(Ok(_)) => {
+                        return Ok(format!(
+                            "{} accepts connections on {port}",
+                            new.instance.name
+                        ));
+                    }
                     Ok(Err(e)) => Err(format!("{addr}: {e}")),
                     Err(_) => Err(format!("{addr}: connect timed out")),
                 }
@@ -77,7 +112,12 @@ async fn switch_routes(ctx: &DeployCtx<'_>, output: &mut String) -> Result<(), S
                 .push(format!("{}:{port}", new.instance.ip));
         }
     }
-    let mut tx = ctx.state.pool.begin().await.map_err(|e| StepFailure::new(e.to_string()))?;
+    let mut tx = ctx
+        .state
+        .pool
+        .begin()
+        .await
+        .map_err(|e| StepFailure::new(e.to_string()))?;
     for (process, addrs) in &upstreams {
         let route = Route {
             app: ctx.app.id.clone(),
@@ -85,10 +125,14 @@ async fn switch_routes(ctx: &DeployCtx<'_>, output: &mut String) -> Result<(), S
             upstream: addrs.join(","),
             deployment_id: ctx.deployment_id.clone(),
         };
-        routes::set(&mut tx, &route).await.map_err(|e| StepFailure::new(e.to_string()))?;
+        routes::set(&mut tx, &route)
+            .await
+            .map_err(|e| StepFailure::new(e.to_string()))?;
         output.push_str(&format!("routed {process} -> {}\n", route.upstream));
     }
-    tx.commit().await.map_err(|e| StepFailure::new(e.to_string()))?;
+    tx.commit()
+        .await
+        .map_err(|e| StepFailure::new(e.to_string()))?;
     Ok(())
 }
 

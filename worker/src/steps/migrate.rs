@@ -12,7 +12,9 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
     };
     // The infraspec guarantees a database whenever migrations are declared.
     let Some(pg) = ctx.app.spec.services.postgres.clone() else {
-        return Err(StepFailure::new("migrations need services.postgres.database"));
+        return Err(StepFailure::new(
+            "migrations need services.postgres.database",
+        ));
     };
     let created = ctx
         .state
@@ -21,7 +23,10 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
         .await
         .map_err(|e| StepFailure::new(e.to_string()))?;
     let mut env = ctx.app.spec.env.clone();
-    env.insert("DATABASE_URL".into(), ctx.state.pg.database_url(&pg.database));
+    env.insert(
+        "DATABASE_URL".into(),
+        ctx.state.pg.database_url(&pg.database),
+    );
     let job = OneOff {
         name: format!("{}-migrate-{}", ctx.app.id, ctx.short_id()),
         image: ctx.image()?.to_owned(),
