@@ -31,18 +31,16 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         config.clone(),
         shutdown.clone(),
     ));
-    let worker = tokio::spawn(norn_worker::run(
-        pool.clone(),
-        config.clone(),
-        shutdown.clone(),
-    ));
+    // The worker future is not spawned: apalis' handler types are not
+    // `Send` for every lifetime, so it runs on this task.
+    let worker = norn_worker::run(pool.clone(), config.clone(), shutdown.clone());
     let scheduler = tokio::spawn(norn_scheduler::run(pool, config, shutdown));
     let (a, w, s) = tokio::join!(api, worker, scheduler);
     if let Some(pg) = local {
         pg.stop();
     }
     a??;
-    w??;
+    w?;
     s??;
     Ok(())
 }

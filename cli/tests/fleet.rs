@@ -13,12 +13,20 @@ use serde_json::{Value, json};
 fn bin(name: &str) -> PathBuf {
     let norn = PathBuf::from(env!("CARGO_BIN_EXE_norn"));
     let path = norn.with_file_name(name);
-    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` first", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
     path
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Proc(Child);
@@ -53,17 +61,28 @@ fn spawn(name: &str, db: &str, tmp: &std::path::Path, node: &str, port: u16) -> 
 async fn wait_up(http: &reqwest::Client, api: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while http.get(format!("{api}/api/health")).send().await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "{api} never came up");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{api} never came up"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 async fn post(http: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
     let resp = http.post(url).json(&body).send().await.unwrap();
-    (resp.status().as_u16(), resp.json().await.unwrap_or(Value::Null))
+    (
+        resp.status().as_u16(),
+        resp.json().await.unwrap_or(Value::Null),
+    )
 }
 
-async fn wait_all(http: &reqwest::Client, api: &str, ids: &[String], deadline: Duration) -> Vec<Value> {
+async fn wait_all(
+    http: &reqwest::Client,
+    api: &str,
+    ids: &[String],
+    deadline: Duration,
+) -> Vec<Value> {
     let end = tokio::time::Instant::now() + deadline;
     loop {
         let mut done = Vec::new();
@@ -78,7 +97,12 @@ async fn wait_all(http: &reqwest::Client, api: &str, ids: &[String], deadline: D
         if done.len() == ids.len() {
             return done;
         }
-        assert!(tokio::time::Instant::now() < end, "only {}/{} deployments finished", done.len(), ids.len());
+        assert!(
+            tokio::time::Instant::now() < end,
+            "only {}/{} deployments finished",
+            done.len(),
+            ids.len()
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
@@ -93,7 +117,10 @@ async fn two_apis_two_workers_run_each_deploy_once_and_one_per_app() {
     let _w1 = spawn("norn-worker", &db, tmp.path(), "worker-1", 0);
     let _w2 = spawn("norn-worker", &db, tmp.path(), "worker-2", 0);
     let http = reqwest::Client::new();
-    let apis = [format!("http://127.0.0.1:{p1}"), format!("http://127.0.0.1:{p2}")];
+    let apis = [
+        format!("http://127.0.0.1:{p1}"),
+        format!("http://127.0.0.1:{p2}"),
+    ];
     for api in &apis {
         wait_up(&http, api).await;
     }
@@ -102,14 +129,20 @@ async fn two_apis_two_workers_run_each_deploy_once_and_one_per_app() {
     let repo = AppRepo::create(tmp.path(), &prefix);
     let apps: Vec<String> = (0..10).map(|i| format!("{prefix}-{i}")).collect();
     for app in &apps {
-        let (status, body) = post(&http, format!("{}/api/apps", apis[0]), spec(app, &repo, None)).await;
+        let (status, body) = post(
+            &http,
+            format!("{}/api/apps", apis[0]),
+            spec(app, &repo, None),
+        )
+        .await;
         assert_eq!(status, 201, "{body}");
     }
     let mut ids = Vec::new();
     for round in 0..5 {
         for (i, app) in apps.iter().enumerate() {
             let api = &apis[(round + i) % 2];
-            let (status, body) = post(&http, format!("{api}/api/apps/{app}/deploy"), json!({})).await;
+            let (status, body) =
+                post(&http, format!("{api}/api/apps/{app}/deploy"), json!({})).await;
             assert_eq!(status, 202, "{body}");
             ids.push(body["id"].as_str().unwrap().to_owned());
         }
@@ -128,8 +161,8 @@ async fn two_apis_two_workers_run_each_deploy_once_and_one_per_app() {
     .await
     .unwrap();
     let mut starts: HashMap<&str, usize> = HashMap::new();
-    let mut intervals: HashMap<&str, Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)>> =
-        HashMap::new();
+    type Span = (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>);
+    let mut intervals: HashMap<&str, Vec<Span>> = HashMap::new();
     let mut open: HashMap<&str, chrono::DateTime<chrono::Utc>> = HashMap::new();
     for (saga, app, action, at) in &rows {
         if action == "deploy.start" {
@@ -140,18 +173,29 @@ async fn two_apis_two_workers_run_each_deploy_once_and_one_per_app() {
         }
     }
     assert_eq!(starts.len(), 50);
-    assert!(starts.values().all(|&n| n == 1), "a deployment started twice: {starts:?}");
+    assert!(
+        starts.values().all(|&n| n == 1),
+        "a deployment started twice: {starts:?}"
+    );
     for (app, mut list) in intervals {
         list.sort();
         for pair in list.windows(2) {
-            assert!(pair[0].1 <= pair[1].0, "two operations overlapped on {app}: {pair:?}");
+            assert!(
+                pair[0].1 <= pair[1].0,
+                "two operations overlapped on {app}: {pair:?}"
+            );
         }
     }
     remove_containers(&prefix).await;
 }
 
 fn pg_ctl(data: &str, args: &[&str]) {
-    let bin = std::fs::read_dir("/usr/lib/postgresql").unwrap().flatten().map(|e| e.path().join("bin")).max().unwrap();
+    let bin = std::fs::read_dir("/usr/lib/postgresql")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .max()
+        .unwrap();
     let status = Command::new("runuser")
         .args(["-u", "postgres", "--"])
         .arg(bin.join("pg_ctl"))
@@ -176,8 +220,13 @@ async fn killed_idle_worker_and_postgres_restart_lose_no_queued_job() {
         .unwrap();
     assert!(status.success());
     let admin = format!("postgres://postgres@127.0.0.1:{port}/postgres");
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await.unwrap();
-    sqlx::query("CREATE DATABASE norn").execute(&mut conn).await.unwrap();
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+        .await
+        .unwrap();
+    sqlx::query("CREATE DATABASE norn")
+        .execute(&mut conn)
+        .await
+        .unwrap();
     drop(conn);
     let db = format!("postgres://postgres@127.0.0.1:{port}/norn");
     let tmp = tempfile::tempdir().unwrap();
@@ -191,11 +240,17 @@ async fn killed_idle_worker_and_postgres_restart_lose_no_queued_job() {
     let pool = sqlx::PgPool::connect(&db).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM apalis.workers").fetch_one(&pool).await.unwrap();
+        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM apalis.workers")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
         if n > 0 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "worker never registered");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "worker never registered"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     pool.close().await;
@@ -207,9 +262,15 @@ async fn killed_idle_worker_and_postgres_restart_lose_no_queued_job() {
     let mut ids = Vec::new();
     for i in 0..2 {
         let app = format!("{prefix}-{i}");
-        assert_eq!(post(&http, format!("{api}/api/apps"), spec(&app, &repo, None)).await.0, 201);
+        assert_eq!(
+            post(&http, format!("{api}/api/apps"), spec(&app, &repo, None))
+                .await
+                .0,
+            201
+        );
         for _ in 0..2 {
-            let (status, body) = post(&http, format!("{api}/api/apps/{app}/deploy"), json!({})).await;
+            let (status, body) =
+                post(&http, format!("{api}/api/apps/{app}/deploy"), json!({})).await;
             assert_eq!(status, 202, "{body}");
             ids.push(body["id"].as_str().unwrap().to_owned());
         }
@@ -229,7 +290,10 @@ async fn killed_idle_worker_and_postgres_restart_lose_no_queued_job() {
         if status == 202 {
             break body["id"].as_str().unwrap().to_owned();
         }
-        assert!(tokio::time::Instant::now() < deadline, "api never recovered: {status} {body}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "api never recovered: {status} {body}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     ids.push(late);
@@ -253,16 +317,28 @@ async fn killed_idle_worker_and_postgres_restart_lose_no_queued_job() {
 async fn remove_containers(prefix: &str) {
     let docker = bollard::Docker::connect_with_local_defaults().unwrap();
     let list = docker
-        .list_containers(Some(bollard::query_parameters::ListContainersOptionsBuilder::default().all(true).build()))
+        .list_containers(Some(
+            bollard::query_parameters::ListContainersOptionsBuilder::default()
+                .all(true)
+                .build(),
+        ))
         .await
         .unwrap();
     for c in list {
-        let ours = c.labels.as_ref().and_then(|l| l.get("norn.app")).is_some_and(|a| a.starts_with(prefix));
+        let ours = c
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("norn.app"))
+            .is_some_and(|a| a.starts_with(prefix));
         if ours {
             let _ = docker
                 .remove_container(
                     c.id.as_deref().unwrap(),
-                    Some(bollard::query_parameters::RemoveContainerOptionsBuilder::default().force(true).build()),
+                    Some(
+                        bollard::query_parameters::RemoveContainerOptionsBuilder::default()
+                            .force(true)
+                            .build(),
+                    ),
                 )
                 .await;
         }

@@ -29,6 +29,14 @@ async fn stopped(mut shutdown: watch::Receiver<bool>) -> Result<(), std::io::Err
     Ok(())
 }
 
+fn spawn_handler<F>(f: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(f)
+}
+
 /// Runs the deploy queue's worker until `shutdown` turns true.
 pub async fn deploy_queue(state: Arc<WorkerState>, shutdown: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(250);
@@ -44,6 +52,9 @@ pub async fn deploy_queue(state: Arc<WorkerState>, shutdown: watch::Receiver<boo
             .backend(backend)
             .data(state.clone())
             .concurrency(state.config.worker_concurrency)
+            // Handlers run on their own tasks, so a worker restarted after a
+            // database outage does not cancel deploys that are mid-step.
+            .parallelize(spawn_handler)
             .build(jobs::deploy::run);
         tracing::info!(worker = %name, "deploy worker started");
         match worker.run_until(stopped(shutdown.clone())).await {

@@ -51,7 +51,12 @@ impl Harness {
             Some(ingress_listener),
             rx.clone(),
         ));
-        tokio::spawn(norn_worker::run(pool, config, rx));
+        // apalis' worker future cannot be `tokio::spawn`ed (see cli/src/up.rs);
+        // it gets a runtime of its own on a thread.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().expect("runtime");
+            let _ = rt.block_on(norn_worker::run(pool, config, rx));
+        });
         Self {
             db_url,
             api,

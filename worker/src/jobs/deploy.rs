@@ -61,11 +61,12 @@ async fn execute(job: &DeployJob, state: &WorkerState) -> Result<(), WorkerError
     let git_ref = GitRef::parse(&deployment.git_ref).unwrap_or_else(|_| GitRef::head());
 
     wait_for_lease(state, &job.app, &holder).await?;
-    let renew = tokio::spawn(keep_lease(
+    // Aborted on drop: a cancelled handler must stop renewing, so the lease expires.
+    let renew = AbortOnDrop(tokio::spawn(keep_lease(
         state.pool.clone(),
         job.app.clone(),
         holder.clone(),
-    ));
+    )));
     let mut ctx = DeployCtx {
         state,
         workdir: state.config.work_dir.join(&job.deployment_id),
@@ -83,7 +84,7 @@ async fn execute(job: &DeployJob, state: &WorkerState) -> Result<(), WorkerError
         &state.config.node_name,
     );
     let result = pipeline::run(&mut ctx, &mut rec).await;
-    renew.abort();
+    drop(renew);
     let mut conn = state.pool.acquire().await?;
     lease::release(&mut conn, &job.app, &holder).await?;
     result
@@ -169,6 +170,14 @@ async fn wait_for_lease(state: &WorkerState, app: &str, holder: &str) -> Result<
         if let Some(l) = listener.as_mut() {
             let _ = tokio::time::timeout(Duration::from_secs(2), l.recv()).await;
         }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
