@@ -12,12 +12,8 @@ pub struct LocalPg {
     port: u16,
 }
 
-fn as_postgres_user() -> bool {
-    // initdb refuses to run as root; run the cluster as the `postgres` user then.
-    std::env::var("USER").map(|u| u == "root").unwrap_or(false) || unsafe_is_root()
-}
-
-fn unsafe_is_root() -> bool {
+/// initdb refuses to run as root; as root the cluster belongs to `postgres`.
+fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -47,7 +43,7 @@ impl LocalPg {
 
     fn run(&self, tool: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
         let exe = self.bin.join(tool);
-        let mut cmd = if as_postgres_user() {
+        let mut cmd = if is_root() {
             let mut c = Command::new("runuser");
             c.args(["-u", "postgres", "--"]).arg(&exe);
             c
@@ -59,12 +55,20 @@ impl LocalPg {
             .with_context(|| format!("running {}", exe.display()))
     }
 
+    /// A client tool connected to this cluster as `norn`.
+    fn client(&self, tool: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        let port = self.port.to_string();
+        let mut all = vec!["-h", "127.0.0.1", "-p", &port, "-U", "norn"];
+        all.extend_from_slice(args);
+        self.run(tool, &all)
+    }
+
     /// Initialises (first time) and starts the cluster; idempotent.
     pub fn start(&self) -> anyhow::Result<()> {
         let data = self.data.to_string_lossy().to_string();
         if !self.data.join("PG_VERSION").exists() {
             std::fs::create_dir_all(&self.data)?;
-            if as_postgres_user() {
+            if is_root() {
                 let status = Command::new("chown")
                     .args(["-R", "postgres:", &data])
                     .status()?;
@@ -105,15 +109,9 @@ impl LocalPg {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let out = self.run(
+        let out = self.client(
             "psql",
             &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "norn",
                 "-d",
                 "postgres",
                 "-tAc",
@@ -121,18 +119,7 @@ impl LocalPg {
             ],
         )?;
         if String::from_utf8_lossy(&out.stdout).trim() != "1" {
-            let out = self.run(
-                "createdb",
-                &[
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &self.port.to_string(),
-                    "-U",
-                    "norn",
-                    "norn",
-                ],
-            )?;
+            let out = self.client("createdb", &["norn"])?;
             if !out.status.success() {
                 bail!("createdb failed: {}", String::from_utf8_lossy(&out.stderr));
             }

@@ -56,12 +56,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     let api = client::Api::new(&cli.api, cli.token);
     match cli.command {
         Command::Up => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info".into()),
-                )
-                .init();
+            norn_shared::bootstrap::init_logging();
             up::run(norn_shared::Config::from_env()?).await?;
             Ok(true)
         }

@@ -1,6 +1,5 @@
 //! `norn up`: api + worker + scheduler in one process on :8800.
 
-use anyhow::Context;
 use norn_shared::Config;
 use norn_shared::config::Secret;
 
@@ -19,11 +18,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
-    let url = config.require_database_url()?.to_owned();
-    let pool = norn_shared::db::connect(&url, 30)
-        .await
-        .context("connecting to Postgres")?;
-    norn_shared::db::migrate(&pool).await?;
+    let pool = norn_shared::bootstrap::database(&config, 30).await?;
     let shutdown = norn_shared::shutdown::on_signal();
     eprintln!("norn: api on http://{}:{}", config.bind_addr, config.port);
     let api = tokio::spawn(norn_api::run(

@@ -97,17 +97,13 @@ async fn deploys_end_to_end_and_switches_without_downtime() {
         running[0].labels.as_ref().unwrap()["norn.deployment"],
         second
     );
-    cleanup(&app).await;
+    remove_containers(&app).await;
 }
 
 #[tokio::test]
 async fn failing_test_fails_at_testing_and_the_old_release_keeps_serving() {
     let h = Harness::start().await;
-    let app = unique_app("failtest");
-    let repo = AppRepo::create(h.tmp.path(), &app);
-    assert_eq!(h.post("/api/apps", spec(&app, &repo, None)).await.0, 201);
-    let first = h.deploy(&app, "HEAD").await;
-    assert_eq!(h.wait_terminal(&first).await["status"], "deployed");
+    let (app, repo) = h.app_serving_v1("failtest").await;
 
     let v2 = repo.commit("v2");
     assert_eq!(
@@ -152,17 +148,13 @@ async fn failing_test_fails_at_testing_and_the_old_release_keeps_serving() {
         .collect();
     assert_eq!(actions.first(), Some(&"deploy.queued"));
     assert_eq!(actions.last(), Some(&"deploy.failed"));
-    cleanup(&app).await;
+    remove_containers(&app).await;
 }
 
 #[tokio::test]
 async fn unhealthy_release_is_removed_and_the_old_one_keeps_serving() {
     let h = Harness::start().await;
-    let app = unique_app("unhealthy");
-    let repo = AppRepo::create(h.tmp.path(), &app);
-    assert_eq!(h.post("/api/apps", spec(&app, &repo, None)).await.0, 201);
-    let first = h.deploy(&app, "HEAD").await;
-    assert_eq!(h.wait_terminal(&first).await["status"], "deployed");
+    let (app, repo) = h.app_serving_v1("unhealthy").await;
 
     std::fs::remove_file(repo.dir.join("www/health")).unwrap();
     let v2 = repo.commit("v2-broken");
@@ -171,7 +163,7 @@ async fn unhealthy_release_is_removed_and_the_old_one_keeps_serving() {
     assert_eq!(d["status"], "failed", "{d}");
     assert_eq!(d["failedStep"], "healthy");
     assert_eq!(h.fetch(&app).await.unwrap(), "v1");
-    cleanup(&app).await;
+    remove_containers(&app).await;
 }
 
 #[tokio::test]
@@ -214,32 +206,4 @@ async fn bad_input_gets_a_clear_400() {
     let (status, body) = h.get("/api/health").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["services"]["postgres"]["status"], "up");
-}
-
-async fn cleanup(app: &str) {
-    let docker = bollard::Docker::connect_with_local_defaults().unwrap();
-    let list = docker
-        .list_containers(Some(
-            bollard::query_parameters::ListContainersOptionsBuilder::default()
-                .all(true)
-                .filters(&std::collections::HashMap::from([(
-                    "label",
-                    vec![format!("norn.app={app}")],
-                )]))
-                .build(),
-        ))
-        .await
-        .unwrap();
-    for c in list {
-        let _ = docker
-            .remove_container(
-                c.id.as_deref().unwrap(),
-                Some(
-                    bollard::query_parameters::RemoveContainerOptionsBuilder::default()
-                        .force(true)
-                        .build(),
-                ),
-            )
-            .await;
-    }
 }

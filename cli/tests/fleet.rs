@@ -313,34 +313,3 @@ async fn killed_idle_worker_and_postgres_restart_lose_no_queued_job() {
     pg_ctl(&data, &["-m", "immediate", "stop"]);
     remove_containers(&prefix).await;
 }
-
-async fn remove_containers(prefix: &str) {
-    let docker = bollard::Docker::connect_with_local_defaults().unwrap();
-    let list = docker
-        .list_containers(Some(
-            bollard::query_parameters::ListContainersOptionsBuilder::default()
-                .all(true)
-                .build(),
-        ))
-        .await
-        .unwrap();
-    for c in list {
-        let ours = c
-            .labels
-            .as_ref()
-            .and_then(|l| l.get("norn.app"))
-            .is_some_and(|a| a.starts_with(prefix));
-        if ours {
-            let _ = docker
-                .remove_container(
-                    c.id.as_deref().unwrap(),
-                    Some(
-                        bollard::query_parameters::RemoveContainerOptionsBuilder::default()
-                            .force(true)
-                            .build(),
-                    ),
-                )
-                .await;
-        }
-    }
-}

@@ -1,5 +1,6 @@
 //! Norn's shared domain: everything the api, worker, scheduler and cli agree on.
 
+pub mod bootstrap;
 pub mod config;
 pub mod db;
 pub mod domain;

@@ -1,17 +1,8 @@
-use anyhow::Context;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    norn_shared::bootstrap::init_logging();
     let config = norn_shared::Config::from_env()?;
-    let pool = norn_shared::db::connect(config.require_database_url()?, 20)
-        .await
-        .context("connecting to Postgres")?;
-    norn_shared::db::migrate(&pool).await?;
+    let pool = norn_shared::bootstrap::database(&config, 20).await?;
     norn_worker::run(pool, config, norn_shared::shutdown::on_signal()).await?;
     Ok(())
 }

@@ -98,6 +98,17 @@ impl Harness {
         body["id"].as_str().unwrap().to_owned()
     }
 
+    /// Registers `app` from a fresh repository and deploys its first commit,
+    /// which serves `v1`.
+    pub async fn app_serving_v1(&self, prefix: &str) -> (String, AppRepo) {
+        let app = unique_app(prefix);
+        let repo = AppRepo::create(self.tmp.path(), &app);
+        assert_eq!(self.post("/api/apps", spec(&app, &repo, None)).await.0, 201);
+        let first = self.deploy(&app, "HEAD").await;
+        assert_eq!(self.wait_terminal(&first).await["status"], "deployed");
+        (app, repo)
+    }
+
     /// Polls until the deployment is terminal (deadline 3 min).
     pub async fn wait_terminal(&self, id: &str) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
@@ -215,4 +226,36 @@ pub fn spec(app: &str, repo: &AppRepo, test: Option<&str>) -> Value {
         spec["build"] = json!({"test": t});
     }
     spec
+}
+
+/// Force-removes every container whose `norn.app` label starts with `prefix`.
+pub async fn remove_containers(prefix: &str) {
+    let docker = bollard::Docker::connect_with_local_defaults().unwrap();
+    let list = docker
+        .list_containers(Some(
+            bollard::query_parameters::ListContainersOptionsBuilder::default()
+                .all(true)
+                .build(),
+        ))
+        .await
+        .unwrap();
+    for c in list {
+        let ours = c
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("norn.app"))
+            .is_some_and(|a| a.starts_with(prefix));
+        if ours {
+            let _ = docker
+                .remove_container(
+                    c.id.as_deref().unwrap(),
+                    Some(
+                        bollard::query_parameters::RemoveContainerOptionsBuilder::default()
+                            .force(true)
+                            .build(),
+                    ),
+                )
+                .await;
+        }
+    }
 }
