@@ -79,7 +79,7 @@ fn errors_name_the_field() {
     assert_eq!(e.field, "processes.web.port");
 
     let e = first_error("name: a\nprocesses: {web: {port: 80, helth: {}}}\n");
-    assert_eq!(e.field, "processes.web");
+    assert_eq!(e.field, "processes.web.helth");
     assert!(e.message.contains("unknown field `helth`"), "{}", e.message);
 
     let e = first_error("name: a\nprocesses: {job: {schedule: \"* * *\", command: x}}\n");
