@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts a throwaway PostgreSQL cluster for the tests: 127.0.0.1:${PGPORT:-55432},
 # trust auth, user postgres. initdb refuses to run as root, so as root the
-# cluster belongs to the `postgres` OS user.
+# cluster belongs to the `postgres` OS user. PG_DURABLE=1 keeps Postgres'
+# default durability (fsync, synchronous_commit) for benchmarks.
 set -euo pipefail
 PGBIN=${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)}
 PGPORT=${PGPORT:-55432}
@@ -16,6 +17,7 @@ rm -rf "$PGDATA"
 mkdir -p "$PGDATA"
 [ "$(id -u)" = 0 ] && chown postgres: "$PGDATA"
 as_pg "$PGBIN/initdb" -D "$PGDATA" -U postgres --auth=trust -E UTF8 --locale=C >/dev/null
-as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -l "$PGDATA/server.log" -w \
-  -o "-h 127.0.0.1 -p $PGPORT -k /tmp -c max_connections=400 -c fsync=off -c synchronous_commit=off" start >/dev/null
+OPTS="-h 127.0.0.1 -p $PGPORT -k /tmp -c max_connections=400"
+[ "${PG_DURABLE:-0}" = 1 ] || OPTS="$OPTS -c fsync=off -c synchronous_commit=off"
+as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -l "$PGDATA/server.log" -w -o "$OPTS" start >/dev/null
 echo "postgres running on 127.0.0.1:$PGPORT"

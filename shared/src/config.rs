@@ -74,6 +74,10 @@ pub struct Config {
     pub ingress_port: u16,
     /// `NORN_NODE_NAME`: a human name for this process in logs and the cluster registry.
     pub node_name: String,
+    /// `NORN_HEALTH_CHECK_INTERVAL`: how often the scheduler has every deployed app probed.
+    pub health_check_interval: Duration,
+    /// `NORN_HEALTH_CHECK_TIMEOUT`: how long one probe may take.
+    pub health_check_timeout: Duration,
 }
 
 fn var(name: &'static str) -> Option<String> {
@@ -136,6 +140,8 @@ impl Config {
             job_retention: duration("NORN_JOB_RETENTION", Duration::from_secs(24 * 3600))?,
             ingress_port: parsed("NORN_INGRESS_PORT", 8880u16)?,
             node_name: var("NORN_NODE_NAME").unwrap_or(host),
+            health_check_interval: duration("NORN_HEALTH_CHECK_INTERVAL", Duration::from_secs(30))?,
+            health_check_timeout: duration("NORN_HEALTH_CHECK_TIMEOUT", Duration::from_secs(5))?,
         })
     }
 

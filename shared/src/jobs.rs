@@ -10,3 +10,19 @@ pub struct DeployJob {
     pub deployment_id: String,
     pub app: String,
 }
+
+/// Run one cron tick. `scheduled_at` is the tick's key (with app and process).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CronJob {
+    pub app: String,
+    pub process: String,
+    pub scheduled_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Probe one app's health path once.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthJob {
+    pub app: String,
+}

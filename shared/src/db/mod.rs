@@ -1,7 +1,9 @@
 //! Database access. Every query lives here; callers never write SQL.
 
 pub mod apps;
+pub mod cron;
 pub mod deployments;
+pub mod health;
 pub mod lease;
 pub mod routes;
 pub mod saga;

@@ -1,11 +1,13 @@
 //! Domain types: parsed once at the edge, trusted inside.
 
 mod app_name;
+mod cron;
 mod duration;
 mod git_ref;
 mod status;
 
 pub use app_name::AppName;
+pub use cron::CronExpr;
 pub use duration::parse_duration;
 pub use git_ref::GitRef;
 pub use status::{DeploymentStatus, IllegalTransition, Step, StepStatus};

@@ -1,6 +1,7 @@
 //! `infraspec.yaml`: parsed into typed, validated domain types. Every error
 //! names the field path it is about.
 
+mod cron;
 mod raw;
 mod validate;
 
@@ -91,7 +92,10 @@ pub struct Schedule {
     /// As written: 5 fields, or 6 with seconds.
     pub expression: String,
     pub timezone: Option<String>,
+    pub policy: CronPolicy,
 }
+
+pub use cron::{CronPolicy, Missed, Overlap};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -129,7 +133,7 @@ pub struct Migrations {
     pub command: String,
 }
 
-mod secs {
+pub(crate) mod secs {
     use std::time::Duration;
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format!("{}ms", d.as_millis()))

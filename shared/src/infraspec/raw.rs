@@ -50,7 +50,21 @@ pub(super) struct RawProcess {
     pub replicas: Option<i64>,
     pub schedule: Option<String>,
     pub timezone: Option<String>,
+    pub cron: Option<RawCron>,
     pub function: Option<RawFunction>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawCron {
+    pub timeout: Option<Scalar>,
+    pub grace: Option<Scalar>,
+    pub overlap: Option<String>,
+    pub missed: Option<String>,
+    pub catch_up_limit: Option<i64>,
+    pub memory: Option<i64>,
+    pub cpus: Option<f64>,
+    pub pids: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -2,7 +2,6 @@
 //! its field path.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::str::FromStr;
 use std::time::Duration;
 
 use super::raw::{RawMigrations, RawProcess, RawServices, RawSpec, Scalar};
@@ -10,10 +9,10 @@ use super::*;
 use crate::domain::{AppName, parse_duration};
 
 #[derive(Default)]
-struct Errors(Vec<FieldError>);
+pub(super) struct Errors(pub(super) Vec<FieldError>);
 
 impl Errors {
-    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.0.push(FieldError {
             field: field.into(),
             message: message.into(),
@@ -43,7 +42,7 @@ fn non_empty(value: Option<String>, field: &str, errors: &mut Errors) -> Option<
     }
 }
 
-fn duration(
+pub(super) fn duration(
     value: Option<Scalar>,
     default: Duration,
     field: &str,
@@ -132,6 +131,18 @@ pub(super) fn validate(raw: RawSpec) -> Result<InfraSpec, SpecErrors> {
         if let Some(process) = process(p, &path, &mut errors) {
             processes.insert(pname, process);
         }
+    }
+
+    let scheduled: Vec<&String> = processes
+        .iter()
+        .filter(|(_, p)| p.schedule.is_some())
+        .map(|(n, _)| n)
+        .collect();
+    if let [_, second, ..] = scheduled.as_slice() {
+        errors.push(
+            format!("processes.{second}.schedule"),
+            "an app has at most one scheduled process; split the others into their own apps",
+        );
     }
 
     let services = services(raw.services, raw.infrastructure, &mut errors);
@@ -240,12 +251,16 @@ fn process(p: RawProcess, path: &str, errors: &mut Errors) -> Option<Process> {
             ),
         })
     });
+    let cron_policy = p
+        .cron
+        .map(|c| super::cron::policy(c, &format!("{path}.cron"), errors));
     let schedule = p.schedule.and_then(|expr| {
         let field = format!("{path}.schedule");
         match cron_schedule(&expr) {
             Ok(()) => Some(Schedule {
                 expression: expr.trim().to_owned(),
                 timezone: p.timezone.clone(),
+                policy: cron_policy.clone().unwrap_or_default(),
             }),
             Err(e) => {
                 errors.push(field, e);
@@ -253,6 +268,12 @@ fn process(p: RawProcess, path: &str, errors: &mut Errors) -> Option<Process> {
             }
         }
     });
+    if cron_policy.is_some() && schedule.is_none() && errors.0.len() == before {
+        errors.push(
+            format!("{path}.cron"),
+            "only applies to a process with a schedule",
+        );
+    }
     if let Some(tz) = &p.timezone {
         if tz.parse::<chrono_tz::Tz>().is_err() {
             errors.push(
@@ -308,19 +329,7 @@ fn process(p: RawProcess, path: &str, errors: &mut Errors) -> Option<Process> {
 
 /// Accepts 5 fields (minute precision) or 6 (with seconds), like the seeds.
 pub fn cron_schedule(expr: &str) -> Result<(), String> {
-    let fields = expr.split_whitespace().count();
-    let normalized = match fields {
-        5 => format!("0 {}", expr.trim()),
-        6 => expr.trim().to_owned(),
-        n => {
-            return Err(format!(
-                "{expr:?} has {n} fields; use 5 (min hour day month weekday) or 6 (with seconds first)"
-            ));
-        }
-    };
-    cron::Schedule::from_str(&normalized)
-        .map(|_| ())
-        .map_err(|e| format!("{expr:?} is not a valid cron expression: {e}"))
+    crate::domain::CronExpr::parse(expr, None).map(|_| ())
 }
 
 fn services(

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::time::Duration;
 
 use bollard::Docker;
 use bollard::models::{
@@ -14,7 +15,7 @@ use bollard::query_parameters::{
 };
 use futures::StreamExt;
 
-use super::{Instance, InstanceSpec, OneOff, OneOffResult};
+use super::{Finished, Instance, InstanceSpec, OneOff, OneOffResult};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -49,7 +50,18 @@ pub trait ImageBuilder: Send + Sync {
 /// Runs containers: one-off jobs and long-running release instances.
 #[async_trait::async_trait]
 pub trait Runtime: Send + Sync {
-    async fn run_once(&self, job: &OneOff) -> Result<OneOffResult, RuntimeError>;
+    async fn run_once(&self, job: &OneOff) -> Result<OneOffResult, RuntimeError> {
+        self.start_once(job).await?;
+        match self.finish_once(&job.name, job.timeout).await? {
+            Finished::Exited { exit_code, output } => Ok(OneOffResult { exit_code, output }),
+            Finished::TimedOut { .. } => Err(RuntimeError::TimedOut(job.timeout)),
+        }
+    }
+    /// Creates and starts a one-off container (replacing a leftover of the same name).
+    async fn start_once(&self, job: &OneOff) -> Result<(), RuntimeError>;
+    /// Waits up to `timeout` for a started one-off, kills it past that, collects
+    /// its output and removes it.
+    async fn finish_once(&self, name: &str, timeout: Duration) -> Result<Finished, RuntimeError>;
     /// Starts (or restarts, when re-run) one instance and returns its address.
     async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError>;
     async fn is_running(&self, name: &str) -> Result<bool, RuntimeError>;
@@ -240,18 +252,27 @@ impl ImageBuilder for DockerEngine {
 
 #[async_trait::async_trait]
 impl Runtime for DockerEngine {
-    async fn run_once(&self, job: &OneOff) -> Result<OneOffResult, RuntimeError> {
+    async fn start_once(&self, job: &OneOff) -> Result<(), RuntimeError> {
         self.remove(&job.name).await?;
+        let mut host_config = HostConfig {
+            // One-off jobs reach the databases the host reaches (migrations).
+            network_mode: Some("host".into()),
+            ..Default::default()
+        };
+        if let Some(l) = job.limits {
+            let bytes = i64::from(l.memory_mb) * 1024 * 1024;
+            host_config.memory = Some(bytes);
+            // No swap beyond the cap: a job over its memory is killed, not slowed.
+            host_config.memory_swap = Some(bytes);
+            host_config.nano_cpus = Some((l.cpus * 1e9) as i64);
+            host_config.pids_limit = Some(l.pids);
+        }
         let body = ContainerCreateBody {
             image: Some(job.image.clone()),
             cmd: Some(vec!["/bin/sh".into(), "-c".into(), job.command.clone()]),
             env: Some(env(&job.env)),
             labels: Some(labels(&job.labels)),
-            // One-off jobs reach the databases the host reaches (migrations).
-            host_config: Some(HostConfig {
-                network_mode: Some("host".into()),
-                ..Default::default()
-            }),
+            host_config: Some(host_config),
             ..Default::default()
         };
         let opts = CreateContainerOptionsBuilder::default()
@@ -259,15 +280,29 @@ impl Runtime for DockerEngine {
             .build();
         self.client.create_container(Some(opts), body).await?;
         self.client.start_container(&job.name, None).await?;
-        let exit = tokio::time::timeout(job.timeout, self.wait_exit(&job.name)).await;
-        let output = self.logs(&job.name).await;
-        self.remove(&job.name).await?;
+        Ok(())
+    }
+
+    async fn finish_once(&self, name: &str, timeout: Duration) -> Result<Finished, RuntimeError> {
+        let exit = tokio::time::timeout(timeout, self.wait_exit(name)).await;
+        if exit.is_err() {
+            // Stop it before reading logs so the output is final.
+            let _ = self
+                .client
+                .kill_container(
+                    name,
+                    None::<bollard::query_parameters::KillContainerOptions>,
+                )
+                .await;
+        }
+        let output = self.logs(name).await;
+        self.remove(name).await?;
         match exit {
-            Ok(code) => Ok(OneOffResult {
+            Ok(code) => Ok(Finished::Exited {
                 exit_code: code?,
                 output,
             }),
-            Err(_) => Err(RuntimeError::TimedOut(job.timeout)),
+            Err(_) => Ok(Finished::TimedOut { output }),
         }
     }
 

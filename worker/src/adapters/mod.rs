@@ -46,12 +46,34 @@ pub struct OneOff {
     pub env: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
     pub timeout: Duration,
+    /// Resource caps; `None` leaves the engine's defaults (tests, migrations).
+    pub limits: Option<Limits>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub memory_mb: u32,
+    pub cpus: f64,
+    pub pids: i64,
 }
 
 #[derive(Debug, Clone)]
 pub struct OneOffResult {
     pub exit_code: i64,
     pub output: String,
+}
+
+/// How a started one-off container ended.
+#[derive(Debug, Clone)]
+pub enum Finished {
+    Exited {
+        exit_code: i64,
+        output: String,
+    },
+    /// Killed at its deadline; `output` is what it wrote until then.
+    TimedOut {
+        output: String,
+    },
 }
 
 /// One long-running container of a release.

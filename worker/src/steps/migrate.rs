@@ -37,6 +37,7 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
             ("norn.deployment".into(), ctx.deployment_id.clone()),
             ("norn.job".into(), "migrate".into()),
         ]),
+        limits: None,
         timeout: MIGRATE_TIMEOUT,
     };
     let result = ctx

@@ -20,6 +20,7 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
             ("norn.deployment".into(), ctx.deployment_id.clone()),
             ("norn.job".into(), "test".into()),
         ]),
+        limits: None,
         timeout: TEST_TIMEOUT,
     };
     let result = ctx
