@@ -34,6 +34,10 @@ pub async fn run(
 ) -> Result<(), WorkerError> {
     let state = Arc::new(state::WorkerState::new(pool, config).await?);
     tracing::info!(token = %state.token, "worker ready");
-    supervisor::deploy_queue(state, shutdown).await;
+    tokio::join!(
+        supervisor::deploy_queue(state.clone(), shutdown.clone()),
+        supervisor::cron_queue(state.clone(), shutdown.clone()),
+        supervisor::health_queue(state, shutdown),
+    );
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use apalis::prelude::*;
 use apalis_postgres::PostgresStorage;
-use norn_shared::jobs::DeployJob;
+use norn_shared::jobs::{CronJob, DeployJob, HealthJob};
 use norn_shared::queue::{self, Queue};
 use tokio::sync::watch;
 
@@ -37,34 +37,68 @@ where
     tokio::spawn(f)
 }
 
-/// Runs the deploy queue's worker until `shutdown` turns true.
-pub async fn deploy_queue(state: Arc<WorkerState>, shutdown: watch::Receiver<bool>) {
-    let mut backoff = Duration::from_millis(250);
-    loop {
-        if *shutdown.borrow() {
-            return;
-        }
-        let backend = PostgresStorage::<DeployJob>::new(&state.pool)
-            .with_config(queue::worker_config(Queue::Deploy, 1))
-            .with_pubsub();
-        let name = worker_name(&state, Queue::Deploy);
-        let worker = WorkerBuilder::new(name.as_str())
-            .backend(backend)
-            .data(state.clone())
-            .concurrency(state.config.worker_concurrency)
-            // Handlers run on their own tasks, so a worker restarted after a
-            // database outage does not cancel deploys that are mid-step.
-            .parallelize(spawn_handler)
-            .build(jobs::deploy::run);
-        tracing::info!(worker = %name, "deploy worker started");
-        match worker.run_until(stopped(shutdown.clone())).await {
-            Ok(()) if *shutdown.borrow() => return,
-            Ok(()) => tracing::warn!(worker = %name, "deploy worker stopped; restarting"),
-            Err(e) => {
-                tracing::warn!(worker = %name, error = %e, "deploy worker failed; restarting")
+/// Runs one queue's apalis worker until `shutdown` turns true, restarting it
+/// under a fresh name whenever it stops. A macro because apalis' builder types
+/// (backend, handler) do not name well in a generic signature.
+macro_rules! supervise {
+    ($state:expr, $shutdown:expr, $job:ty, $queue:expr, $batch:expr, $handler:path) => {{
+        let state: Arc<WorkerState> = $state;
+        let shutdown: watch::Receiver<bool> = $shutdown;
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            if *shutdown.borrow() {
+                break;
             }
+            let backend = PostgresStorage::<$job>::new(&state.pool)
+                .with_config(queue::worker_config($queue, $batch))
+                .with_pubsub();
+            let name = worker_name(&state, $queue);
+            let worker = WorkerBuilder::new(name.as_str())
+                .backend(backend)
+                .data(state.clone())
+                .concurrency(state.config.worker_concurrency)
+                // Handlers run on their own tasks, so a worker restarted after a
+                // database outage does not cancel jobs that are mid-flight.
+                .parallelize(spawn_handler)
+                .build($handler);
+            tracing::info!(worker = %name, queue = $queue.name(), "queue worker started");
+            match worker.run_until(stopped(shutdown.clone())).await {
+                Ok(()) if *shutdown.borrow() => break,
+                Ok(()) => tracing::warn!(worker = %name, "queue worker stopped; restarting"),
+                Err(e) => {
+                    tracing::warn!(worker = %name, error = %e, "queue worker failed; restarting")
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
+    }};
+}
+
+/// Deploys take seconds to minutes: claim one at a time so an idle worker
+/// elsewhere takes the next.
+pub async fn deploy_queue(state: Arc<WorkerState>, shutdown: watch::Receiver<bool>) {
+    supervise!(
+        state,
+        shutdown,
+        DeployJob,
+        Queue::Deploy,
+        1,
+        jobs::deploy::run
+    )
+}
+
+pub async fn cron_queue(state: Arc<WorkerState>, shutdown: watch::Receiver<bool>) {
+    supervise!(state, shutdown, CronJob, Queue::Cron, 10, jobs::cron::run)
+}
+
+pub async fn health_queue(state: Arc<WorkerState>, shutdown: watch::Receiver<bool>) {
+    supervise!(
+        state,
+        shutdown,
+        HealthJob,
+        Queue::Health,
+        10,
+        jobs::health::run
+    )
 }

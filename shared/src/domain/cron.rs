@@ -57,23 +57,40 @@ impl CronExpr {
             .map(|d| d.with_timezone(&Utc))
     }
 
-    /// Ticks in `(from, to]`, oldest first, at most `limit` of the newest.
+    /// Ticks in `(from, to]`, oldest first, at most `limit` of the newest,
+    /// and how many older ones were left out (counted up to 100,000).
     pub fn ticks_between(
         &self,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
         limit: usize,
     ) -> (Vec<DateTime<Utc>>, usize) {
-        let mut all: Vec<DateTime<Utc>> = self
+        if limit == 0 || to <= from {
+            return (Vec::new(), 0);
+        }
+        // Walk back from just after `to`, so a long outage costs `limit` steps.
+        let probe = (to + chrono::Duration::milliseconds(1)).with_timezone(&self.tz);
+        let mut kept: Vec<DateTime<Utc>> = self
             .schedule
-            .after(&from.with_timezone(&self.tz))
+            .after(&probe)
+            .rev()
             .map(|d| d.with_timezone(&Utc))
-            .take_while(|d| *d <= to)
-            .take(100_000)
+            .skip_while(|d| *d > to)
+            .take_while(|d| *d > from)
+            .take(limit)
             .collect();
-        let dropped = all.len().saturating_sub(limit);
-        all.drain(..dropped);
-        (all, dropped)
+        kept.reverse();
+        let dropped = match kept.first() {
+            Some(oldest) if kept.len() == limit => self
+                .schedule
+                .after(&from.with_timezone(&self.tz))
+                .map(|d| d.with_timezone(&Utc))
+                .take_while(|d| d < oldest)
+                .take(100_000)
+                .count(),
+            _ => 0,
+        };
+        (kept, dropped)
     }
 }
 
@@ -112,6 +129,11 @@ mod tests {
         assert_eq!(dropped, 7);
         assert_eq!(ticks.len(), 3);
         assert_eq!(ticks[2], to);
+        let (all, none) = c.ticks_between(from, to, usize::MAX);
+        assert_eq!((all.len(), none), (10, 0));
+        assert_eq!(all[0], from + chrono::Duration::seconds(1));
+        let (between, _) = c.ticks_between(from + chrono::Duration::milliseconds(500), to, 100);
+        assert_eq!(between.len(), 10);
     }
 
     #[test]

@@ -1,3 +1,5 @@
 //! One file per job type.
 
+pub mod cron;
 pub mod deploy;
+pub mod health;

@@ -157,5 +157,6 @@ pub async fn run(ctx: &mut DeployCtx<'_>, rec: &mut Recorder) -> Result<(), Work
             }
         }
     }
-    rec.deployed(ctx.image.as_deref().unwrap_or_default()).await
+    rec.deployed(ctx.image.as_deref().unwrap_or_default(), &ctx.app.spec)
+        .await
 }

@@ -3,10 +3,12 @@
 
 use std::time::Duration;
 
+use norn_shared::db::cron;
 use norn_shared::db::deployments::{self, Update};
 use norn_shared::db::saga::{self, NewSagaEvent};
 use norn_shared::domain::{DeploymentStatus, Step, StepStatus};
 use norn_shared::events::{self, Event};
+use norn_shared::infraspec::InfraSpec;
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -216,8 +218,10 @@ impl Recorder {
         Ok(())
     }
 
-    pub async fn deployed(&self, image_tag: &str) -> Result<(), WorkerError> {
+    pub async fn deployed(&self, image_tag: &str, spec: &InfraSpec) -> Result<(), WorkerError> {
         let mut tx = self.pool.begin().await?;
+        // A cron app runs the new image from its next tick on.
+        cron::sync_from_deploy(&mut tx, spec, image_tag).await?;
         deployments::update(
             &mut tx,
             &self.deployment_id,

@@ -1,0 +1,133 @@
+//! Finds cron work that went wrong silently: ticks that did not start within
+//! their grace period, and executions past their deadline that no worker
+//! finished (the worker died). Both become saga events and `/ws` events.
+
+use norn_shared::db::saga::{self, NewSagaEvent};
+use norn_shared::events::{self, Event};
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::SchedulerError;
+
+/// How long after its deadline an execution is declared lost; a live worker
+/// records its own timeout at the deadline.
+const LOST_AFTER_DEADLINE_SECS: f64 = 30.0;
+
+pub async fn sweep(pool: &PgPool) -> Result<(), SchedulerError> {
+    report_late_ticks(pool).await?;
+    report_lost_executions(pool).await
+}
+
+async fn report_late_ticks(pool: &PgPool) -> Result<(), SchedulerError> {
+    let mut tx = pool.begin().await?;
+    // The grace period is per app (infraspec); queued ticks are few, so the
+    // filter runs here rather than in SQL over JSON.
+    let queued: Vec<(String, String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT app, process, scheduled_at FROM cron_ticks
+         WHERE state = 'queued' AND NOT missed_reported AND scheduled_at < now() - interval '1 second'
+         ORDER BY scheduled_at LIMIT 500 FOR UPDATE SKIP LOCKED",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let now = chrono::Utc::now();
+    for (app, process, at) in queued {
+        let grace = match norn_shared::db::apps::get(&mut tx, &app).await? {
+            Some(a) => a
+                .spec
+                .processes
+                .get(&process)
+                .and_then(|p| p.schedule.as_ref())
+                .map(|s| s.policy.grace)
+                .unwrap_or_default(),
+            None => Default::default(),
+        };
+        if now - at < chrono::Duration::from_std(grace).unwrap_or_default() {
+            continue;
+        }
+        sqlx::query(
+            "UPDATE cron_ticks SET missed_reported = true
+             WHERE app = $1 AND process = $2 AND scheduled_at = $3",
+        )
+        .bind(&app)
+        .bind(&process)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        let message = format!(
+            "the tick of {at} did not start within its grace period ({grace:?}); no worker took it"
+        );
+        let payload = json!({"process": process, "scheduledAt": at, "reason": message});
+        trail(
+            &mut tx,
+            &app,
+            &process,
+            "cron.missed",
+            &message,
+            payload.clone(),
+        )
+        .await?;
+        events::publish(&mut tx, &Event::new("cron.missed", &app, payload)).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn report_lost_executions(pool: &PgPool) -> Result<(), SchedulerError> {
+    let mut tx = pool.begin().await?;
+    let lost: Vec<(i64, String, Option<String>, Option<String>)> = sqlx::query_as(
+        "UPDATE cron_executions SET status = 'timed_out', finished_at = now(),
+            duration_ms = (extract(epoch FROM now() - started_at) * 1000)::bigint,
+            reason = 'no worker finished it by its deadline (the worker was lost); its container may need removing'
+         WHERE id IN (SELECT id FROM cron_executions WHERE status = 'running'
+                      AND deadline_at < now() - make_interval(secs => $1) LIMIT 100 FOR UPDATE SKIP LOCKED)
+         RETURNING id, app, process, worker",
+    )
+    .bind(LOST_AFTER_DEADLINE_SECS)
+    .fetch_all(&mut *tx)
+    .await?;
+    for (id, app, process, worker) in lost {
+        let process = process.unwrap_or_default();
+        let message = format!(
+            "execution {id} passed its deadline with no result; worker {} lost",
+            worker.as_deref().unwrap_or("?")
+        );
+        let payload =
+            json!({"executionId": id, "process": process, "status": "timed_out", "error": message});
+        trail(
+            &mut tx,
+            &app,
+            &process,
+            "cron.timed_out",
+            &message,
+            payload.clone(),
+        )
+        .await?;
+        events::publish(&mut tx, &Event::new("cron.failed", &app, payload)).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn trail(
+    conn: &mut sqlx::PgConnection,
+    app: &str,
+    process: &str,
+    action: &str,
+    message: &str,
+    metadata: serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    saga::append(
+        conn,
+        NewSagaEvent {
+            saga_id: &format!("cron:{app}:{process}"),
+            app,
+            category: "cron",
+            action,
+            step: None,
+            message,
+            actor: "scheduler",
+            metadata,
+        },
+    )
+    .await
+}
