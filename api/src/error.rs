@@ -14,6 +14,8 @@ pub enum ApiError {
     },
     Unauthorized,
     NotFound(String),
+    /// The request is valid but the resource is not in a state to accept it.
+    Conflict(String),
     Unavailable(String),
     Internal(Box<dyn std::error::Error + Send + Sync>),
 }
@@ -58,6 +60,7 @@ impl IntoResponse for ApiError {
                 json!({"error": "missing or invalid bearer token"}),
             ),
             ApiError::NotFound(what) => (StatusCode::NOT_FOUND, json!({ "error": what })),
+            ApiError::Conflict(what) => (StatusCode::CONFLICT, json!({ "error": what })),
             ApiError::Unavailable(what) => {
                 (StatusCode::SERVICE_UNAVAILABLE, json!({ "error": what }))
             }

@@ -53,6 +53,11 @@ impl Api {
             .await
     }
 
+    pub async fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(self.req(reqwest::Method::PUT, path).json(body))
+            .await
+    }
+
     fn ws_url(&self, app: &str) -> String {
         let mut url = format!("{}/ws?app={app}", self.base.replacen("http", "ws", 1));
         if let Some(t) = &self.token {

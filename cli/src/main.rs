@@ -1,6 +1,7 @@
 //! `norn`: the command line. Talks to the API, except `norn up`.
 
 mod client;
+mod cron;
 mod localpg;
 mod up;
 
@@ -36,6 +37,12 @@ enum Command {
     Deploy { app: String, r#ref: Option<String> },
     /// Registered apps and recent deployments.
     Status,
+    /// A cron app: show its state and recent runs, or act on it.
+    Cron {
+        app: String,
+        #[command(subcommand)]
+        action: Option<cron::Action>,
+    },
 }
 
 #[tokio::main]
@@ -62,5 +69,6 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         }
         Command::Deploy { app, r#ref } => client::deploy(&api, &app, r#ref.as_deref()).await,
         Command::Status => client::status(&api).await.map(|_| true),
+        Command::Cron { app, action } => cron::run(&api, &app, action).await.map(|_| true),
     }
 }

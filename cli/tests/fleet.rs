@@ -3,60 +3,13 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::procs::*;
 use common::*;
 use serde_json::{Value, json};
-
-fn bin(name: &str) -> PathBuf {
-    let norn = PathBuf::from(env!("CARGO_BIN_EXE_norn"));
-    let path = norn.with_file_name(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first",
-        path.display()
-    );
-    path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(name: &str, db: &str, tmp: &std::path::Path, node: &str, port: u16) -> Proc {
-    let child = Command::new(bin(name))
-        .env("DATABASE_URL", db)
-        .env("NORN_PORT", port.to_string())
-        .env("NORN_INGRESS_PORT", "0")
-        .env("NORN_APPS_DIR", tmp.join("apps"))
-        .env("NORN_WORK_DIR", tmp.join(format!("work-{node}")))
-        .env("NORN_SNAPSHOTS_DIR", tmp.join("snapshots"))
-        .env("NORN_DOCKER_NETWORK", "norn-test")
-        .env("NORN_NODE_NAME", node)
-        .env("NORN_HEALTHY_TIMEOUT", "60s")
-        .env("NORN_DRAIN_GRACE", "200ms")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn");
-    Proc(child)
-}
 
 async fn wait_up(http: &reqwest::Client, api: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

@@ -1,12 +1,14 @@
 //! One file per route group.
 
 pub mod apps;
+pub mod checks;
+pub mod cron;
 pub mod deployments;
 pub mod health;
 pub mod ws;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 
 use crate::state::AppState;
 
@@ -16,6 +18,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/apps", get(apps::list).post(apps::register))
         .route("/api/apps/{id}", get(apps::get))
         .route("/api/apps/{id}/deploy", post(deployments::deploy))
+        .route("/api/apps/{id}/cron", get(cron::get))
+        .route("/api/apps/{id}/cron/trigger", post(cron::trigger))
+        .route("/api/apps/{id}/cron/pause", post(cron::pause))
+        .route("/api/apps/{id}/cron/resume", post(cron::resume))
+        .route("/api/apps/{id}/cron/schedule", put(cron::set_schedule))
+        .route("/api/apps/{id}/health-checks", get(checks::list))
         .route("/api/deployments", get(deployments::list))
         .route("/api/deployments/{id}", get(deployments::get))
         .route("/api/deployments/{id}/events", get(deployments::events))

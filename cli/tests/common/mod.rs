@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod procs;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,6 +18,8 @@ pub struct Harness {
     pub ingress: std::net::SocketAddr,
     pub http: reqwest::Client,
     pub tmp: tempfile::TempDir,
+    pub pool: sqlx::PgPool,
+    pub config: Config,
     stop: watch::Sender<bool>,
 }
 
@@ -44,6 +48,8 @@ impl Harness {
         let ingress_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api = format!("http://{}", api_listener.local_addr().unwrap());
         let ingress = ingress_listener.local_addr().unwrap();
+        let harness_pool = pool.clone();
+        let harness_config = config.clone();
         tokio::spawn(norn_api::serve(
             pool.clone(),
             config.clone(),
@@ -63,8 +69,43 @@ impl Harness {
             ingress,
             http: reqwest::Client::new(),
             tmp,
+            pool: harness_pool,
+            config: harness_config,
             stop,
         }
+    }
+
+    /// Runs a scheduler in this process too (it leads: it is the only one).
+    pub fn spawn_scheduler(&self) {
+        tokio::spawn(norn_scheduler::run(
+            self.pool.clone(),
+            self.config.clone(),
+            self.stop.subscribe(),
+        ));
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        let resp = self
+            .http
+            .put(format!("{}{path}", self.api))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (
+            resp.status().as_u16(),
+            resp.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    /// Registers `spec` and deploys HEAD; panics unless it ends `deployed`.
+    pub async fn register_and_deploy(&self, spec: Value) {
+        let app = spec["name"].as_str().unwrap().to_owned();
+        let (status, body) = self.post("/api/apps", spec).await;
+        assert!(status == 201 || status == 200, "register: {status} {body}");
+        let id = self.deploy(&app, "HEAD").await;
+        let done = self.wait_terminal(&id).await;
+        assert_eq!(done["status"], "deployed", "{done}");
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
@@ -258,4 +299,32 @@ pub async fn remove_containers(prefix: &str) {
                 .await;
         }
     }
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics after `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A cron app on the busybox image: `command` every `schedule`.
+pub fn cron_spec(app: &str, repo: &AppRepo, schedule: &str, command: &str, cron: Value) -> Value {
+    json!({
+        "name": app,
+        "repo": {"url": repo.url()},
+        "processes": {"job": {"schedule": schedule, "command": command, "cron": cron}},
+    })
 }

@@ -124,6 +124,27 @@ pub async fn sync_from_deploy(
     notify(conn, app).await
 }
 
+/// Creates the state of a cron app that was never deployed, so it can be
+/// paused or given an override before its first run.
+pub async fn ensure(
+    conn: &mut PgConnection,
+    app: &str,
+    process: &str,
+    schedule: &crate::infraspec::Schedule,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO cron_states (app, process, schedule, timezone) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (app) DO NOTHING",
+    )
+    .bind(app)
+    .bind(process)
+    .bind(&schedule.expression)
+    .bind(&schedule.timezone)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 pub async fn get(conn: &mut PgConnection, app: &str) -> Result<Option<CronState>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM cron_states WHERE app = $1")
         .bind(app)

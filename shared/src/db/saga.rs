@@ -57,3 +57,21 @@ pub async fn for_saga(
         .fetch_all(conn)
         .await
 }
+
+/// The newest events of one category for an app, e.g. cron incidents.
+pub async fn recent_for_app(
+    conn: &mut PgConnection,
+    app: &str,
+    actions: &[&str],
+    limit: i64,
+) -> Result<Vec<SagaEvent>, sqlx::Error> {
+    let actions: Vec<String> = actions.iter().map(|a| a.to_string()).collect();
+    sqlx::query_as(
+        "SELECT * FROM saga_events WHERE app = $1 AND action = ANY($2) ORDER BY id DESC LIMIT $3",
+    )
+    .bind(app)
+    .bind(actions)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}

@@ -78,15 +78,18 @@ fn saga_id(job: &CronJob) -> String {
 /// overlap policy under the app's cron-state row lock, insert the execution.
 async fn claim(job: &CronJob, state: &WorkerState) -> Result<Option<Start>, WorkerError> {
     let mut tx = state.pool.begin().await?;
-    let tick: Option<(String,)> = sqlx::query_as(
-        "SELECT state FROM cron_ticks WHERE app = $1 AND process = $2 AND scheduled_at = $3 FOR UPDATE",
+    let tick: Option<(String, String)> = sqlx::query_as(
+        "SELECT state, trigger FROM cron_ticks WHERE app = $1 AND process = $2 AND scheduled_at = $3 FOR UPDATE",
     )
     .bind(&job.app)
     .bind(&job.process)
     .bind(job.scheduled_at)
     .fetch_optional(&mut *tx)
     .await?;
-    if tick.is_none_or(|(s,)| s != "queued") {
+    let Some((tick_state, trigger)) = tick else {
+        return Ok(None);
+    };
+    if tick_state != "queued" {
         // Delivered again after it started (or was skipped): never run a tick twice.
         return Ok(None);
     }
@@ -118,7 +121,13 @@ async fn claim(job: &CronJob, state: &WorkerState) -> Result<Option<Start>, Work
     .fetch_all(&mut *tx)
     .await?;
     let mut replaced = Vec::new();
-    match policy.overlap {
+    // Someone asked for this run by hand: it runs even beside a scheduled one.
+    let overlap = if trigger == "manual" && policy.overlap == Overlap::Forbid {
+        Overlap::Allow
+    } else {
+        policy.overlap
+    };
+    match overlap {
         Overlap::Forbid if !running.is_empty() => {
             let reason = format!(
                 "execution {} is still running (overlap: forbid)",
@@ -144,8 +153,8 @@ async fn claim(job: &CronJob, state: &WorkerState) -> Result<Option<Start>, Work
     );
     let deadline = Utc::now() + chrono::Duration::from_std(policy.timeout).unwrap_or_default();
     let (id,): (i64,) = sqlx::query_as(
-        "INSERT INTO cron_executions (app, process, scheduled_at, trigger, image_tag, status, container, worker, deadline_at)
-         SELECT $1, $2, $3, trigger, $4, 'running', $5, $6, $7 FROM cron_ticks
+        "INSERT INTO cron_executions (app, process, scheduled_at, trigger, image_tag, status, container, worker, deadline_at, started_at)
+         SELECT $1, $2, $3, trigger, $4, 'running', $5, $6, $7, clock_timestamp() FROM cron_ticks
          WHERE app = $1 AND process = $2 AND scheduled_at = $3
          RETURNING id",
     )

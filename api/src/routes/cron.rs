@@ -1,0 +1,151 @@
+//! `/api/apps/{id}/cron…`: state, recent executions and incidents, run now,
+//! pause/resume, schedule override.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use norn_shared::db::cron::{self, CronState};
+use norn_shared::db::{apps, saga};
+use norn_shared::domain::CronExpr;
+use norn_shared::infraspec::Schedule;
+use norn_shared::jobs::CronJob;
+use norn_shared::queue::{self, Queue};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sqlx::PgConnection;
+
+use super::apps::app_id;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+/// The app's scheduled process, or 404 (unknown app, or not a cron app).
+async fn scheduled(conn: &mut PgConnection, raw_id: &str) -> ApiResult<(String, String, Schedule)> {
+    let id = app_id(raw_id)?;
+    let app = apps::get(conn, id.as_str())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("app {id} not found")))?;
+    app.spec
+        .processes
+        .iter()
+        .find_map(|(name, p)| p.schedule.clone().map(|s| (name.clone(), s)))
+        .map(|(process, schedule)| (app.id.clone(), process, schedule))
+        .ok_or_else(|| ApiError::NotFound(format!("app {id} has no scheduled process")))
+}
+
+fn state_json(state: &CronState) -> Value {
+    json!({
+        "process": state.process,
+        "schedule": state.expression(),
+        "specSchedule": state.schedule,
+        "scheduleOverride": state.schedule_override,
+        "timezone": state.timezone,
+        "paused": state.paused,
+        "imageTag": state.image_tag,
+        "nextRunAt": state.next_run_at,
+        "lastScheduledAt": state.last_scheduled_at,
+        "updatedAt": state.updated_at,
+    })
+}
+
+pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let mut conn = state.pool.acquire().await?;
+    let (app, process, schedule) = scheduled(&mut conn, &id).await?;
+    let cron_state = cron::get(&mut conn, &app).await?;
+    let executions = cron::recent_executions(&mut conn, &app, 20).await?;
+    let skipped = cron::recent_skipped(&mut conn, &app, 20).await?;
+    let incidents =
+        saga::recent_for_app(&mut conn, &app, &["cron.missed", "cron.timed_out"], 20).await?;
+    Ok(Json(json!({
+        "app": app,
+        "process": process,
+        "policy": schedule.policy,
+        "state": cron_state.as_ref().map(state_json),
+        "executions": executions,
+        "skipped": skipped,
+        "incidents": incidents,
+    })))
+}
+
+/// Runs the scheduled process now; the schedule is untouched.
+pub async fn trigger(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let mut tx = state.pool.begin().await?;
+    let (app, process, _) = scheduled(&mut tx, &id).await?;
+    let has_image = cron::get(&mut tx, &app)
+        .await?
+        .is_some_and(|s| s.image_tag.is_some());
+    if !has_image {
+        return Err(ApiError::Conflict(format!(
+            "app {app} has not been deployed yet; deploy it before triggering"
+        )));
+    }
+    let at = chrono::Utc::now();
+    cron::record_tick(&mut tx, &app, &process, at, "manual").await?;
+    let job = CronJob {
+        app: app.clone(),
+        process: process.clone(),
+        scheduled_at: at,
+    };
+    queue::enqueue(&mut tx, Queue::Cron, &job, None).await?;
+    tx.commit().await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"app": app, "process": process, "scheduledAt": at, "trigger": "manual"})),
+    ))
+}
+
+async fn set_paused(state: AppState, id: String, paused: bool) -> ApiResult<Json<Value>> {
+    let mut tx = state.pool.begin().await?;
+    let (app, process, schedule) = scheduled(&mut tx, &id).await?;
+    cron::ensure(&mut tx, &app, &process, &schedule).await?;
+    let updated = cron::set_paused(&mut tx, &app, paused)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("app {app} has no cron state")))?;
+    tx.commit().await?;
+    Ok(Json(state_json(&updated)))
+}
+
+pub async fn pause(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    set_paused(state, id, true).await
+}
+
+pub async fn resume(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    set_paused(state, id, false).await
+}
+
+#[derive(Deserialize)]
+pub struct ScheduleBody {
+    /// A cron expression, or `null` to go back to the infraspec's schedule.
+    schedule: Option<String>,
+}
+
+pub async fn set_schedule(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<ScheduleBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let Json(body) = body.map_err(|e| ApiError::bad(format!("invalid body: {}", e.body_text())))?;
+    let mut tx = state.pool.begin().await?;
+    let (app, process, schedule) = scheduled(&mut tx, &id).await?;
+    let expr = match body.schedule.as_deref().map(str::trim) {
+        None => None,
+        Some(text) => Some(
+            CronExpr::parse(text, schedule.timezone.as_deref())
+                .map_err(|e| ApiError::field("schedule", e))?,
+        ),
+    };
+    cron::ensure(&mut tx, &app, &process, &schedule).await?;
+    let updated = cron::set_override(&mut tx, &app, expr.as_ref().map(|e| e.as_str()))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("app {app} has no cron state")))?;
+    tx.commit().await?;
+    Ok(Json(state_json(&updated)))
+}

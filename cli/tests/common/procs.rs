@@ -1,0 +1,52 @@
+//! Real Norn binaries as child processes (built by `cargo build --workspace --bins`).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+pub fn bin(name: &str) -> PathBuf {
+    let norn = PathBuf::from(env!("CARGO_BIN_EXE_norn"));
+    let path = norn.with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn spawn(name: &str, db: &str, tmp: &std::path::Path, node: &str, port: u16) -> Proc {
+    let child = Command::new(bin(name))
+        .env("DATABASE_URL", db)
+        .env("NORN_PORT", port.to_string())
+        .env("NORN_INGRESS_PORT", "0")
+        .env("NORN_APPS_DIR", tmp.join("apps"))
+        .env("NORN_WORK_DIR", tmp.join(format!("work-{node}")))
+        .env("NORN_SNAPSHOTS_DIR", tmp.join("snapshots"))
+        .env("NORN_DOCKER_NETWORK", "norn-test")
+        .env("NORN_NODE_NAME", node)
+        .env("NORN_HEALTHY_TIMEOUT", "60s")
+        .env("NORN_DRAIN_GRACE", "200ms")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn");
+    Proc(child)
+}
