@@ -1,0 +1,154 @@
+//! The scheduler's planning and pruning against a real Postgres (no Docker:
+//! nothing here runs a container).
+
+use chrono::Utc;
+use norn_shared::db::{apps, cron, health};
+use norn_shared::infraspec::InfraSpec;
+use serde_json::json;
+use sqlx::PgPool;
+
+async fn cron_app(pool: &PgPool, name: &str, cron_policy: serde_json::Value) {
+    let document = json!({
+        "name": name,
+        "processes": {"job": {"schedule": "* * * * *", "command": "true", "cron": cron_policy}},
+    });
+    let spec = InfraSpec::from_json(document.clone()).unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    apps::upsert(&mut conn, &spec, &document, "api", None)
+        .await
+        .unwrap();
+    cron::sync_from_deploy(&mut conn, &spec, "img:1")
+        .await
+        .unwrap();
+    // The scheduler was down for an hour.
+    sqlx::query(
+        "UPDATE cron_states SET last_scheduled_at = now() - interval '1 hour' WHERE app = $1",
+    )
+    .bind(name)
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+}
+
+async fn ticks(pool: &PgPool, app: &str) -> Vec<String> {
+    sqlx::query_as::<_, (String,)>(
+        "SELECT trigger FROM cron_ticks WHERE app = $1 ORDER BY scheduled_at",
+    )
+    .bind(app)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(t,)| t)
+    .collect()
+}
+
+async fn jobs(pool: &PgPool) -> i64 {
+    let (n,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM apalis.jobs WHERE job_type = 'norn.cron'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    n
+}
+
+async fn missed_events(pool: &PgPool, app: &str) -> Vec<serde_json::Value> {
+    sqlx::query_as::<_, (sqlx::types::Json<serde_json::Value>,)>(
+        "SELECT metadata FROM saga_events WHERE app = $1 AND action = 'cron.missed'",
+    )
+    .bind(app)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(m,)| m.0)
+    .collect()
+}
+
+#[tokio::test]
+async fn coalesce_runs_once_for_an_outage_and_records_the_rest_as_missed() {
+    let (pool, _) = norn_shared::testing::fresh_pool().await;
+    cron_app(&pool, "nightly", json!({})).await;
+    // Two planners at once (an old leader that has not noticed, a new one).
+    let now = Utc::now();
+    let (a, b) = tokio::join!(
+        norn_scheduler::cron::plan_all(&pool, now),
+        norn_scheduler::cron::plan_all(&pool, now)
+    );
+    a.unwrap();
+    b.unwrap();
+    let t = ticks(&pool, "nightly").await;
+    assert_eq!(t.len(), 1, "{t:?}");
+    assert_eq!(jobs(&pool).await, 1);
+    let missed = missed_events(&pool, "nightly").await;
+    assert_eq!(missed.len(), 1, "{missed:?}");
+    assert!(missed[0]["count"].as_u64().unwrap() >= 58, "{missed:?}");
+    // Planning again changes nothing.
+    norn_scheduler::cron::plan_all(&pool, Utc::now())
+        .await
+        .unwrap();
+    assert!(ticks(&pool, "nightly").await.len() <= 2);
+}
+
+#[tokio::test]
+async fn catch_up_runs_a_bounded_number_of_missed_ticks() {
+    let (pool, _) = norn_shared::testing::fresh_pool().await;
+    cron_app(
+        &pool,
+        "reports",
+        json!({"missed": "catch_up", "catchUpLimit": 5}),
+    )
+    .await;
+    norn_scheduler::cron::plan_all(&pool, Utc::now())
+        .await
+        .unwrap();
+    let t = ticks(&pool, "reports").await;
+    let late = t.iter().filter(|t| *t == "catch_up").count();
+    assert_eq!(late, 5, "{t:?}");
+    assert_eq!(jobs(&pool).await as usize, t.len());
+    assert_eq!(missed_events(&pool, "reports").await.len(), 1);
+}
+
+#[tokio::test]
+async fn paused_apps_are_not_planned() {
+    let (pool, _) = norn_shared::testing::fresh_pool().await;
+    cron_app(&pool, "quiet", json!({})).await;
+    let mut conn = pool.acquire().await.unwrap();
+    cron::set_paused(&mut conn, "quiet", true).await.unwrap();
+    norn_scheduler::cron::plan_all(&pool, Utc::now())
+        .await
+        .unwrap();
+    assert!(ticks(&pool, "quiet").await.is_empty());
+    // Resuming starts from now: the paused hour is not replayed.
+    cron::set_paused(&mut conn, "quiet", false).await.unwrap();
+    norn_scheduler::cron::plan_all(&pool, Utc::now())
+        .await
+        .unwrap();
+    assert!(ticks(&pool, "quiet").await.len() <= 1);
+    assert!(missed_events(&pool, "quiet").await.is_empty());
+}
+
+#[tokio::test]
+async fn health_pruning_removes_only_rows_older_than_a_day() {
+    let (pool, _) = norn_shared::testing::fresh_pool().await;
+    sqlx::query(
+        "INSERT INTO health_checks (id, app, healthy, response_ms, checked_at)
+         SELECT 'old-' || g, 'a', true, 1, now() - interval '25 hours' - g * interval '1 second'
+         FROM generate_series(1, 12000) g
+         UNION ALL
+         SELECT 'new-' || g, 'a', true, 1, now() - interval '23 hours' - g * interval '1 second'
+         FROM generate_series(1, 300) g",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let deleted = health::prune(&pool, 5000).await.unwrap();
+    assert_eq!(deleted, 12000);
+    let (left, old): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE id LIKE 'old-%') FROM health_checks",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((left, old), (300, 0));
+}
