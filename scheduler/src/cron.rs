@@ -4,7 +4,6 @@
 
 use chrono::{DateTime, Utc};
 use norn_shared::db::cron::{self, CronState};
-use norn_shared::db::saga::{self, NewSagaEvent};
 use norn_shared::domain::CronExpr;
 use norn_shared::events::{self, Event};
 use norn_shared::infraspec::{CronPolicy, Missed};
@@ -180,20 +179,7 @@ async fn record_missed(
         policy.missed
     );
     let payload = json!({"process": process, "count": count, "from": from, "to": to});
-    saga::append(
-        conn,
-        NewSagaEvent {
-            saga_id: &format!("cron:{app}:{process}"),
-            app,
-            category: "cron",
-            action: "cron.missed",
-            step: None,
-            message: &message,
-            actor: "scheduler",
-            metadata: payload.clone(),
-        },
-    )
-    .await?;
+    crate::sweep::trail(conn, app, process, "cron.missed", &message, payload.clone()).await?;
     events::publish(conn, &Event::new("cron.missed", app, payload)).await?;
     tracing::warn!(app, count, "cron ticks missed");
     Ok(())

@@ -108,7 +108,8 @@ async fn report_lost_executions(pool: &PgPool) -> Result<(), SchedulerError> {
     Ok(())
 }
 
-async fn trail(
+/// A scheduler-made entry in an app's cron saga (`cron:<app>:<process>`).
+pub(crate) async fn trail(
     conn: &mut sqlx::PgConnection,
     app: &str,
     process: &str,
