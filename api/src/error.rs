@@ -17,6 +17,11 @@ pub enum ApiError {
     /// The request is valid but the resource is not in a state to accept it.
     Conflict(String),
     Unavailable(String),
+    /// 429 with `Retry-After` (seconds).
+    TooMany {
+        message: String,
+        retry_after_secs: u64,
+    },
     Internal(Box<dyn std::error::Error + Send + Sync>),
 }
 
@@ -63,6 +68,21 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(what) => (StatusCode::CONFLICT, json!({ "error": what })),
             ApiError::Unavailable(what) => {
                 (StatusCode::SERVICE_UNAVAILABLE, json!({ "error": what }))
+            }
+            ApiError::TooMany {
+                message,
+                retry_after_secs,
+            } => {
+                let mut response = (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Json(json!({ "error": message })),
+                )
+                    .into_response();
+                response.headers_mut().insert(
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from(retry_after_secs),
+                );
+                return response;
             }
             ApiError::Internal(cause) => {
                 tracing::error!(error = %cause, "request failed");

@@ -182,7 +182,7 @@ pub async fn push_one(pool: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A fresh database with apalis' schema; dropped by [`Db::drop`].
+/// A fresh database with Norn's schema (and so apalis'); dropped by [`Db::drop`].
 pub struct Db {
     pub pool: PgPool,
     admin: String,
@@ -204,7 +204,7 @@ impl Db {
             .max_connections(10)
             .connect(&url)
             .await?;
-        PostgresStorage::<()>::setup(&pool).await?;
+        norn_shared::db::migrate(&pool).await?;
         Ok(Db {
             pool,
             admin: admin.to_string(),
@@ -243,4 +243,28 @@ impl Db {
         admin_pool.close().await;
         Ok(())
     }
+}
+
+/// One line on the server and machine, printed above every result table.
+pub async fn describe_server(url: &str) -> anyhow::Result<String> {
+    let pool = PgPool::connect(url)
+        .await
+        .with_context(|| "connecting to the bench server (NORN_BENCH_DATABASE_URL)")?;
+    let mut show = Vec::new();
+    for setting in ["server_version", "fsync", "synchronous_commit"] {
+        let (v,): (String,) = sqlx::query_as(sqlx::AssertSqlSafe(format!("SHOW {setting}")))
+            .fetch_one(&pool)
+            .await?;
+        show.push(v);
+    }
+    pool.close().await;
+    Ok(format!(
+        "Postgres {}, fsync={}, synchronous_commit={}; {} CPUs; pool 10 connections; tokio 2 worker threads.",
+        show[0],
+        show[1],
+        show[2],
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    ))
 }

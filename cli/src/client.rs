@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 pub struct Api {
@@ -150,6 +150,17 @@ pub async fn deploy(api: &Api, app: &str, git_ref: Option<&str>) -> anyhow::Resu
             }
         }
     }
+}
+
+pub async fn cancel(api: &Api, deployment: &str) -> anyhow::Result<()> {
+    let r = api
+        .post(&format!("/api/deployments/{deployment}/cancel"), &json!({}))
+        .await?;
+    match r["status"].as_str() {
+        Some("canceling") => println!("{deployment}: cancel requested; its worker is stopping it"),
+        _ => println!("{deployment}: canceled"),
+    }
+    Ok(())
 }
 
 pub async fn status(api: &Api) -> anyhow::Result<()> {

@@ -37,6 +37,9 @@ enum Command {
     Deploy { app: String, r#ref: Option<String> },
     /// Registered apps and recent deployments.
     Status,
+    /// Cancel a deployment: a queued one ends at once, a running one stops
+    /// within seconds (its step is killed, the previous release keeps serving).
+    Cancel { deployment: String },
     /// A cron app: show its state and recent runs, or act on it.
     Cron {
         app: String,
@@ -69,6 +72,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         }
         Command::Deploy { app, r#ref } => client::deploy(&api, &app, r#ref.as_deref()).await,
         Command::Status => client::status(&api).await.map(|_| true),
+        Command::Cancel { deployment } => client::cancel(&api, &deployment).await.map(|_| true),
         Command::Cron { app, action } => cron::run(&api, &app, action).await.map(|_| true),
     }
 }

@@ -85,7 +85,7 @@ async fn two_apis_two_workers_run_each_deploy_once_and_one_per_app() {
         let (status, body) = post(
             &http,
             format!("{}/api/apps", apis[0]),
-            spec(app, &repo, None),
+            fifo(spec(app, &repo, None)),
         )
         .await;
         assert_eq!(status, 201, "{body}");
@@ -216,9 +216,13 @@ async fn killed_idle_worker_and_postgres_restart_lose_no_queued_job() {
     for i in 0..2 {
         let app = format!("{prefix}-{i}");
         assert_eq!(
-            post(&http, format!("{api}/api/apps"), spec(&app, &repo, None))
-                .await
-                .0,
+            post(
+                &http,
+                format!("{api}/api/apps"),
+                fifo(spec(&app, &repo, None))
+            )
+            .await
+            .0,
             201
         );
         for _ in 0..2 {
@@ -265,4 +269,10 @@ async fn killed_idle_worker_and_postgres_restart_lose_no_queued_job() {
     assert_eq!(last["status"], "deployed", "{last}");
     pg_ctl(&data, &["-m", "immediate", "stop"]);
     remove_containers(&prefix).await;
+}
+
+/// These tests deploy one app several times and expect every deploy to run.
+fn fifo(mut spec: Value) -> Value {
+    spec["deployPolicy"] = json!({"queue": "fifo"});
+    spec
 }

@@ -13,7 +13,6 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Upper bound on one sleep: new cron apps and a lost lock are noticed this fast.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
-const PRUNE_BATCH: i64 = 5000;
 
 pub(crate) async fn lead(
     pool: &PgPool,
@@ -99,7 +98,7 @@ async fn prune(pool: PgPool, retention: Duration) {
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "pruning finished jobs failed"),
     }
-    match norn_shared::db::health::prune(&pool, PRUNE_BATCH).await {
+    match norn_shared::db::health::prune(&pool, norn_shared::db::health::PRUNE_BATCH).await {
         Ok(n) if n > 0 => tracing::info!(rows = n, "pruned health checks older than 24h"),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "pruning health checks failed"),

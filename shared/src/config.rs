@@ -64,8 +64,16 @@ pub struct Config {
     pub docker_network: String,
     /// `NORN_PG_BIN_DIR`: where `pg_dump`, `initdb`, `pg_ctl` live.
     pub pg_bin_dir: Option<PathBuf>,
-    /// `NORN_HEALTHY_TIMEOUT`: how long a new release may take to answer its health path.
-    pub healthy_timeout: Duration,
+    /// Step deadlines (`NORN_<STEP>_TIMEOUT`); an app's `deployPolicy.timeouts` overrides them.
+    pub step_timeouts: StepDeadlines,
+    /// `NORN_LEASE_TTL`: how long an app lease outlives its holder's last renewal,
+    /// i.e. how soon a dead worker's deploy is taken over.
+    pub lease_ttl: Duration,
+    /// `NORN_DEPLOY_MAX_ATTEMPTS`: how many workers may take a deploy on before an
+    /// interruption fails it.
+    pub deploy_max_attempts: i32,
+    /// `NORN_MAX_QUEUED_PER_APP`: more queued deploys than this for one app get 429.
+    pub max_queued_per_app: i64,
     /// `NORN_DRAIN_GRACE`: how long the old release keeps running after the switch.
     pub drain_grace: Duration,
     /// `NORN_JOB_RETENTION`: finished queue rows older than this are pruned.
@@ -78,6 +86,35 @@ pub struct Config {
     pub health_check_interval: Duration,
     /// `NORN_HEALTH_CHECK_TIMEOUT`: how long one probe may take.
     pub health_check_timeout: Duration,
+}
+
+/// How long each deploy step may run before it is killed and fails.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepDeadlines {
+    pub clone: Duration,
+    pub build: Duration,
+    pub test: Duration,
+    pub snapshot: Duration,
+    pub migrate: Duration,
+    /// Starting the new release's containers.
+    pub deploy: Duration,
+    /// How long a new release may take to answer its health path.
+    pub healthy: Duration,
+}
+
+impl StepDeadlines {
+    fn from_env() -> Result<Self, ConfigError> {
+        let m = |n: u64| Duration::from_secs(n * 60);
+        Ok(Self {
+            clone: duration("NORN_CLONE_TIMEOUT", m(10))?,
+            build: duration("NORN_BUILD_TIMEOUT", m(30))?,
+            test: duration("NORN_TEST_TIMEOUT", m(10))?,
+            snapshot: duration("NORN_SNAPSHOT_TIMEOUT", m(10))?,
+            migrate: duration("NORN_MIGRATE_TIMEOUT", m(10))?,
+            deploy: duration("NORN_DEPLOY_TIMEOUT", m(5))?,
+            healthy: duration("NORN_HEALTHY_TIMEOUT", m(5))?,
+        })
+    }
 }
 
 fn var(name: &'static str) -> Option<String> {
@@ -135,7 +172,10 @@ impl Config {
             worker_concurrency,
             docker_network: var("NORN_DOCKER_NETWORK").unwrap_or_else(|| "norn".into()),
             pg_bin_dir: var("NORN_PG_BIN_DIR").map(PathBuf::from),
-            healthy_timeout: duration("NORN_HEALTHY_TIMEOUT", Duration::from_secs(120))?,
+            step_timeouts: StepDeadlines::from_env()?,
+            lease_ttl: duration("NORN_LEASE_TTL", Duration::from_secs(30))?,
+            deploy_max_attempts: parsed("NORN_DEPLOY_MAX_ATTEMPTS", 3i32)?.max(1),
+            max_queued_per_app: parsed("NORN_MAX_QUEUED_PER_APP", 10i64)?.max(1),
             drain_grace: duration("NORN_DRAIN_GRACE", Duration::from_secs(2))?,
             job_retention: duration("NORN_JOB_RETENTION", Duration::from_secs(24 * 3600))?,
             ingress_port: parsed("NORN_INGRESS_PORT", 8880u16)?,

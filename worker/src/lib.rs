@@ -24,6 +24,9 @@ pub enum WorkerError {
     Http(#[from] reqwest::Error),
     #[error(transparent)]
     Apps(#[from] norn_shared::db::apps::AppError),
+    /// This worker lost the app lease; another one owns the deployment now.
+    #[error("the app lease passed to another worker")]
+    Fenced,
 }
 
 /// Runs the worker role until `shutdown` turns true.

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::apps::app_id;
+use super::queueing;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -57,9 +58,12 @@ pub async fn deploy(
     };
 
     let mut tx = state.pool.begin().await?;
-    if apps::get(&mut tx, app.as_str()).await?.is_none() {
+    if !apps::lock(&mut tx, app.as_str()).await? {
         return Err(ApiError::NotFound(format!("app {app} is not registered")));
     }
+    let registered = apps::get(&mut tx, app.as_str())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("app {app} is not registered")))?;
     let id = new_deployment_id();
     let (deployment, created) = deployments::insert_queued(
         &mut tx,
@@ -79,6 +83,15 @@ pub async fn deploy(
             Json(json!({"id": deployment.id, "status": deployment.status, "duplicate": true})),
         ));
     }
+    let superseded = queueing::admit(
+        &mut tx,
+        app.as_str(),
+        &id,
+        registered.spec.deploy_policy.queue,
+        state.config.max_queued_per_app,
+        actor,
+    )
+    .await?;
     let job = DeployJob {
         deployment_id: id.clone(),
         app: app.to_string(),
@@ -104,10 +117,10 @@ pub async fn deploy(
     )
     .await?;
     tx.commit().await?;
-    tracing::info!(app = %app, deployment.id = %id, r#ref = %git_ref, "deploy queued");
+    tracing::info!(app = %app, deployment.id = %id, r#ref = %git_ref, superseded = superseded.len(), "deploy queued");
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"id": id, "status": "queued"})),
+        Json(json!({"id": id, "status": "queued", "superseded": superseded})),
     ))
 }
 
@@ -171,4 +184,60 @@ pub async fn events(
         return Err(ApiError::NotFound(format!("deployment {id} not found")));
     }
     Ok(Json(json!(saga::for_saga(&mut conn, id).await?)))
+}
+
+/// A deployment no worker has taken on ends at once; a running one is asked
+/// to stop (its worker kills the current step within seconds, cleans up and
+/// releases the app). Terminal deployments give 409.
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let id = deployment_id(&id)?;
+    let actor = if state.config.api_token.is_some() {
+        "api-token"
+    } else {
+        "api"
+    };
+    let mut tx = state.pool.begin().await?;
+    let d = deployments::lock(&mut tx, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("deployment {id} not found")))?;
+    let status = d.status();
+    if status.is_terminal() {
+        return Err(ApiError::Conflict(format!(
+            "deployment {id} already ended ({status})"
+        )));
+    }
+    let reply = if status == DeploymentStatus::Queued && d.attempts == 0 {
+        let reason = format!("canceled by {actor}");
+        queueing::end_waiting(&mut tx, &d.app, id, &reason, "deploy.canceled", actor).await?;
+        (
+            StatusCode::OK,
+            json!({"id": id, "status": "failed", "error": reason}),
+        )
+    } else {
+        deployments::request_cancel(&mut tx, id, actor).await?;
+        saga::append(
+            &mut tx,
+            NewSagaEvent {
+                saga_id: id,
+                app: &d.app,
+                category: "deploy",
+                action: "deploy.cancel_requested",
+                step: None,
+                message: "",
+                actor,
+                metadata: json!({}),
+            },
+        )
+        .await?;
+        (
+            StatusCode::ACCEPTED,
+            json!({"id": id, "status": "canceling"}),
+        )
+    };
+    tx.commit().await?;
+    tracing::info!(deployment.id = %id, app = %d.app, "deploy cancel requested");
+    Ok((reply.0, Json(reply.1)))
 }

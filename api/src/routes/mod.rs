@@ -5,6 +5,7 @@ pub mod checks;
 pub mod cron;
 pub mod deployments;
 pub mod health;
+pub mod queueing;
 pub mod ws;
 
 use axum::Router;
@@ -27,6 +28,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/deployments", get(deployments::list))
         .route("/api/deployments/{id}", get(deployments::get))
         .route("/api/deployments/{id}/events", get(deployments::events))
+        .route("/api/deployments/{id}/cancel", post(deployments::cancel))
         .route("/ws", get(ws::upgrade))
         .fallback(|| async { crate::error::ApiError::NotFound("no such route".into()) })
         .layer(axum::middleware::from_fn_with_state(

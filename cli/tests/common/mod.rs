@@ -30,7 +30,7 @@ pub fn test_config(db_url: &str, tmp: &Path) -> Config {
     config.apps_dir = tmp.join("apps");
     config.work_dir = tmp.join("work");
     config.snapshots_dir = tmp.join("snapshots");
-    config.healthy_timeout = Duration::from_secs(30);
+    config.step_timeouts.healthy = Duration::from_secs(30);
     config.drain_grace = Duration::from_millis(500);
     config.docker_network = "norn-test".into();
     config.api_token = None;

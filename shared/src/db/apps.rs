@@ -89,6 +89,17 @@ pub async fn get(conn: &mut PgConnection, id: &str) -> Result<Option<App>, AppEr
     row.map(App::try_from).transpose()
 }
 
+/// Locks the app's row for the rest of the caller's transaction, so deploys
+/// of one app are queued one at a time (supersede and the queue limit need a
+/// stable view). `false` when the app is not registered.
+pub async fn lock(conn: &mut PgConnection, id: &str) -> Result<bool, AppError> {
+    let row: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM apps WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.is_some())
+}
+
 pub async fn list(conn: &mut PgConnection) -> Result<Vec<App>, AppError> {
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT id, spec, source, source_dir, created_at, updated_at FROM apps ORDER BY id",

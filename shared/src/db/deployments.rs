@@ -25,6 +25,9 @@ pub struct Deployment {
     pub triggered_by: String,
     pub started_at: chrono::DateTime<chrono::Utc>,
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Workers that took this deployment on; more than one means it was resumed.
+    pub attempts: i32,
+    pub cancel_requested_by: Option<String>,
 }
 
 impl Deployment {
@@ -45,7 +48,7 @@ pub struct NewDeployment<'a> {
 macro_rules! columns {
     () => {
         "id, app, ref, commit_sha, image_tag, status, steps, error, failed_step, \
-         triggered_by, started_at, finished_at"
+         triggered_by, started_at, finished_at, attempts, cancel_requested_by"
     };
 }
 
@@ -132,6 +135,81 @@ pub async fn current(conn: &mut PgConnection, app: &str) -> Result<Option<Deploy
     .bind(app)
     .fetch_optional(conn)
     .await?)
+}
+
+/// Reads `id` and locks its row for the rest of the caller's transaction.
+pub async fn lock(conn: &mut PgConnection, id: &str) -> Result<Option<Deployment>, DbError> {
+    Ok(sqlx::query_as(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM deployments WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// NOTIFY channel carrying the id of a deployment whose cancel was requested.
+pub const CANCEL_CHANNEL: &str = "norn_deploy_cancel";
+
+/// A worker takes the deployment on under its lease token. `None` when it
+/// already ended (canceled or superseded while waiting for the lease).
+pub async fn begin_attempt(
+    conn: &mut PgConnection,
+    id: &str,
+    lease_token: i64,
+) -> Result<Option<Deployment>, DbError> {
+    Ok(sqlx::query_as(concat!(
+        "UPDATE deployments SET attempts = attempts + 1, lease_token = $2
+         WHERE id = $1 AND status NOT IN ('deployed', 'failed', 'rolled_back')
+         RETURNING ",
+        columns!(),
+        ""
+    ))
+    .bind(id)
+    .bind(lease_token)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Who asked to cancel `id`, if anyone did.
+pub async fn cancel_requested(pool: &sqlx::PgPool, id: &str) -> Result<Option<String>, DbError> {
+    let row: Option<(Option<String>,)> =
+        sqlx::query_as("SELECT cancel_requested_by FROM deployments WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.and_then(|(by,)| by))
+}
+
+/// Records a cancel request for a running deployment and wakes its worker.
+pub async fn request_cancel(conn: &mut PgConnection, id: &str, by: &str) -> Result<(), DbError> {
+    sqlx::query(
+        "UPDATE deployments SET cancel_requested_at = now(), cancel_requested_by = $2
+         WHERE id = $1 AND cancel_requested_at IS NULL",
+    )
+    .bind(id)
+    .bind(by)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CANCEL_CHANNEL)
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Deployments of `app` still waiting for a worker (none has taken them on).
+pub async fn waiting(conn: &mut PgConnection, app: &str) -> Result<Vec<String>, DbError> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT id FROM deployments WHERE app = $1 AND status = 'queued' AND attempts = 0
+         ORDER BY started_at, id FOR UPDATE",
+    )
+    .bind(app)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
 }
 
 /// A change to one deployment row; `None` fields are left as they are.

@@ -12,22 +12,26 @@ fn interval(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-/// Takes the lease if it is free, expired, or already ours.
+/// Takes the lease if it is free, expired, or already ours. Returns the
+/// lease's fencing token: new on every change of holder, kept when the holder
+/// already had it.
 pub async fn try_acquire(
     pool: &PgPool,
     app: &str,
     holder: &str,
     operation: &str,
     ttl: Duration,
-) -> Result<bool, sqlx::Error> {
-    let row: Option<(String,)> = sqlx::query_as(
+) -> Result<Option<i64>, sqlx::Error> {
+    let row: Option<(i64,)> = sqlx::query_as(
         "INSERT INTO app_leases (app, holder, operation, expires_at)
          VALUES ($1, $2, $3, now() + make_interval(secs => $4))
          ON CONFLICT (app) DO UPDATE
             SET holder = excluded.holder, operation = excluded.operation,
-                acquired_at = now(), expires_at = excluded.expires_at
+                acquired_at = now(), expires_at = excluded.expires_at,
+                token = CASE WHEN app_leases.holder = excluded.holder THEN app_leases.token
+                             ELSE nextval('app_lease_tokens') END
             WHERE app_leases.expires_at < now() OR app_leases.holder = excluded.holder
-         RETURNING app",
+         RETURNING token",
     )
     .bind(app)
     .bind(holder)
@@ -35,7 +39,30 @@ pub async fn try_acquire(
     .bind(interval(ttl))
     .fetch_optional(pool)
     .await?;
+    Ok(row.map(|(t,)| t))
+}
+
+/// The fence: `true` while the lease of `app` still carries `token`. Holds a
+/// share lock on the lease row until the caller's transaction ends, so no
+/// other worker can take the lease between this check and the commit.
+pub async fn fence(conn: &mut PgConnection, app: &str, token: i64) -> Result<bool, sqlx::Error> {
+    let row: Option<(i32,)> =
+        sqlx::query_as("SELECT 1 FROM app_leases WHERE app = $1 AND token = $2 FOR SHARE")
+            .bind(app)
+            .bind(token)
+            .fetch_optional(conn)
+            .await?;
     Ok(row.is_some())
+}
+
+/// Who holds the lease of `app` now, if anyone does and it has not expired.
+pub async fn live_holder(pool: &PgPool, app: &str) -> Result<Option<String>, sqlx::Error> {
+    let row: Option<(String,)> =
+        sqlx::query_as("SELECT holder FROM app_leases WHERE app = $1 AND expires_at > now()")
+            .bind(app)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.map(|(h,)| h))
 }
 
 /// Extends a lease we hold. `false` means we lost it.

@@ -2,6 +2,7 @@
 //! names the field path it is about.
 
 mod cron;
+mod policy;
 mod raw;
 mod validate;
 
@@ -41,6 +42,7 @@ pub struct InfraSpec {
     pub migrations: Option<Migrations>,
     pub env: BTreeMap<String, String>,
     pub secrets: Vec<String>,
+    pub deploy_policy: DeployPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -96,6 +98,7 @@ pub struct Schedule {
 }
 
 pub use cron::{CronPolicy, Missed, Overlap};
+pub use policy::{DeployPolicy, QueuePolicy, StepTimeouts};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -23,6 +23,26 @@ pub(super) struct RawSpec {
     pub env: BTreeMap<String, Scalar>,
     #[serde(default)]
     pub secrets: Vec<String>,
+    pub deploy_policy: Option<RawDeployPolicy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawDeployPolicy {
+    pub queue: Option<String>,
+    pub auto_rollback: Option<bool>,
+    pub restore_on_failed_migration: Option<bool>,
+    pub timeouts: Option<RawTimeouts>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTimeouts {
+    pub build: Option<Scalar>,
+    pub test: Option<Scalar>,
+    pub snapshot: Option<Scalar>,
+    pub migrate: Option<Scalar>,
+    pub healthy: Option<Scalar>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -193,6 +193,8 @@ pub(super) fn validate(raw: RawSpec) -> Result<InfraSpec, SpecErrors> {
         }
     }
 
+    let deploy_policy = super::policy::policy(raw.deploy_policy, &mut errors);
+
     match (name, errors.0.is_empty()) {
         (Some(name), true) => Ok(InfraSpec {
             name,
@@ -203,6 +205,7 @@ pub(super) fn validate(raw: RawSpec) -> Result<InfraSpec, SpecErrors> {
             migrations,
             env,
             secrets: raw.secrets,
+            deploy_policy,
         }),
         _ => Err(SpecErrors(errors.0)),
     }

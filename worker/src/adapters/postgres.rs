@@ -81,6 +81,8 @@ impl PgTools {
         let file = dir.join(format!("{database}_{sha12}_{stamp}.dump"));
         let partial = file.with_extension("dump.partial");
         let out = Command::new(self.bin("pg_dump"))
+            // A canceled or timed-out snapshot step must not leave pg_dump running.
+            .kill_on_drop(true)
             .arg("-Fc")
             .arg("-d")
             .arg(self.database_url(database))

@@ -1,13 +1,17 @@
-//! The deploy job: take the app lease, run the pipeline, release the lease.
+//! The deploy job: take the app lease, run (or resume) the pipeline, release
+//! the lease. A delivery of a deployment that is already in flight is a
+//! crash-resume: it waits for the dead attempt's lease to expire, then goes on
+//! at the interrupted step.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use apalis::prelude::{BoxDynError, Data};
-use norn_shared::db::deployments::{self, Update};
+use norn_shared::db::deployments::{self, Deployment, Update};
 use norn_shared::db::saga::{self, NewSagaEvent};
 use norn_shared::db::{apps, lease};
-use norn_shared::domain::{DeploymentStatus, GitRef};
+use norn_shared::domain::{DeploymentStatus, GitRef, Step, StepStatus};
 use norn_shared::events::{self, Event};
 use norn_shared::jobs::DeployJob;
 use serde_json::json;
@@ -15,11 +19,11 @@ use sqlx::postgres::PgListener;
 use tracing::Instrument;
 
 use crate::WorkerError;
-use crate::pipeline::{self, DeployCtx, record::Recorder};
+use crate::pipeline::abort::{Lease, Watchers};
+use crate::pipeline::{self, DeployCtx, STEPS, record::Recorder};
 use crate::state::WorkerState;
+use crate::steps;
 
-const LEASE_TTL: Duration = Duration::from_secs(30);
-const LEASE_RENEW: Duration = Duration::from_secs(5);
 const RESTARTED: &str = "norn restarted during deployment";
 
 pub async fn run(job: DeployJob, state: Data<Arc<WorkerState>>) -> Result<(), BoxDynError> {
@@ -27,6 +31,10 @@ pub async fn run(job: DeployJob, state: Data<Arc<WorkerState>>) -> Result<(), Bo
     let span = tracing::info_span!("deploy", app = %job.app, deployment.id = %job.deployment_id);
     match execute(&job, &state).instrument(span.clone()).await {
         Ok(()) => Ok(()),
+        Err(WorkerError::Fenced) => {
+            span.in_scope(|| tracing::warn!("another worker took this deployment over; stopped"));
+            Ok(())
+        }
         Err(e) => {
             // Infrastructure trouble (database gone): let the queue retry the job.
             span.in_scope(|| tracing::error!(error = %e, "deploy job failed; it will be retried"));
@@ -41,75 +49,123 @@ async fn execute(job: &DeployJob, state: &WorkerState) -> Result<(), WorkerError
         tracing::warn!("deployment row is missing; dropping the job");
         return Ok(());
     };
+    let app = apps::get(&mut conn, &job.app).await?;
     drop(conn);
-    let status = deployment.status();
-    if status.is_terminal() {
+    if deployment.status().is_terminal() {
         return Ok(());
     }
-    let holder = format!("{}/{}", state.token, job.deployment_id);
-    if status != DeploymentStatus::Queued {
-        return recover_interrupted(job, state).await;
-    }
-    let app = {
-        let mut conn = state.pool.acquire().await?;
-        apps::get(&mut conn, &job.app).await?
-    };
     let Some(app) = app else {
-        fail_before_start(state, job, &format!("app {} is not registered", job.app)).await?;
+        let reason = format!("app {} is not registered", job.app);
+        return fail_unstarted(state, job, &reason).await;
+    };
+    let holder = format!("{}/{}", state.token, job.deployment_id);
+    let Some(token) = wait_for_lease(state, job, &holder).await? else {
         return Ok(());
     };
-    let git_ref = GitRef::parse(&deployment.git_ref).unwrap_or_else(|_| GitRef::head());
-
-    wait_for_lease(state, &job.app, &holder).await?;
-    // Aborted on drop: a cancelled handler must stop renewing, so the lease expires.
-    let renew = AbortOnDrop(tokio::spawn(keep_lease(
-        state.pool.clone(),
-        job.app.clone(),
-        holder.clone(),
-    )));
+    let watchers = Watchers::spawn(
+        &state.pool,
+        Lease {
+            app: job.app.clone(),
+            holder: holder.clone(),
+            ttl: state.config.lease_ttl,
+        },
+        &job.deployment_id,
+    );
     let mut ctx = DeployCtx {
         state,
         workdir: state.config.work_dir.join(&job.deployment_id),
+        git_ref: GitRef::parse(&deployment.git_ref).unwrap_or_else(|_| GitRef::head()),
         app,
         deployment_id: job.deployment_id.clone(),
-        git_ref,
         sha: None,
         image: None,
         started: Vec::new(),
+        token,
+        abort: watchers.receiver(),
     };
-    let mut rec = Recorder::new(
-        state.pool.clone(),
-        &job.deployment_id,
-        &job.app,
-        &state.config.node_name,
-    );
-    let result = pipeline::run(&mut ctx, &mut rec).await;
-    drop(renew);
+    let result = attempt(&mut ctx).await;
+    drop(watchers);
     let mut conn = state.pool.acquire().await?;
     lease::release(&mut conn, &job.app, &holder).await?;
     result
 }
 
-/// The job was delivered again while its deployment is in flight: either the
-/// worker running it is still alive (it holds the app lease for this
-/// deployment; nothing to do) or it died mid-pipeline.
-async fn recover_interrupted(job: &DeployJob, state: &WorkerState) -> Result<(), WorkerError> {
-    let live: Option<(String,)> = sqlx::query_as(
-        "SELECT holder FROM app_leases WHERE app = $1 AND expires_at > now() AND holder LIKE '%/' || $2",
-    )
-    .bind(&job.app)
-    .bind(&job.deployment_id)
-    .fetch_optional(&state.pool)
-    .await?;
-    if live.is_some() {
-        tracing::info!("deployment is running on another worker; ignoring the duplicate delivery");
+/// One attempt under the lease token `ctx.token`.
+async fn attempt(ctx: &mut DeployCtx<'_>) -> Result<(), WorkerError> {
+    let state = ctx.state;
+    let claimed = {
+        let mut tx = state.pool.begin().await?;
+        if !lease::fence(&mut tx, &ctx.app.id, ctx.token).await? {
+            return Err(WorkerError::Fenced);
+        }
+        let d = deployments::begin_attempt(&mut tx, &ctx.deployment_id, ctx.token).await?;
+        tx.commit().await?;
+        d
+    };
+    // Ended (canceled, superseded) while it waited for the lease.
+    let Some(dep) = claimed else { return Ok(()) };
+    let (done, kept) = completed_steps(&dep);
+    let mut rec = Recorder::new(
+        state.pool.clone(),
+        &ctx.deployment_id,
+        &ctx.app.id,
+        &state.config.node_name,
+        ctx.token,
+        kept,
+    );
+    let stop = if dep.attempts > state.config.deploy_max_attempts {
+        Some((RESTARTED.to_owned(), "recovery".to_owned()))
+    } else {
+        dep.cancel_requested_by
+            .as_ref()
+            .map(|by| (format!("canceled by {by}"), by.clone()))
+    };
+    if let Some((reason, actor)) = stop {
+        tracing::warn!(attempts = dep.attempts, reason = %reason, "ending the deployment");
+        rec.ended(&reason, &actor).await?;
+        steps::deploy::discard_deployment(ctx).await;
+        steps::cleanup::remove_workdir(&ctx.workdir).await;
         return Ok(());
     }
-    tracing::warn!("deployment was interrupted by a crash; marking it failed");
-    fail_before_start(state, job, RESTARTED).await
+    let resume_at = (dep.attempts > 1)
+        .then(|| STEPS.into_iter().find(|s| !done.contains(s)))
+        .flatten();
+    if let Some(step) = resume_at {
+        tracing::info!(attempt = dep.attempts, step = %step, "resuming an interrupted deployment");
+    }
+    ctx.sha = dep.commit_sha.clone();
+    ctx.image = dep.image_tag.clone();
+    rec.started(dep.attempts, resume_at).await?;
+    pipeline::run(ctx, &mut rec, &done).await
 }
 
-async fn fail_before_start(
+/// Steps an earlier attempt finished, and their log entries. `deploy` counts
+/// only together with `healthy`: the instances it started belong to the
+/// attempt that started them (their machine may be gone), so a resume before
+/// the switch starts them again.
+fn completed_steps(dep: &Deployment) -> (BTreeSet<Step>, Vec<serde_json::Value>) {
+    let entries = dep.steps.0.as_array().cloned().unwrap_or_default();
+    let finished = |e: &serde_json::Value| {
+        let step: Option<Step> = serde_json::from_value(e["step"].clone()).ok();
+        let status: Option<StepStatus> = serde_json::from_value(e["status"].clone()).ok();
+        match (step, status) {
+            (Some(s), Some(StepStatus::Complete | StepStatus::Skipped)) => Some(s),
+            _ => None,
+        }
+    };
+    let mut done: BTreeSet<Step> = entries.iter().filter_map(finished).collect();
+    if !done.contains(&Step::Healthy) {
+        done.remove(&Step::Deploy);
+    }
+    let kept = entries
+        .into_iter()
+        .filter(|e| finished(e).is_some_and(|s| done.contains(&s)))
+        .collect();
+    (done, kept)
+}
+
+/// Fails a deployment no worker ever started (no lease involved).
+async fn fail_unstarted(
     state: &WorkerState,
     job: &DeployJob,
     reason: &str,
@@ -134,7 +190,7 @@ async fn fail_before_start(
             action: "deploy.failed",
             step: None,
             message: reason,
-            actor: "recovery",
+            actor: &state.config.node_name,
             metadata: json!({}),
         },
     )
@@ -152,13 +208,29 @@ async fn fail_before_start(
     Ok(())
 }
 
-/// Blocks until this deployment holds the app's lease. Woken by the release
-/// NOTIFY; the timed retry covers leases that expire instead of being released.
-async fn wait_for_lease(state: &WorkerState, app: &str, holder: &str) -> Result<(), WorkerError> {
+/// Blocks until this deployment holds the app's lease and returns its
+/// fencing token; `None` when the deployment ended meanwhile (canceled,
+/// superseded, or finished by a live worker this was a duplicate delivery
+/// of). Woken by the release NOTIFY; the timed retry covers leases that
+/// expire instead of being released (their holder died).
+async fn wait_for_lease(
+    state: &WorkerState,
+    job: &DeployJob,
+    holder: &str,
+) -> Result<Option<i64>, WorkerError> {
     let mut listener: Option<PgListener> = None;
     loop {
-        if lease::try_acquire(&state.pool, app, holder, "deploy", LEASE_TTL).await? {
-            return Ok(());
+        let mut conn = state.pool.acquire().await?;
+        match deployments::get(&mut conn, &job.deployment_id).await? {
+            Some(d) if !d.status().is_terminal() => {}
+            _ => return Ok(None),
+        }
+        drop(conn);
+        let ttl = state.config.lease_ttl;
+        if let Some(token) =
+            lease::try_acquire(&state.pool, &job.app, holder, "deploy", ttl).await?
+        {
+            return Ok(Some(token));
         }
         if listener.is_none() {
             let mut l = PgListener::connect_with(&state.pool).await?;
@@ -169,29 +241,6 @@ async fn wait_for_lease(state: &WorkerState, app: &str, holder: &str) -> Result<
         }
         if let Some(l) = listener.as_mut() {
             let _ = tokio::time::timeout(Duration::from_secs(2), l.recv()).await;
-        }
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-async fn keep_lease(pool: sqlx::PgPool, app: String, holder: String) {
-    let mut tick = tokio::time::interval(LEASE_RENEW);
-    loop {
-        tick.tick().await;
-        match lease::extend(&pool, &app, &holder, LEASE_TTL).await {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::error!(app = %app, "lost the app lease");
-                return;
-            }
-            Err(e) => tracing::warn!(app = %app, error = %e, "could not extend the app lease"),
         }
     }
 }

@@ -2,10 +2,12 @@
 //! healthy → cleanup. Each step is a function in `crate::steps`; this module
 //! only sequences them and records what happened.
 
+pub mod abort;
 pub mod record;
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use norn_shared::db::apps::App;
 use norn_shared::domain::{GitRef, Step, StepStatus};
@@ -14,7 +16,9 @@ use crate::WorkerError;
 use crate::adapters::Instance;
 use crate::state::WorkerState;
 use crate::steps;
+use abort::Abort;
 use record::Recorder;
+use tokio::sync::watch;
 
 /// What a step produced.
 #[derive(Debug, Default)]
@@ -78,6 +82,10 @@ pub struct DeployCtx<'a> {
     pub sha: Option<String>,
     pub image: Option<String>,
     pub started: Vec<NewInstance>,
+    /// This attempt's lease token: part of every container name, so a stale
+    /// attempt and its successor never touch each other's containers.
+    pub token: i64,
+    pub abort: watch::Receiver<Option<Abort>>,
 }
 
 impl DeployCtx<'_> {
@@ -97,9 +105,33 @@ impl DeployCtx<'_> {
         let id = self.deployment_id.as_str();
         &id[id.len().saturating_sub(12)..]
     }
+
+    /// Name of this attempt's one-off container for `job` (test, migrate).
+    pub fn one_off_name(&self, job: &str) -> String {
+        format!("{}-{job}-{}-{}", self.app.id, self.short_id(), self.token)
+    }
+
+    /// How long `step` may run: the app's `deployPolicy.timeouts`, else the
+    /// global setting.
+    pub fn deadline(&self, step: Step) -> Duration {
+        let global = &self.state.config.step_timeouts;
+        let app = &self.app.spec.deploy_policy.timeouts;
+        match step {
+            Step::Clone => global.clone,
+            Step::Build => app.build.unwrap_or(global.build),
+            Step::Test => app.test.unwrap_or(global.test),
+            Step::Snapshot => app.snapshot.unwrap_or(global.snapshot),
+            Step::Migrate => app.migrate.unwrap_or(global.migrate),
+            Step::Deploy => global.deploy,
+            Step::Healthy => app.healthy.unwrap_or(global.healthy),
+            Step::Cleanup => CLEANUP_DEADLINE,
+        }
+    }
 }
 
-const STEPS: [Step; 8] = [
+const CLEANUP_DEADLINE: Duration = Duration::from_secs(120);
+
+pub const STEPS: [Step; 8] = [
     Step::Clone,
     Step::Build,
     Step::Test,
@@ -123,17 +155,64 @@ async fn run_step(step: Step, ctx: &mut DeployCtx<'_>) -> Result<StepOutput, Ste
     }
 }
 
-/// Runs every step in order. A failed step fails the deployment; the work
-/// directory and any half-started release are removed either way.
-pub async fn run(ctx: &mut DeployCtx<'_>, rec: &mut Recorder) -> Result<(), WorkerError> {
-    rec.started().await?;
-    for step in STEPS {
+/// How one step ended.
+enum Ended {
+    Done(StepOutput),
+    Failed(StepFailure),
+    Aborted(Abort),
+}
+
+/// Runs `step` against its deadline and the abort signal. The healthy step
+/// watches the signal itself: once it has switched traffic, stopping it
+/// halfway would leave the app without a release.
+async fn run_bounded(step: Step, ctx: &mut DeployCtx<'_>) -> Ended {
+    let limit = ctx.deadline(step);
+    let mut abort = ctx.abort.clone();
+    let interruptible = !matches!(step, Step::Healthy | Step::Cleanup);
+    let ended = tokio::select! {
+        a = abort::raised(&mut abort), if interruptible => Ended::Aborted(a),
+        r = tokio::time::timeout(limit, run_step(step, ctx)) => match r {
+            Ok(Ok(out)) => Ended::Done(out),
+            Ok(Err(f)) => Ended::Failed(f),
+            Err(_) => Ended::Failed(StepFailure::new(format!(
+                "timed out after {}",
+                human(limit)
+            ))),
+        },
+    };
+    match (ended, abort::current(&ctx.abort)) {
+        // The healthy step gave up because of an abort: report the abort.
+        (Ended::Failed(_), Some(a)) => Ended::Aborted(a),
+        (ended, _) => ended,
+    }
+}
+
+pub fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => format!("{}ms", d.as_millis()),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// Runs every step not in `done`, in order. A failed step fails the
+/// deployment; the work directory and any half-started release are removed
+/// either way. Returns [`WorkerError::Fenced`] when this worker lost the
+/// lease: it then removes only what this attempt started and writes nothing.
+pub async fn run(
+    ctx: &mut DeployCtx<'_>,
+    rec: &mut Recorder,
+    done: &BTreeSet<Step>,
+) -> Result<(), WorkerError> {
+    for step in STEPS.into_iter().filter(|s| !done.contains(s)) {
         rec.step_started(step).await?;
         let began = Instant::now();
-        let result = run_step(step, ctx).await;
+        let ended = run_bounded(step, ctx).await;
         let took = began.elapsed();
-        match result {
-            Ok(out) => {
+        let (reason, output) = match ended {
+            Ended::Done(out) => {
                 let status = if out.skipped {
                     StepStatus::Skipped
                 } else {
@@ -146,17 +225,38 @@ pub async fn run(ctx: &mut DeployCtx<'_>, rec: &mut Recorder) -> Result<(), Work
                 };
                 rec.step_finished(step, status, &out.output, took, found)
                     .await?;
+                test_hook::after_step(step).await;
+                continue;
             }
-            Err(failure) => {
-                tracing::warn!(step = %step, reason = %failure.reason, "deploy step failed");
-                steps::deploy::discard_new(ctx).await;
-                steps::cleanup::remove_workdir(&ctx.workdir).await;
-                rec.failed(step, &failure.reason, &failure.output, took)
-                    .await?;
-                return Ok(());
+            Ended::Failed(f) => (f.reason, f.output),
+            Ended::Aborted(Abort::Canceled { by }) => (format!("canceled by {by}"), String::new()),
+            Ended::Aborted(Abort::LeaseLost) => {
+                steps::deploy::discard_attempt(ctx, step).await;
+                return Err(WorkerError::Fenced);
             }
-        }
+        };
+        tracing::warn!(step = %step, reason = %reason, "deploy step failed");
+        steps::deploy::discard_attempt(ctx, step).await;
+        steps::cleanup::remove_workdir(&ctx.workdir).await;
+        // Fenced first: only the lease holder may touch other attempts' instances.
+        rec.failed(step, &reason, &output, took).await?;
+        steps::deploy::discard_deployment(ctx).await;
+        return Ok(());
     }
     rec.deployed(ctx.image.as_deref().unwrap_or_default(), &ctx.app.spec)
         .await
+}
+
+/// Lets tests stop a worker between two steps: with
+/// `NORN_TEST_PAUSE_AFTER_STEP=<step>` the worker never starts the step after
+/// it (the test then kills the process). Unset in production.
+mod test_hook {
+    use norn_shared::domain::Step;
+
+    pub async fn after_step(step: Step) {
+        if std::env::var("NORN_TEST_PAUSE_AFTER_STEP").ok().as_deref() == Some(step.as_str()) {
+            tracing::warn!(step = %step, "NORN_TEST_PAUSE_AFTER_STEP: pausing here");
+            std::future::pending::<()>().await;
+        }
+    }
 }

@@ -1,16 +1,18 @@
 //! Persists every step transition: the deployment row (status + steps JSONB),
-//! a saga event and a live event, all in one transaction.
+//! a saga event and a live event, all in one transaction. Every transaction
+//! first passes the lease fence, so a worker that lost the app lease writes
+//! nothing ([`WorkerError::Fenced`]).
 
 use std::time::Duration;
 
-use norn_shared::db::cron;
 use norn_shared::db::deployments::{self, Update};
 use norn_shared::db::saga::{self, NewSagaEvent};
+use norn_shared::db::{cron, lease};
 use norn_shared::domain::{DeploymentStatus, Step, StepStatus};
 use norn_shared::events::{self, Event};
 use norn_shared::infraspec::InfraSpec;
 use serde_json::json;
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::WorkerError;
 
@@ -19,18 +21,36 @@ pub struct Recorder {
     pub deployment_id: String,
     pub app: String,
     actor: String,
+    token: i64,
     steps: Vec<serde_json::Value>,
 }
 
 impl Recorder {
-    pub fn new(pool: PgPool, deployment_id: &str, app: &str, actor: &str) -> Self {
+    /// `steps` are the entries earlier attempts completed (empty on a first run).
+    pub fn new(
+        pool: PgPool,
+        deployment_id: &str,
+        app: &str,
+        actor: &str,
+        token: i64,
+        steps: Vec<serde_json::Value>,
+    ) -> Self {
         Self {
             pool,
             deployment_id: deployment_id.to_owned(),
             app: app.to_owned(),
             actor: actor.to_owned(),
-            steps: Vec::new(),
+            token,
+            steps,
         }
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>, WorkerError> {
+        let mut tx = self.pool.begin().await?;
+        if !lease::fence(&mut tx, &self.app, self.token).await? {
+            return Err(WorkerError::Fenced);
+        }
+        Ok(tx)
     }
 
     fn saga<'a>(
@@ -52,12 +72,56 @@ impl Recorder {
         }
     }
 
-    /// Records the start of the whole operation (after the app lease is held).
-    pub async fn started(&self) -> Result<(), WorkerError> {
-        let mut tx = self.pool.begin().await?;
+    /// Records the start of the whole operation (after the app lease is held),
+    /// or, for a later attempt, where it resumes.
+    pub async fn started(&self, attempt: i32, resume_at: Option<Step>) -> Result<(), WorkerError> {
+        let mut tx = self.begin().await?;
+        let event = match resume_at {
+            None => self.saga("deploy.start", None, "deploy started", json!({})),
+            Some(step) => NewSagaEvent {
+                actor: "recovery",
+                ..self.saga(
+                    "deploy.resumed",
+                    Some(step.as_str()),
+                    "resumed after the previous worker stopped",
+                    json!({"attempt": attempt}),
+                )
+            },
+        };
+        saga::append(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Ends the deployment before (or between) steps, e.g. after too many
+    /// interrupted attempts or a cancel that arrived while it waited.
+    pub async fn ended(&self, reason: &str, actor: &str) -> Result<(), WorkerError> {
+        let mut tx = self.begin().await?;
+        deployments::update(
+            &mut tx,
+            &self.deployment_id,
+            &Update {
+                status: Some(DeploymentStatus::Failed),
+                error: Some(reason),
+                ..Default::default()
+            },
+        )
+        .await?;
         saga::append(
             &mut tx,
-            self.saga("deploy.start", None, "deploy started", json!({})),
+            NewSagaEvent {
+                actor,
+                ..self.saga("deploy.failed", None, reason, json!({}))
+            },
+        )
+        .await?;
+        events::publish(
+            &mut tx,
+            &Event::new(
+                "deploy.failed",
+                &self.app,
+                json!({"deploymentId": self.deployment_id, "error": reason}),
+            ),
         )
         .await?;
         tx.commit().await?;
@@ -67,7 +131,7 @@ impl Recorder {
     pub async fn step_started(&mut self, step: Step) -> Result<(), WorkerError> {
         self.steps
             .push(json!({"step": step.as_str(), "status": StepStatus::Running}));
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         deployments::update(
             &mut tx,
             &self.deployment_id,
@@ -119,7 +183,7 @@ impl Recorder {
         found: (Option<&str>, Option<&str>),
     ) -> Result<(), WorkerError> {
         self.close_step(step, status, output, took);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         deployments::update(
             &mut tx,
             &self.deployment_id,
@@ -172,7 +236,7 @@ impl Recorder {
     ) -> Result<(), WorkerError> {
         self.close_step(step, StepStatus::Failed, output, took);
         let error = format!("{step}: {reason}");
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         deployments::update(
             &mut tx,
             &self.deployment_id,
@@ -219,7 +283,7 @@ impl Recorder {
     }
 
     pub async fn deployed(&self, image_tag: &str, spec: &InfraSpec) -> Result<(), WorkerError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         // A cron app runs the new image from its next tick on.
         cron::sync_from_deploy(&mut tx, spec, image_tag).await?;
         deployments::update(

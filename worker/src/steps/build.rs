@@ -1,6 +1,18 @@
+use norn_shared::domain::GitRef;
+
 use crate::pipeline::{DeployCtx, StepFailure, StepOutput};
 
 pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
+    let mut log = String::new();
+    if !ctx.workdir.exists()
+        && let Some(sha) = ctx.sha.clone()
+    {
+        // Resumed on another worker: the clone step's checkout was on the
+        // dead one. Fetch exactly the commit it recorded.
+        let at = GitRef::parse(&sha).map_err(|e| StepFailure::new(e.to_string()))?;
+        let checkout = super::clone::fetch(ctx, at).await?;
+        log.push_str(&format!("re-fetched {} for this attempt\n", checkout.sha));
+    }
     let dockerfile = ctx.app.spec.build.dockerfile.clone();
     if !ctx.workdir.join(&dockerfile).is_file() {
         return Err(StepFailure::new(format!(
@@ -8,7 +20,6 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
         )));
     }
     let tag = format!("{}:{}", ctx.app.id, ctx.sha12());
-    let mut log = String::new();
     if let Err(e) = ctx
         .state
         .builder

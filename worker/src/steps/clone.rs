@@ -1,15 +1,25 @@
 use std::path::PathBuf;
 
-use crate::adapters::FetchRequest;
+use norn_shared::domain::GitRef;
+
+use crate::adapters::{Checkout, FetchRequest};
 use crate::pipeline::{DeployCtx, StepFailure, StepOutput};
 
 pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
+    let git_ref = ctx.git_ref.clone();
+    let checkout = fetch(ctx, git_ref).await?;
+    ctx.sha = Some(checkout.sha);
+    Ok(StepOutput::done(checkout.description))
+}
+
+/// Fetches the app's code at `git_ref` into a clean work directory.
+pub async fn fetch(ctx: &DeployCtx<'_>, git_ref: GitRef) -> Result<Checkout, StepFailure> {
     let spec = &ctx.app.spec;
     let req = FetchRequest {
         repo_url: spec.repo.as_ref().map(|r| r.url.clone()),
         default_branch: spec.repo.as_ref().map(|r| r.branch.clone()),
         local_dir: ctx.app.source_dir.as_ref().map(PathBuf::from),
-        git_ref: ctx.git_ref.clone(),
+        git_ref,
     };
     let dest = ctx.workdir.clone();
     if dest.exists() {
@@ -19,10 +29,8 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
             .map_err(|e| StepFailure::new(format!("clearing {}: {e}", dest.display())))?;
     }
     let source = ctx.state.source.clone();
-    let checkout = tokio::task::spawn_blocking(move || source.fetch(&req, &dest))
+    tokio::task::spawn_blocking(move || source.fetch(&req, &dest))
         .await
         .map_err(|e| StepFailure::new(format!("clone task: {e}")))?
-        .map_err(|e| StepFailure::new(e.to_string()))?;
-    ctx.sha = Some(checkout.sha);
-    Ok(StepOutput::done(checkout.description))
+        .map_err(|e| StepFailure::new(e.to_string()))
 }

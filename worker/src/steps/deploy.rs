@@ -1,11 +1,24 @@
 use std::collections::BTreeMap;
 
+use norn_shared::domain::Step;
+
 use crate::adapters::InstanceSpec;
 use crate::pipeline::{DeployCtx, NewInstance, StepFailure, StepOutput};
 
 /// Starts the new release beside the old one; nothing is switched yet.
+/// Instances an interrupted attempt of this deployment left are removed
+/// first: they may sit on a machine that is gone, and were never routed.
 pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
     let image = ctx.image()?.to_owned();
+    let mut output = String::new();
+    for name in deployment_instances(ctx).await {
+        ctx.state
+            .runtime
+            .remove(&name)
+            .await
+            .map_err(|e| StepFailure::new(format!("removing leftover {name}: {e}")))?;
+        output.push_str(&format!("removed {name}, left by an interrupted attempt\n"));
+    }
     let processes: Vec<_> = ctx
         .app
         .spec
@@ -15,7 +28,6 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
     if processes.is_empty() {
         return Ok(StepOutput::skipped("no long-running processes"));
     }
-    let mut output = String::new();
     for (process, spec) in processes {
         for replica in 0..spec.replicas {
             let mut env = ctx.app.spec.env.clone();
@@ -29,7 +41,12 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
                 );
             }
             let instance = InstanceSpec {
-                name: format!("{}-{process}-{}-{replica}", ctx.app.id, ctx.short_id()),
+                name: format!(
+                    "{}-{process}-{}-{}-{replica}",
+                    ctx.app.id,
+                    ctx.short_id(),
+                    ctx.token
+                ),
                 image: image.clone(),
                 command: spec.command.clone(),
                 env,
@@ -38,6 +55,7 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
                     ("norn.process".into(), process.clone()),
                     ("norn.deployment".into(), ctx.deployment_id.clone()),
                     ("norn.replica".into(), replica.to_string()),
+                    ("norn.attempt".into(), ctx.token.to_string()),
                 ]),
             };
             let started = ctx.state.runtime.start(&instance).await.map_err(|e| {
@@ -54,12 +72,44 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
     Ok(StepOutput::done(output))
 }
 
-/// Removes the new release's instances after a failure, so the old release
-/// stays the only one serving.
-pub async fn discard_new(ctx: &mut DeployCtx<'_>) {
-    for new in ctx.started.drain(..) {
-        if let Err(e) = ctx.state.runtime.remove(&new.instance.name).await {
-            tracing::warn!(container = %new.instance.name, error = %e, "could not remove failed instance");
+/// Removes what this attempt started: its instances and the one-off
+/// container of `step`, if it runs one. Safe when another worker has taken
+/// the deployment over, since every name carries this attempt's token.
+pub async fn discard_attempt(ctx: &mut DeployCtx<'_>, step: Step) {
+    let mut names: Vec<String> = ctx.started.drain(..).map(|n| n.instance.name).collect();
+    match step {
+        Step::Test => names.push(ctx.one_off_name("test")),
+        Step::Migrate => names.push(ctx.one_off_name("migrate")),
+        _ => {}
+    }
+    for name in names {
+        if let Err(e) = ctx.state.runtime.remove(&name).await {
+            tracing::warn!(container = %name, error = %e, "could not remove a container of this attempt");
+        }
+    }
+}
+
+/// After a failure, while this worker still holds the lease: removes every
+/// instance of the deployment, whichever attempt started it, so the previous
+/// release stays the only one serving.
+pub async fn discard_deployment(ctx: &mut DeployCtx<'_>) {
+    for name in deployment_instances(ctx).await {
+        if let Err(e) = ctx.state.runtime.remove(&name).await {
+            tracing::warn!(container = %name, error = %e, "could not remove failed instance");
+        }
+    }
+}
+
+async fn deployment_instances(ctx: &DeployCtx<'_>) -> Vec<String> {
+    match ctx.state.runtime.instances(&ctx.app.id).await {
+        Ok(list) => list
+            .into_iter()
+            .filter(|(_, dep)| *dep == ctx.deployment_id)
+            .map(|(name, _)| name)
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not list the deployment's instances");
+            Vec::new()
         }
     }
 }

@@ -1,9 +1,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use norn_shared::db::lease;
 use norn_shared::db::routes::{self, Route};
 use tokio::time::Instant;
 
+use norn_shared::domain::Step;
+
+use crate::pipeline::abort;
 use crate::pipeline::{DeployCtx, NewInstance, StepFailure, StepOutput};
 
 const POLL: Duration = Duration::from_millis(200);
@@ -14,7 +18,7 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
     if ctx.started.is_empty() {
         return Ok(StepOutput::skipped("nothing was started"));
     }
-    let deadline = Instant::now() + ctx.state.config.healthy_timeout;
+    let deadline = Instant::now() + ctx.deadline(Step::Healthy);
     let mut output = String::new();
     for new in &ctx.started {
         let line = wait_ready(ctx, new, deadline)
@@ -41,6 +45,10 @@ async fn wait_ready(
         .and_then(|p| p.health.clone());
     let mut last = String::from("no answer yet");
     loop {
+        // Before the switch a cancel still stops the release from going live.
+        if let Some(a) = abort::current(&ctx.abort) {
+            return Err(format!("stopped before the switch: {a:?}"));
+        }
         if !ctx
             .state
             .runtime
@@ -95,7 +103,8 @@ async fn wait_ready(
         if Instant::now() >= deadline {
             return Err(format!(
                 "{} not healthy after {:?}: {last}",
-                new.instance.name, ctx.state.config.healthy_timeout
+                new.instance.name,
+                crate::pipeline::human(ctx.deadline(Step::Healthy))
             ));
         }
         tokio::time::sleep(POLL).await;
@@ -118,6 +127,13 @@ async fn switch_routes(ctx: &DeployCtx<'_>, output: &mut String) -> Result<(), S
         .begin()
         .await
         .map_err(|e| StepFailure::new(e.to_string()))?;
+    // Only the attempt that still holds the lease may put its release live.
+    let ours = lease::fence(&mut tx, &ctx.app.id, ctx.token)
+        .await
+        .map_err(|e| StepFailure::new(e.to_string()))?;
+    if !ours {
+        return Err(StepFailure::new("the app lease passed to another worker"));
+    }
     for (process, addrs) in &upstreams {
         let route = Route {
             app: ctx.app.id.clone(),
@@ -140,8 +156,10 @@ async fn retire_previous(ctx: &DeployCtx<'_>, output: &mut String) {
     let old = match ctx.state.runtime.instances(&ctx.app.id).await {
         Ok(list) => list
             .into_iter()
-            .filter(|(_, dep)| *dep != ctx.deployment_id)
+            // Everything of the app but this release, including what an
+            // interrupted attempt of this very deployment left behind.
             .map(|(name, _)| name)
+            .filter(|name| !ctx.started.iter().any(|n| n.instance.name == *name))
             .collect::<Vec<_>>(),
         Err(e) => {
             output.push_str(&format!("could not list previous instances: {e}\n"));

@@ -1,10 +1,8 @@
+use norn_shared::domain::Step;
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use crate::adapters::OneOff;
 use crate::pipeline::{DeployCtx, StepFailure, StepOutput};
-
-const MIGRATE_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
     let Some(migrations) = ctx.app.spec.migrations.clone() else {
@@ -28,7 +26,7 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
         ctx.state.pg.database_url(&pg.database),
     );
     let job = OneOff {
-        name: format!("{}-migrate-{}", ctx.app.id, ctx.short_id()),
+        name: ctx.one_off_name("migrate"),
         image: ctx.image()?.to_owned(),
         command: migrations.command.clone(),
         env,
@@ -38,7 +36,7 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
             ("norn.job".into(), "migrate".into()),
         ]),
         limits: None,
-        timeout: MIGRATE_TIMEOUT,
+        timeout: ctx.deadline(Step::Migrate),
     };
     let result = ctx
         .state

@@ -1,17 +1,15 @@
+use norn_shared::domain::Step;
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use crate::adapters::OneOff;
 use crate::pipeline::{DeployCtx, StepFailure, StepOutput};
-
-const TEST_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
     let Some(command) = ctx.app.spec.build.test.clone() else {
         return Ok(StepOutput::skipped("no build.test command"));
     };
     let job = OneOff {
-        name: format!("{}-test-{}", ctx.app.id, ctx.short_id()),
+        name: ctx.one_off_name("test"),
         image: ctx.image()?.to_owned(),
         command: command.clone(),
         env: ctx.app.spec.env.clone(),
@@ -21,7 +19,7 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
             ("norn.job".into(), "test".into()),
         ]),
         limits: None,
-        timeout: TEST_TIMEOUT,
+        timeout: ctx.deadline(Step::Test),
     };
     let result = ctx
         .state

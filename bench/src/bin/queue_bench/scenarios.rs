@@ -6,13 +6,14 @@ use anyhow::bail;
 use sqlx::PgPool;
 
 use crate::Args;
-use crate::harness::{Counter, Db, Mode, prefill, push_one, with_worker};
-use crate::stats::{ms, summarize};
+use norn_bench::harness::{Counter, Db, Mode, describe_server, prefill, push_one, with_worker};
+use norn_bench::stats::{ms, summarize};
 
 const DEADLINE: Duration = Duration::from_secs(900);
 
 pub async fn run_all(args: &Args) -> anyhow::Result<()> {
-    print_server(&args.database_url).await?;
+    println!("# queue-bench\n");
+    println!("{}", describe_server(&args.database_url).await?);
 
     println!(
         "\n## Idle pickup (worker idle 2 s, then jobs pushed at 50/s; push → handler start)\n"
@@ -51,26 +52,6 @@ pub async fn run_all(args: &Args) -> anyhow::Result<()> {
         let took = crate::scenarios::orphan(args).await?;
         println!("| Norn (heartbeat 2 s × 5) | {} |", ms(took));
     }
-    Ok(())
-}
-
-async fn print_server(url: &str) -> anyhow::Result<()> {
-    let pool = PgPool::connect(url).await?;
-    let (version,): (String,) = sqlx::query_as("SHOW server_version")
-        .fetch_one(&pool)
-        .await?;
-    let (fsync,): (String,) = sqlx::query_as("SHOW fsync").fetch_one(&pool).await?;
-    let (sync,): (String,) = sqlx::query_as("SHOW synchronous_commit")
-        .fetch_one(&pool)
-        .await?;
-    pool.close().await;
-    println!("# queue-bench");
-    println!(
-        "\nPostgres {version}, fsync={fsync}, synchronous_commit={sync}; {} CPUs; pool 10 connections; tokio 2 worker threads.",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0)
-    );
     Ok(())
 }
 

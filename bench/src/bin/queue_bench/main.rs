@@ -2,9 +2,7 @@
 //! defaults, in one run on one Postgres. Prints a Markdown table.
 //! How to run it and what each row means: bench/README.md.
 
-mod harness;
 mod scenarios;
-mod stats;
 
 use clap::Parser;
 

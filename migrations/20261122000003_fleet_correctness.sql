@@ -1,0 +1,17 @@
+-- Fencing, crash-resume, cancel and supersede for deployments.
+
+-- Every acquisition of an app lease gets a new, ever-increasing token. A
+-- worker writes only while the lease still carries its token, so one that
+-- lost the lease (paused, partitioned) cannot overwrite its successor.
+CREATE SEQUENCE app_lease_tokens;
+ALTER TABLE app_leases ADD COLUMN token BIGINT NOT NULL DEFAULT nextval('app_lease_tokens');
+
+ALTER TABLE deployments
+    -- How many times a worker took this deployment on (1 = never interrupted).
+    ADD COLUMN attempts            INT NOT NULL DEFAULT 0,
+    -- The lease token of the attempt currently (or last) running it.
+    ADD COLUMN lease_token         BIGINT,
+    ADD COLUMN cancel_requested_at TIMESTAMPTZ,
+    ADD COLUMN cancel_requested_by TEXT;
+
+CREATE INDEX idx_deployments_app_queued ON deployments (app, started_at) WHERE status = 'queued';
