@@ -32,6 +32,18 @@ impl Drop for Proc {
 }
 
 pub fn spawn(name: &str, db: &str, tmp: &std::path::Path, node: &str, port: u16) -> Proc {
+    spawn_with(name, db, tmp, node, port, &[])
+}
+
+/// [`spawn`] with extra environment variables (set last, so they win).
+pub fn spawn_with(
+    name: &str,
+    db: &str,
+    tmp: &std::path::Path,
+    node: &str,
+    port: u16,
+    env: &[(&str, &str)],
+) -> Proc {
     let child = Command::new(bin(name))
         .env("DATABASE_URL", db)
         .env("NORN_PORT", port.to_string())
@@ -44,6 +56,7 @@ pub fn spawn(name: &str, db: &str, tmp: &std::path::Path, node: &str, port: u16)
         .env("NORN_HEALTHY_TIMEOUT", "60s")
         .env("NORN_DRAIN_GRACE", "200ms")
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
