@@ -39,7 +39,9 @@ async fn migration_counter() -> (u16, Arc<Mutex<HashMap<String, u32>>>) {
                     *seen.lock().unwrap().entry(path.to_owned()).or_insert(0) += 1;
                 }
                 let _ = sock
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n")
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n",
+                    )
                     .await;
             });
         }
@@ -123,9 +125,7 @@ async fn a_worker_killed_at_any_step_boundary_is_resumed_there() {
         .collect();
     let mut ids = Vec::new();
     for app in &apps {
-        let (status, body) = h
-            .post(&format!("/api/apps/{app}/deploy"), json!({}))
-            .await;
+        let (status, body) = h.post(&format!("/api/apps/{app}/deploy"), json!({})).await;
         assert_eq!(status, 202, "{body}");
         ids.push(body["id"].as_str().unwrap().to_owned());
     }
@@ -175,8 +175,15 @@ async fn a_worker_killed_at_any_step_boundary_is_resumed_there() {
         for (step, n) in &finished {
             // Instances belong to the attempt that started them: stopped
             // after `deploy`, the resume starts them again.
-            let expected = if step == "deploy" && stopped == "deploy" { 2 } else { 1 };
-            assert_eq!(*n, expected, "{app} (stopped after {stopped}): {step} finished {n}×");
+            let expected = if step == "deploy" && stopped == "deploy" {
+                2
+            } else {
+                1
+            };
+            assert_eq!(
+                *n, expected,
+                "{app} (stopped after {stopped}): {step} finished {n}×"
+            );
         }
         assert_eq!(finished.len(), 8, "{app}: {finished:?}");
         let resumed: Vec<_> = rows
@@ -185,7 +192,10 @@ async fn a_worker_killed_at_any_step_boundary_is_resumed_there() {
             .collect();
         assert_eq!(resumed.len(), 1, "{app}: {rows:?}");
         assert_eq!(resumed[0].2, "recovery");
-        let completes = rows.iter().filter(|(a, _, _)| a == "deploy.complete").count();
+        let completes = rows
+            .iter()
+            .filter(|(a, _, _)| a == "deploy.complete")
+            .count();
         assert_eq!(completes, 1, "{app}: deployed {completes}×");
         assert_eq!(
             hits.lock().unwrap().get(&format!("/{app}")).copied(),

@@ -165,9 +165,7 @@ async fn a_newer_deploy_supersedes_the_queued_one() {
     let running = h.deploy(&app, "HEAD").await;
     wait_status(&h, &running, "testing").await;
     let older = h.deploy(&app, "HEAD").await;
-    let (code, body) = h
-        .post(&format!("/api/apps/{app}/deploy"), json!({}))
-        .await;
+    let (code, body) = h.post(&format!("/api/apps/{app}/deploy"), json!({})).await;
     assert_eq!(code, 202, "{body}");
     let newer = body["id"].as_str().unwrap().to_owned();
     assert_eq!(body["superseded"], json!([older]));
