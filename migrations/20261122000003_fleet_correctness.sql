@@ -1,4 +1,4 @@
--- Fencing, crash-resume, cancel and supersede for deployments.
+-- Fencing, crash-resume, cancel, supersede and rollback for deployments.
 
 -- Every acquisition of an app lease gets a new, ever-increasing token. A
 -- worker writes only while the lease still carries its token, so one that
@@ -12,6 +12,10 @@ ALTER TABLE deployments
     -- The lease token of the attempt currently (or last) running it.
     ADD COLUMN lease_token         BIGINT,
     ADD COLUMN cancel_requested_at TIMESTAMPTZ,
-    ADD COLUMN cancel_requested_by TEXT;
+    ADD COLUMN cancel_requested_by TEXT,
+    -- A rollback redeploys an earlier release's image: no build, no migration.
+    ADD COLUMN kind                TEXT NOT NULL DEFAULT 'deploy' CHECK (kind IN ('deploy', 'rollback')),
+    -- For a rollback: the deployment whose image it reuses.
+    ADD COLUMN rollback_of         TEXT REFERENCES deployments (id);
 
 CREATE INDEX idx_deployments_app_queued ON deployments (app, started_at) WHERE status = 'queued';

@@ -93,16 +93,30 @@ fn print_step(payload: &Value) {
 
 /// Queues a deploy and follows it live. Returns whether it ended `deployed`.
 pub async fn deploy(api: &Api, app: &str, git_ref: Option<&str>) -> anyhow::Result<bool> {
+    let body = match git_ref {
+        Some(r) => json!({ "ref": r }),
+        None => json!({}),
+    };
+    queue_and_follow(api, app, &format!("/api/apps/{app}/deploy"), &body).await
+}
+
+pub async fn rollback(api: &Api, app: &str, to: Option<&str>) -> anyhow::Result<bool> {
+    let body = match to {
+        Some(id) => json!({ "deploymentId": id }),
+        None => json!({}),
+    };
+    queue_and_follow(api, app, &format!("/api/apps/{app}/rollback"), &body).await
+}
+
+/// POSTs `body` to `path` (which queues a deployment) and follows that
+/// deployment until it ends; `true` when it ends deployed.
+async fn queue_and_follow(api: &Api, app: &str, path: &str, body: &Value) -> anyhow::Result<bool> {
     // Subscribe before queueing so no step event is missed.
     let ws = tokio_tungstenite::connect_async(api.ws_url(app))
         .await
         .ok()
         .map(|(s, _)| s);
-    let body = match git_ref {
-        Some(r) => serde_json::json!({ "ref": r }),
-        None => serde_json::json!({}),
-    };
-    let queued = api.post(&format!("/api/apps/{app}/deploy"), &body).await?;
+    let queued = api.post(path, body).await?;
     let id = queued["id"]
         .as_str()
         .context("the API returned no deployment id")?

@@ -40,6 +40,14 @@ enum Command {
     /// Cancel a deployment: a queued one ends at once, a running one stops
     /// within seconds (its step is killed, the previous release keeps serving).
     Cancel { deployment: String },
+    /// Put an earlier release back (default: the one before the current), with
+    /// no build and no migration, health-gated like any deploy; then follow it.
+    Rollback {
+        app: String,
+        /// The deployment whose image to go back to.
+        #[arg(long)]
+        to: Option<String>,
+    },
     /// A cron app: show its state and recent runs, or act on it.
     Cron {
         app: String,
@@ -72,6 +80,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         }
         Command::Deploy { app, r#ref } => client::deploy(&api, &app, r#ref.as_deref()).await,
         Command::Status => client::status(&api).await.map(|_| true),
+        Command::Rollback { app, to } => client::rollback(&api, &app, to.as_deref()).await,
         Command::Cancel { deployment } => client::cancel(&api, &deployment).await.map(|_| true),
         Command::Cron { app, action } => cron::run(&api, &app, action).await.map(|_| true),
     }

@@ -51,11 +51,7 @@ pub async fn deploy(
                 })?,
         ),
     };
-    let actor = if state.config.api_token.is_some() {
-        "api-token"
-    } else {
-        "api"
-    };
+    let actor = super::actor(&state);
 
     let mut tx = state.pool.begin().await?;
     if !apps::lock(&mut tx, app.as_str()).await? {
@@ -194,11 +190,7 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let id = deployment_id(&id)?;
-    let actor = if state.config.api_token.is_some() {
-        "api-token"
-    } else {
-        "api"
-    };
+    let actor = super::actor(&state);
     let mut tx = state.pool.begin().await?;
     let d = deployments::lock(&mut tx, id)
         .await?

@@ -6,6 +6,7 @@ pub mod cron;
 pub mod deployments;
 pub mod health;
 pub mod queueing;
+pub mod rollback;
 pub mod ws;
 
 use axum::Router;
@@ -19,6 +20,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/apps", get(apps::list).post(apps::register))
         .route("/api/apps/{id}", get(apps::get))
         .route("/api/apps/{id}/deploy", post(deployments::deploy))
+        .route("/api/apps/{id}/rollback", post(rollback::rollback))
         .route("/api/apps/{id}/cron", get(cron::get))
         .route("/api/apps/{id}/cron/trigger", post(cron::trigger))
         .route("/api/apps/{id}/cron/pause", post(cron::pause))
@@ -36,4 +38,13 @@ pub fn router(state: AppState) -> Router {
             crate::auth::require_token,
         ))
         .with_state(state)
+}
+
+/// Who a saga event says triggered an API action.
+pub(crate) fn actor(state: &AppState) -> &'static str {
+    if state.config.api_token.is_some() {
+        "api-token"
+    } else {
+        "api"
+    }
 }

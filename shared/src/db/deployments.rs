@@ -28,6 +28,9 @@ pub struct Deployment {
     /// Workers that took this deployment on; more than one means it was resumed.
     pub attempts: i32,
     pub cancel_requested_by: Option<String>,
+    /// `deploy`, or `rollback` (reuses the image of `rollback_of`).
+    pub kind: String,
+    pub rollback_of: Option<String>,
 }
 
 impl Deployment {
@@ -48,7 +51,7 @@ pub struct NewDeployment<'a> {
 macro_rules! columns {
     () => {
         "id, app, ref, commit_sha, image_tag, status, steps, error, failed_step, \
-         triggered_by, started_at, finished_at, attempts, cancel_requested_by"
+         triggered_by, started_at, finished_at, attempts, cancel_requested_by, kind, rollback_of"
     };
 }
 
@@ -210,6 +213,52 @@ pub async fn waiting(conn: &mut PgConnection, app: &str) -> Result<Vec<String>, 
     .fetch_all(conn)
     .await?;
     Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
+/// Queues a rollback to `target`: a new deployment that reuses its commit and image.
+pub async fn insert_rollback(
+    conn: &mut PgConnection,
+    id: &str,
+    target: &Deployment,
+    triggered_by: &str,
+) -> Result<Deployment, DbError> {
+    Ok(sqlx::query_as(concat!(
+        "INSERT INTO deployments (id, app, ref, commit_sha, image_tag, triggered_by, kind, rollback_of)
+         VALUES ($1, $2, $3, $4, $5, $6, 'rollback', $7)
+         RETURNING ",
+        columns!(),
+        ""
+    ))
+    .bind(id)
+    .bind(&target.app)
+    .bind(&target.git_ref)
+    .bind(&target.commit_sha)
+    .bind(&target.image_tag)
+    .bind(triggered_by)
+    .bind(&target.id)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// The release a rollback goes back to by default: the newest deployed one
+/// (with an image) that finished before the current release.
+pub async fn previous_release(
+    conn: &mut PgConnection,
+    current: &Deployment,
+) -> Result<Option<Deployment>, DbError> {
+    Ok(sqlx::query_as(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM deployments
+         WHERE app = $1 AND id <> $2 AND status = 'deployed' AND image_tag IS NOT NULL
+           AND finished_at < $3
+         ORDER BY finished_at DESC LIMIT 1"
+    ))
+    .bind(&current.app)
+    .bind(&current.id)
+    .bind(current.finished_at)
+    .fetch_optional(conn)
+    .await?)
 }
 
 /// A change to one deployment row; `None` fields are left as they are.

@@ -50,3 +50,17 @@ pub async fn for_app(conn: &mut PgConnection, app: &str) -> Result<Vec<Route>, s
     .fetch_all(conn)
     .await
 }
+
+/// Removes every route of `app` (and tells the ingress).
+pub async fn remove_app(conn: &mut PgConnection, app: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM app_routes WHERE app = $1")
+        .bind(app)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANGED_CHANNEL)
+        .bind(app)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

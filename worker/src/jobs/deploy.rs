@@ -104,7 +104,10 @@ async fn attempt(ctx: &mut DeployCtx<'_>) -> Result<(), WorkerError> {
     };
     // Ended (canceled, superseded) while it waited for the lease.
     let Some(dep) = claimed else { return Ok(()) };
-    let (done, kept) = completed_steps(&dep);
+    let (mut done, mut kept) = completed_steps(&dep);
+    if dep.kind == "rollback" {
+        skip_build_steps(&dep, &mut done, &mut kept);
+    }
     let mut rec = Recorder::new(
         state.pool.clone(),
         &ctx.deployment_id,
@@ -162,6 +165,35 @@ fn completed_steps(dep: &Deployment) -> (BTreeSet<Step>, Vec<serde_json::Value>)
         .filter(|e| finished(e).is_some_and(|s| done.contains(&s)))
         .collect();
     (done, kept)
+}
+
+/// A rollback reuses an earlier release's image: it neither builds nor
+/// migrates (its schema is already there), and says so in its step log.
+fn skip_build_steps(
+    dep: &Deployment,
+    done: &mut BTreeSet<Step>,
+    kept: &mut Vec<serde_json::Value>,
+) {
+    let why = format!(
+        "rollback to {}: reuses image {}",
+        dep.rollback_of.as_deref().unwrap_or("?"),
+        dep.image_tag.as_deref().unwrap_or("?")
+    );
+    let skipped = [
+        Step::Clone,
+        Step::Build,
+        Step::Test,
+        Step::Snapshot,
+        Step::Migrate,
+    ];
+    for (i, step) in skipped.into_iter().enumerate() {
+        if done.insert(step) {
+            kept.insert(
+                i.min(kept.len()),
+                json!({"step": step.as_str(), "status": StepStatus::Skipped, "durationMs": 0, "output": why}),
+            );
+        }
+    }
 }
 
 /// Fails a deployment no worker ever started (no lease involved).

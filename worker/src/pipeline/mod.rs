@@ -163,12 +163,17 @@ enum Ended {
 }
 
 /// Runs `step` against its deadline and the abort signal. The healthy step
-/// watches the signal itself: once it has switched traffic, stopping it
-/// halfway would leave the app without a release.
+/// watches both itself (its gate has the deadline): once it has switched
+/// traffic, stopping it halfway would leave the app without a release.
 async fn run_bounded(step: Step, ctx: &mut DeployCtx<'_>) -> Ended {
-    let limit = ctx.deadline(step);
-    let mut abort = ctx.abort.clone();
     let interruptible = !matches!(step, Step::Healthy | Step::Cleanup);
+    let limit = if step == Step::Healthy {
+        // Gate deadline, then the drain-time probes and the retirement.
+        ctx.deadline(step) + ctx.state.config.drain_grace + Duration::from_secs(120)
+    } else {
+        ctx.deadline(step)
+    };
+    let mut abort = ctx.abort.clone();
     let ended = tokio::select! {
         a = abort::raised(&mut abort), if interruptible => Ended::Aborted(a),
         r = tokio::time::timeout(limit, run_step(step, ctx)) => match r {

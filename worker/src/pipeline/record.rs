@@ -282,8 +282,34 @@ impl Recorder {
         Ok(())
     }
 
+    /// The deployment is live. A rollback also marks the release it replaced
+    /// `rolled_back`, in the same transaction.
     pub async fn deployed(&self, image_tag: &str, spec: &InfraSpec) -> Result<(), WorkerError> {
         let mut tx = self.begin().await?;
+        let this = deployments::get(&mut tx, &self.deployment_id).await?;
+        if this.as_ref().is_some_and(|d| d.kind == "rollback")
+            && let Some(replaced) = deployments::current(&mut tx, &self.app).await?
+            && replaced.id != self.deployment_id
+        {
+            deployments::update(
+                &mut tx,
+                &replaced.id,
+                &Update {
+                    status: Some(DeploymentStatus::RolledBack),
+                    ..Default::default()
+                },
+            )
+            .await?;
+            let message = format!("replaced by rollback {}", self.deployment_id);
+            saga::append(
+                &mut tx,
+                NewSagaEvent {
+                    saga_id: &replaced.id,
+                    ..self.saga("deploy.rolled_back", None, &message, json!({}))
+                },
+            )
+            .await?;
+        }
         // A cron app runs the new image from its next tick on.
         cron::sync_from_deploy(&mut tx, spec, image_tag).await?;
         deployments::update(

@@ -7,13 +7,16 @@ use tokio::time::Instant;
 
 use norn_shared::domain::Step;
 
+use super::probe;
 use crate::pipeline::abort;
 use crate::pipeline::{DeployCtx, NewInstance, StepFailure, StepOutput};
 
 const POLL: Duration = Duration::from_millis(200);
 
-/// Waits until every new instance answers, switches traffic to them, then
-/// retires the previous release after a drain grace period.
+/// Waits until every new instance answers, switches traffic to them, keeps
+/// probing them while the previous release drains, then retires it. A new
+/// release that fails after the switch gets the previous routes back
+/// (`deployPolicy.autoRollback`, default on) and the step fails.
 pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
     if ctx.started.is_empty() {
         return Ok(StepOutput::skipped("nothing was started"));
@@ -27,9 +30,45 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
         output.push_str(&line);
         output.push('\n');
     }
+    let previous = {
+        let mut conn = ctx.state.pool.acquire().await.map_err(db)?;
+        routes::for_app(&mut conn, &ctx.app.id).await.map_err(db)?
+    };
     switch_routes(ctx, &mut output).await?;
+    if let Err(reason) = settle(ctx).await {
+        if !ctx.app.spec.deploy_policy.auto_rollback {
+            output.push_str(&format!(
+                "unhealthy after the switch ({reason}); deployPolicy.autoRollback is off, so it stays live\n"
+            ));
+        } else {
+            let back = restore_routes(ctx, &previous).await?;
+            return Err(StepFailure::with_output(
+                format!("unhealthy after the switch ({reason}); rolled back: {back}"),
+                output,
+            ));
+        }
+    }
     retire_previous(ctx, &mut output).await;
     Ok(StepOutput::done(output))
+}
+
+fn db(e: sqlx::Error) -> StepFailure {
+    StepFailure::new(e.to_string())
+}
+
+/// The drain period after the switch doubles as a last check: every new
+/// instance is probed at least once, then every poll until the grace ends.
+async fn settle(ctx: &DeployCtx<'_>) -> Result<(), String> {
+    let until = Instant::now() + ctx.state.config.drain_grace;
+    loop {
+        for new in &ctx.started {
+            probe::once(ctx, new).await?;
+        }
+        if Instant::now() >= until {
+            return Ok(());
+        }
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 async fn wait_ready(
@@ -37,18 +76,15 @@ async fn wait_ready(
     new: &NewInstance,
     deadline: Instant,
 ) -> Result<String, String> {
-    let health = ctx
-        .app
-        .spec
-        .processes
-        .get(&new.process)
-        .and_then(|p| p.health.clone());
-    let mut last = String::from("no answer yet");
     loop {
         // Before the switch a cancel still stops the release from going live.
         if let Some(a) = abort::current(&ctx.abort) {
             return Err(format!("stopped before the switch: {a:?}"));
         }
+        let last = match probe::once(ctx, new).await {
+            Ok(line) => return Ok(line),
+            Err(e) => e,
+        };
         if !ctx
             .state
             .runtime
@@ -61,48 +97,9 @@ async fn wait_ready(
                 new.instance.name
             ));
         }
-        let probe: Result<(), String> = match (new.port, &health) {
-            (Some(port), Some(h)) => {
-                let url = format!("http://{}:{port}{}", new.instance.ip, h.path);
-                match ctx.state.http.get(&url).timeout(h.timeout).send().await {
-                    Ok(resp) if resp.status().is_success() || resp.status().is_redirection() => {
-                        return Ok(format!(
-                            "{} answered {} on {}",
-                            new.instance.name,
-                            resp.status().as_u16(),
-                            h.path
-                        ));
-                    }
-                    Ok(resp) => Err(format!("{url} answered {}", resp.status())),
-                    Err(e) => Err(format!("{url}: {e}")),
-                }
-            }
-            (Some(port), None) => {
-                let addr = format!("{}:{port}", new.instance.ip);
-                match tokio::time::timeout(
-                    Duration::from_secs(2),
-                    tokio::net::TcpStream::connect(&addr),
-                )
-                .await
-                {
-                    Ok(Ok(_)) => {
-                        return Ok(format!(
-                            "{} accepts connections on {port}",
-                            new.instance.name
-                        ));
-                    }
-                    Ok(Err(e)) => Err(format!("{addr}: {e}")),
-                    Err(_) => Err(format!("{addr}: connect timed out")),
-                }
-            }
-            (None, _) => return Ok(format!("{} is running", new.instance.name)),
-        };
-        if let Err(e) = probe {
-            last = e;
-        }
         if Instant::now() >= deadline {
             return Err(format!(
-                "{} not healthy after {:?}: {last}",
+                "{} not healthy after {}: {last}",
                 new.instance.name,
                 crate::pipeline::human(ctx.deadline(Step::Healthy))
             ));
@@ -169,12 +166,31 @@ async fn retire_previous(ctx: &DeployCtx<'_>, output: &mut String) {
     if old.is_empty() {
         return;
     }
-    // Requests already routed to the old release finish before it stops.
-    tokio::time::sleep(ctx.state.config.drain_grace).await;
     for name in old {
         match ctx.state.runtime.remove(&name).await {
             Ok(()) => output.push_str(&format!("retired {name}\n")),
             Err(e) => output.push_str(&format!("could not retire {name}: {e}\n")),
         }
     }
+}
+
+/// Puts the routes of `app` back to `previous` (none: the app had no release).
+/// Fenced like the switch. Returns what traffic went back to.
+async fn restore_routes(ctx: &DeployCtx<'_>, previous: &[Route]) -> Result<String, StepFailure> {
+    let mut tx = ctx.state.pool.begin().await.map_err(db)?;
+    if !lease::fence(&mut tx, &ctx.app.id, ctx.token)
+        .await
+        .map_err(db)?
+    {
+        return Err(StepFailure::new("the app lease passed to another worker"));
+    }
+    routes::remove_app(&mut tx, &ctx.app.id).await.map_err(db)?;
+    for route in previous {
+        routes::set(&mut tx, route).await.map_err(db)?;
+    }
+    tx.commit().await.map_err(db)?;
+    Ok(match previous.first() {
+        Some(r) => format!("traffic is back on deployment {}", r.deployment_id),
+        None => "the app had no earlier release; it has no route now".into(),
+    })
 }

@@ -7,5 +7,6 @@ pub mod clone;
 pub mod deploy;
 pub mod healthy;
 pub mod migrate;
+pub mod probe;
 pub mod snapshot;
 pub mod test;

@@ -1,0 +1,149 @@
+//! `POST /api/apps/{id}/rollback {deploymentId?}`: queue a deployment that
+//! puts an earlier release's image back, with no build and no migration.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use norn_shared::db::apps;
+use norn_shared::db::deployments::{self, Deployment};
+use norn_shared::db::saga::{self, NewSagaEvent};
+use norn_shared::domain::{DeploymentStatus, new_deployment_id};
+use norn_shared::events::{self, Event};
+use norn_shared::jobs::DeployJob;
+use norn_shared::queue::{self, Queue};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sqlx::PgConnection;
+
+use super::apps::app_id;
+use super::queueing;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RollbackBody {
+    deployment_id: Option<String>,
+}
+
+pub async fn rollback(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let app = app_id(&id)?;
+    let body: RollbackBody = if body.iter().all(|b| b.is_ascii_whitespace()) {
+        RollbackBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))?
+    };
+    let actor = super::actor(&state);
+    let mut tx = state.pool.begin().await?;
+    if !apps::lock(&mut tx, app.as_str()).await? {
+        return Err(ApiError::NotFound(format!("app {app} is not registered")));
+    }
+    let registered = apps::get(&mut tx, app.as_str())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("app {app} is not registered")))?;
+    let target = target(&mut tx, app.as_str(), body.deployment_id.as_deref()).await?;
+    let id = new_deployment_id();
+    deployments::insert_rollback(&mut tx, &id, &target, actor).await?;
+    let superseded = queueing::admit(
+        &mut tx,
+        app.as_str(),
+        &id,
+        registered.spec.deploy_policy.queue,
+        state.config.max_queued_per_app,
+        actor,
+    )
+    .await?;
+    let job = DeployJob {
+        deployment_id: id.clone(),
+        app: app.to_string(),
+    };
+    queue::enqueue(&mut tx, Queue::Deploy, &job, Some(&id)).await?;
+    let image = target.image_tag.clone().unwrap_or_default();
+    saga::append(
+        &mut tx,
+        NewSagaEvent {
+            saga_id: &id,
+            app: app.as_str(),
+            category: "deploy",
+            action: "rollback.queued",
+            step: None,
+            message: &format!("back to {} ({image})", target.id),
+            actor,
+            metadata: json!({"target": target.id, "imageTag": image}),
+        },
+    )
+    .await?;
+    events::publish(
+        &mut tx,
+        &Event::new(
+            "deploy.queued",
+            app.as_str(),
+            json!({"deploymentId": id, "kind": "rollback", "target": target.id}),
+        ),
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(app = %app, deployment.id = %id, target = %target.id, "rollback queued");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "id": id, "status": "queued", "kind": "rollback",
+            "target": target.id, "imageTag": image, "superseded": superseded,
+        })),
+    ))
+}
+
+/// The release to go back to: the one named, or the newest deployed release
+/// before the current one.
+async fn target(conn: &mut PgConnection, app: &str, named: Option<&str>) -> ApiResult<Deployment> {
+    let current = deployments::current(conn, app).await?;
+    if let Some(raw) = named {
+        uuid::Uuid::parse_str(raw)
+            .map_err(|_| ApiError::field("deploymentId", "deployment ids are UUIDs"))?;
+        let d = deployments::get(conn, raw)
+            .await?
+            .filter(|d| d.app == app)
+            .ok_or_else(|| {
+                ApiError::NotFound(format!("deployment {raw} of app {app} not found"))
+            })?;
+        let usable = matches!(
+            d.status(),
+            DeploymentStatus::Deployed | DeploymentStatus::RolledBack
+        ) && d.image_tag.is_some();
+        if !usable {
+            return Err(ApiError::field(
+                "deploymentId",
+                format!(
+                    "deployment {raw} is {} and cannot be rolled back to (it never served)",
+                    d.status
+                ),
+            ));
+        }
+        if current.as_ref().is_some_and(|c| c.id == d.id) {
+            return Err(ApiError::field(
+                "deploymentId",
+                format!("deployment {raw} is what {app} serves now"),
+            ));
+        }
+        return Ok(d);
+    }
+    let current = current.ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "app {app} has no deployed release to roll back from"
+        ))
+    })?;
+    deployments::previous_release(conn, &current)
+        .await?
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "app {app} has no deployed release before {} to roll back to",
+                current.id
+            ))
+        })
+}
