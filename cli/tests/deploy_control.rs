@@ -42,10 +42,18 @@ async fn status_of(h: &Harness, id: &str) -> Value {
 }
 
 async fn wait_status(h: &Harness, id: &str, want: &str) {
-    eventually(Duration::from_secs(120), want, || async {
-        (status_of(h, id).await["status"] == want).then_some(())
-    })
-    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let d = status_of(h, id).await;
+        if d["status"] == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "deployment {id} never became {want}: {d}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn containers_named(prefix: &str) -> Vec<String> {
