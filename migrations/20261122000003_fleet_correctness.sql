@@ -19,3 +19,10 @@ ALTER TABLE deployments
     ADD COLUMN rollback_of         TEXT REFERENCES deployments (id);
 
 CREATE INDEX idx_deployments_app_queued ON deployments (app, started_at) WHERE status = 'queued';
+
+-- The fleet's own registry: every api, worker and scheduler process.
+ALTER TABLE cluster_nodes
+    ADD COLUMN host              TEXT,
+    ADD COLUMN pid               INT,
+    ADD COLUMN last_heartbeat_at TIMESTAMPTZ,
+    ADD COLUMN running_jobs      INT NOT NULL DEFAULT 0;

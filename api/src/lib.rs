@@ -44,6 +44,7 @@ pub async fn serve(
         }
         Err(e) => tracing::warn!(error = %e, "could not register apps from NORN_APPS_DIR"),
     }
+    let membership = norn_shared::registry::join(pool.clone(), &config, "api", shutdown.clone());
     let docker = bollard::Docker::connect_with_local_defaults().ok();
     let (events, _) = broadcast::channel(1024);
     let state = AppState {
@@ -68,5 +69,6 @@ pub async fn serve(
     if let Some(t) = ingress_task {
         let _ = t.await;
     }
+    membership.leave().await;
     result
 }

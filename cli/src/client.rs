@@ -177,6 +177,33 @@ pub async fn cancel(api: &Api, deployment: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub async fn nodes(api: &Api) -> anyhow::Result<()> {
+    let list = api.get("/api/cluster/nodes").await?;
+    println!(
+        "{:<36}  {:<9}  {:<16}  {:<8}  {:>4}  last heartbeat",
+        "id", "role", "name", "status", "jobs"
+    );
+    for n in list.as_array().into_iter().flatten() {
+        println!(
+            "{:<36}  {:<9}  {:<16}  {:<8}  {:>4}  {}",
+            n["id"].as_str().unwrap_or(""),
+            n["role"].as_str().unwrap_or(""),
+            n["name"].as_str().unwrap_or(""),
+            n["status"].as_str().unwrap_or(""),
+            n["runningJobs"].as_i64().unwrap_or(0),
+            n["lastHeartbeatAt"].as_str().unwrap_or("-"),
+        );
+    }
+    Ok(())
+}
+
+pub async fn drain(api: &Api, id: &str) -> anyhow::Result<()> {
+    api.post(&format!("/api/cluster/nodes/{id}/drain"), &json!({}))
+        .await?;
+    println!("{id}: draining; it claims no new jobs and finishes the ones it holds");
+    Ok(())
+}
+
 pub async fn status(api: &Api) -> anyhow::Result<()> {
     let apps = api.get("/api/apps").await?;
     let deployments = api.get("/api/deployments?limit=20").await?;

@@ -40,6 +40,12 @@ enum Command {
     /// Cancel a deployment: a queued one ends at once, a running one stops
     /// within seconds (its step is killed, the previous release keeps serving).
     Cancel { deployment: String },
+    /// The fleet: every api, worker and scheduler process, its status and heartbeat;
+    /// `drain <id>` makes a worker stop claiming and finish what it holds.
+    Nodes {
+        #[command(subcommand)]
+        action: Option<NodesAction>,
+    },
     /// Put an earlier release back (default: the one before the current), with
     /// no build and no migration, health-gated like any deploy; then follow it.
     Rollback {
@@ -54,6 +60,11 @@ enum Command {
         #[command(subcommand)]
         action: Option<cron::Action>,
     },
+}
+
+#[derive(Subcommand)]
+enum NodesAction {
+    Drain { id: String },
 }
 
 #[tokio::main]
@@ -81,6 +92,10 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Deploy { app, r#ref } => client::deploy(&api, &app, r#ref.as_deref()).await,
         Command::Status => client::status(&api).await.map(|_| true),
         Command::Rollback { app, to } => client::rollback(&api, &app, to.as_deref()).await,
+        Command::Nodes { action: None } => client::nodes(&api).await.map(|_| true),
+        Command::Nodes {
+            action: Some(NodesAction::Drain { id }),
+        } => client::drain(&api, &id).await.map(|_| true),
         Command::Cancel { deployment } => client::cancel(&api, &deployment).await.map(|_| true),
         Command::Cron { app, action } => cron::run(&api, &app, action).await.map(|_| true),
     }

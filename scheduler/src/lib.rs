@@ -57,6 +57,18 @@ async fn try_lead(url: &str, node: &str) -> Result<Option<PgConnection>, sqlx::E
 pub async fn run(
     pool: PgPool,
     config: Config,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), SchedulerError> {
+    let membership =
+        norn_shared::registry::join(pool.clone(), &config, "scheduler", shutdown.clone());
+    let result = elect_and_lead(pool, config, shutdown).await;
+    membership.leave().await;
+    result
+}
+
+async fn elect_and_lead(
+    pool: PgPool,
+    config: Config,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), SchedulerError> {
     let url = config

@@ -8,6 +8,7 @@ pub mod events;
 pub mod infraspec;
 pub mod jobs;
 pub mod queue;
+pub mod registry;
 pub mod shutdown;
 pub mod testing;
 

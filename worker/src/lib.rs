@@ -35,12 +35,36 @@ pub async fn run(
     config: Config,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), WorkerError> {
-    let state = Arc::new(state::WorkerState::new(pool, config).await?);
-    tracing::info!(token = %state.token, "worker ready");
+    let membership = norn_shared::registry::join(pool.clone(), &config, "worker", shutdown.clone());
+    let state = Arc::new(state::WorkerState::new(pool, config, membership.running.clone()).await?);
+    tracing::info!(token = %state.token, node.id = %membership.id, "worker ready");
+    // Draining stops the queue workers (no new claims); handlers already
+    // running are on their own tasks and finish.
+    let stop = stop_on_shutdown_or_drain(shutdown.clone(), membership.draining.clone());
     tokio::join!(
-        supervisor::deploy_queue(state.clone(), shutdown.clone()),
-        supervisor::cron_queue(state.clone(), shutdown.clone()),
-        supervisor::health_queue(state, shutdown),
+        supervisor::deploy_queue(state.clone(), stop.clone()),
+        supervisor::cron_queue(state.clone(), stop.clone()),
+        supervisor::health_queue(state, stop),
     );
+    let mut shutdown = shutdown;
+    let _ = shutdown.wait_for(|s| *s).await;
+    membership.leave().await;
     Ok(())
+}
+
+fn stop_on_shutdown_or_drain(
+    mut shutdown: watch::Receiver<bool>,
+    mut draining: watch::Receiver<bool>,
+) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => {}
+            _ = draining.wait_for(|d| *d) => {}
+        }
+        let _ = tx.send(true);
+        // Keep the sender alive so receivers see `true`, not a closed channel.
+        let _ = shutdown.wait_for(|s| *s).await;
+    });
+    rx
 }

@@ -1,6 +1,7 @@
 //! What every job handler of this worker process shares.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 
 use norn_shared::Config;
 use sqlx::PgPool;
@@ -21,10 +22,21 @@ pub struct WorkerState {
     /// Unique to this process and start (`node:pid:nanos`): the lease holder
     /// identity, never reused by a restarted worker.
     pub token: String,
+    /// Jobs running in this process, reported in the cluster heartbeat.
+    pub running: Arc<AtomicUsize>,
 }
 
 impl WorkerState {
-    pub async fn new(pool: PgPool, config: Config) -> Result<Self, crate::WorkerError> {
+    /// Counts a job as running until the guard drops.
+    pub fn busy(&self) -> norn_shared::registry::Busy {
+        norn_shared::registry::Busy::new(&self.running)
+    }
+
+    pub async fn new(
+        pool: PgPool,
+        config: Config,
+        running: Arc<AtomicUsize>,
+    ) -> Result<Self, crate::WorkerError> {
         let docker = DockerEngine::connect(&config.docker_network).await?;
         docker.ping().await?;
         let app_db = config
@@ -54,6 +66,7 @@ impl WorkerState {
                 .build()?,
             pool,
             config,
+            running,
         })
     }
 }

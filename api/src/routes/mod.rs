@@ -2,6 +2,7 @@
 
 pub mod apps;
 pub mod checks;
+pub mod cluster;
 pub mod cron;
 pub mod deployments;
 pub mod health;
@@ -27,6 +28,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/apps/{id}/cron/resume", post(cron::resume))
         .route("/api/apps/{id}/cron/schedule", put(cron::set_schedule))
         .route("/api/apps/{id}/health-checks", get(checks::list))
+        .route("/api/cluster/nodes", get(cluster::list))
+        .route("/api/cluster/nodes/{id}/drain", post(cluster::drain))
         .route("/api/deployments", get(deployments::list))
         .route("/api/deployments/{id}", get(deployments::get))
         .route("/api/deployments/{id}/events", get(deployments::events))

@@ -5,6 +5,7 @@ pub mod cron;
 pub mod deployments;
 pub mod health;
 pub mod lease;
+pub mod nodes;
 pub mod routes;
 pub mod saga;
 

@@ -25,6 +25,7 @@ const MAX_OUTPUT: usize = 64 * 1024;
 
 pub async fn run(job: CronJob, state: Data<Arc<WorkerState>>) -> Result<(), BoxDynError> {
     let state: Arc<WorkerState> = (*state).clone();
+    let _busy = state.busy();
     execute(&job, &state).await.map_err(|e| {
         tracing::error!(app = %job.app, scheduled_at = %job.scheduled_at, error = %e,
             "cron job failed; it will be retried");

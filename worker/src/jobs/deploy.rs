@@ -28,6 +28,7 @@ const RESTARTED: &str = "norn restarted during deployment";
 
 pub async fn run(job: DeployJob, state: Data<Arc<WorkerState>>) -> Result<(), BoxDynError> {
     let state: Arc<WorkerState> = (*state).clone();
+    let _busy = state.busy();
     let span = tracing::info_span!("deploy", app = %job.app, deployment.id = %job.deployment_id);
     match execute(&job, &state).instrument(span.clone()).await {
         Ok(()) => Ok(()),

@@ -16,6 +16,7 @@ use crate::state::WorkerState;
 
 pub async fn run(job: HealthJob, state: Data<Arc<WorkerState>>) -> Result<(), BoxDynError> {
     let state: Arc<WorkerState> = (*state).clone();
+    let _busy = state.busy();
     check(&job.app, &state).await.map_err(|e| {
         tracing::warn!(app = %job.app, error = %e, "health check could not be recorded");
         Box::new(e) as BoxDynError

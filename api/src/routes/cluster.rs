@@ -1,0 +1,36 @@
+//! The fleet's own registry: `GET /api/cluster/nodes`,
+//! `POST /api/cluster/nodes/{id}/drain`.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use norn_shared::db::nodes;
+use serde_json::{Value, json};
+
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let mut conn = state.pool.acquire().await?;
+    Ok(Json(json!(nodes::list(&mut conn).await?)))
+}
+
+/// A draining worker claims no new jobs and finishes the ones it holds.
+pub async fn drain(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    uuid::Uuid::parse_str(&id).map_err(|_| ApiError::field("id", "node ids are UUIDs"))?;
+    let mut conn = state.pool.acquire().await?;
+    if !nodes::drain(&mut conn, &id).await? {
+        return match nodes::get(&mut conn, &id).await? {
+            None => Err(ApiError::NotFound(format!("node {id} not found"))),
+            Some(n) => Err(ApiError::Conflict(format!(
+                "node {id} is {}; only a ready node can be drained",
+                n.status
+            ))),
+        };
+    }
+    tracing::info!(node.id = %id, "node asked to drain");
+    let node = nodes::get(&mut conn, &id).await?;
+    Ok(Json(json!(node)))
+}
