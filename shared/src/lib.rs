@@ -10,6 +10,7 @@ pub mod jobs;
 pub mod queue;
 pub mod registry;
 pub mod shutdown;
+pub mod snapshots;
 pub mod testing;
 
 pub use config::Config;

@@ -8,6 +8,7 @@ pub mod deployments;
 pub mod health;
 pub mod queueing;
 pub mod rollback;
+pub mod snapshots;
 pub mod ws;
 
 use axum::Router;
@@ -22,6 +23,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/apps/{id}", get(apps::get))
         .route("/api/apps/{id}/deploy", post(deployments::deploy))
         .route("/api/apps/{id}/rollback", post(rollback::rollback))
+        .route("/api/apps/{id}/snapshots", get(snapshots::list))
         .route("/api/apps/{id}/cron", get(cron::get))
         .route("/api/apps/{id}/cron/trigger", post(cron::trigger))
         .route("/api/apps/{id}/cron/pause", post(cron::pause))

@@ -43,6 +43,13 @@ pub struct InfraSpec {
     pub env: BTreeMap<String, String>,
     pub secrets: Vec<String>,
     pub deploy_policy: DeployPolicy,
+    pub snapshots: Snapshots,
+}
+
+/// `snapshots`: how many pre-migration dumps of the app database to keep.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Snapshots {
+    pub keep: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

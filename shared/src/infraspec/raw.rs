@@ -24,6 +24,13 @@ pub(super) struct RawSpec {
     #[serde(default)]
     pub secrets: Vec<String>,
     pub deploy_policy: Option<RawDeployPolicy>,
+    pub snapshots: Option<RawSnapshots>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSnapshots {
+    pub keep: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

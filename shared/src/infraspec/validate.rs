@@ -194,6 +194,13 @@ pub(super) fn validate(raw: RawSpec) -> Result<InfraSpec, SpecErrors> {
     }
 
     let deploy_policy = super::policy::policy(raw.deploy_policy, &mut errors);
+    let keep = raw.snapshots.and_then(|s| s.keep).unwrap_or(5);
+    if !(1..=1000).contains(&keep) {
+        errors.push("snapshots.keep", "must be 1..1000");
+    }
+    let snapshots = super::Snapshots {
+        keep: keep.clamp(1, 1000) as u32,
+    };
 
     match (name, errors.0.is_empty()) {
         (Some(name), true) => Ok(InfraSpec {
@@ -206,6 +213,7 @@ pub(super) fn validate(raw: RawSpec) -> Result<InfraSpec, SpecErrors> {
             env,
             secrets: raw.secrets,
             deploy_policy,
+            snapshots,
         }),
         _ => Err(SpecErrors(errors.0)),
     }

@@ -108,4 +108,33 @@ impl PgTools {
             .map_err(|e| SnapshotError::Failed(format!("renaming dump: {e}")))?;
         Ok(file)
     }
+
+    /// `pg_restore --clean --if-exists` of `file` into `database`, in one
+    /// transaction: a restore that fails leaves the database as it was.
+    pub async fn restore(&self, database: &str, file: &Path) -> Result<String, SnapshotError> {
+        let out = Command::new(self.bin("pg_restore"))
+            .kill_on_drop(true)
+            .args([
+                "--clean",
+                "--if-exists",
+                "--no-owner",
+                "--single-transaction",
+                "-d",
+            ])
+            .arg(self.database_url(database))
+            .arg(file)
+            .output()
+            .await
+            .map_err(|e| {
+                SnapshotError::Failed(format!("running {}: {e}", self.bin("pg_restore").display()))
+            })?;
+        if !out.status.success() {
+            return Err(SnapshotError::Failed(format!(
+                "pg_restore exited with {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(format!("restored {} into {database}", file.display()))
+    }
 }

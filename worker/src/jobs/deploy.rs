@@ -83,6 +83,7 @@ async fn execute(job: &DeployJob, state: &WorkerState) -> Result<(), WorkerError
         started: Vec::new(),
         token,
         abort: watchers.receiver(),
+        snapshot: None,
     };
     let result = attempt(&mut ctx).await;
     drop(watchers);
@@ -109,6 +110,11 @@ async fn attempt(ctx: &mut DeployCtx<'_>) -> Result<(), WorkerError> {
     if dep.kind == "rollback" {
         skip_build_steps(&dep, &mut done, &mut kept);
     }
+    ctx.snapshot = kept
+        .iter()
+        .find(|e| e["step"] == "snapshot" && e["status"] == "complete")
+        .and_then(|e| e["output"].as_str())
+        .and_then(steps::snapshot::from_log);
     let mut rec = Recorder::new(
         state.pool.clone(),
         &ctx.deployment_id,
@@ -139,6 +145,7 @@ async fn attempt(ctx: &mut DeployCtx<'_>) -> Result<(), WorkerError> {
     }
     ctx.sha = dep.commit_sha.clone();
     ctx.image = dep.image_tag.clone();
+
     rec.started(dep.attempts, resume_at).await?;
     pipeline::run(ctx, &mut rec, &done).await
 }

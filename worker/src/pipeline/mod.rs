@@ -86,6 +86,8 @@ pub struct DeployCtx<'a> {
     /// attempt and its successor never touch each other's containers.
     pub token: i64,
     pub abort: watch::Receiver<Option<Abort>>,
+    /// The dump the snapshot step took (restored if the migration fails).
+    pub snapshot: Option<PathBuf>,
 }
 
 impl DeployCtx<'_> {
@@ -239,6 +241,15 @@ pub async fn run(
                 steps::deploy::discard_attempt(ctx, step).await;
                 return Err(WorkerError::Fenced);
             }
+        };
+        let (reason, output) = if step == Step::Migrate {
+            let restored = steps::migrate::restore_after_failure(ctx).await;
+            (
+                format!("{reason}; {restored}"),
+                format!("{output}\n{restored}"),
+            )
+        } else {
+            (reason, output)
         };
         tracing::warn!(step = %step, reason = %reason, "deploy step failed");
         steps::deploy::discard_attempt(ctx, step).await;

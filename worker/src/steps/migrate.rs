@@ -57,3 +57,25 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
     }
     Ok(StepOutput::done(output))
 }
+
+/// After a failed migration: restores the dump the snapshot step took before
+/// it (`deployPolicy.restoreOnFailedMigration`, default on). Returns what
+/// happened, for the step log and the error.
+pub async fn restore_after_failure(ctx: &DeployCtx<'_>) -> String {
+    let Some(pg) = &ctx.app.spec.services.postgres else {
+        return String::new();
+    };
+    if !ctx.app.spec.deploy_policy.restore_on_failed_migration {
+        return "deployPolicy.restoreOnFailedMigration is off: the database was left as the migration left it".into();
+    }
+    let Some(file) = &ctx.snapshot else {
+        return "no pre-migration snapshot (the database did not exist before this deploy): nothing restored".into();
+    };
+    match ctx.state.pg.restore(&pg.database, file).await {
+        Ok(done) => format!("database restored to its pre-migration snapshot: {done}"),
+        Err(e) => format!(
+            "restoring the pre-migration snapshot {} FAILED: {e}",
+            file.display()
+        ),
+    }
+}

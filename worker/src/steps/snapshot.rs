@@ -1,5 +1,7 @@
 use crate::pipeline::{DeployCtx, StepFailure, StepOutput};
 
+/// Dumps the app database before migrations; the dump is what a failed
+/// migration is rolled back to.
 pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
     let Some(pg) = &ctx.app.spec.services.postgres else {
         return Ok(StepOutput::skipped(
@@ -21,9 +23,26 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
         .dump(&pg.database, ctx.sha12(), &ctx.state.config.snapshots_dir)
         .await
         .map_err(|e| StepFailure::new(e.to_string()))?;
-    Ok(StepOutput::done(format!(
-        "pg_dump -Fc {} -> {}",
-        pg.database,
-        file.display()
-    )))
+    let mut output = format!("pg_dump -Fc {} -> {}", pg.database, file.display());
+    let keep = ctx.app.spec.snapshots.keep as usize;
+    match norn_shared::snapshots::retain(&ctx.state.config.snapshots_dir, &pg.database, keep) {
+        Ok(removed) if !removed.is_empty() => {
+            output.push_str(&format!(
+                "\nkept the newest {keep}; removed {}",
+                removed.join(", ")
+            ));
+        }
+        Ok(_) => {}
+        Err(e) => output.push_str(&format!("\ncould not apply snapshots.keep: {e}")),
+    }
+    ctx.snapshot = Some(file);
+    Ok(StepOutput::done(output))
+}
+
+/// The dump an earlier attempt of this deployment took, read back from its
+/// step log (`pg_dump -Fc <db> -> <file>`), for a resume after the snapshot.
+pub fn from_log(output: &str) -> Option<std::path::PathBuf> {
+    let first = output.lines().next()?;
+    let (_, file) = first.split_once(" -> ")?;
+    Some(std::path::PathBuf::from(file))
 }

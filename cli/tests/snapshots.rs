@@ -1,0 +1,143 @@
+//! Pre-migration snapshots: taken before each migration, kept per
+//! `snapshots.keep`, listed by the API, and restored automatically when the
+//! migration fails. Real Postgres (pg_dump / pg_restore), Docker and git.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{AppRepo, Harness, unique_app};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Plays the app's migration tool: `GET /<ok|fail>/<version>` inserts
+/// `version` into the app database's `items` table (as a migration would,
+/// before it fails), then answers 200 or 500 (so `wget` exits non-zero).
+async fn migration_server(database_url: String) -> u16 {
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let url = database_url.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 2048];
+                let n = sock.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                let path = req.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                let mut parts = path.trim_start_matches('/').splitn(2, '/');
+                let (outcome, version) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                let pool = sqlx::PgPool::connect(&url).await.unwrap();
+                sqlx::query("CREATE TABLE IF NOT EXISTS items (v TEXT)")
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                sqlx::query("INSERT INTO items VALUES ($1)")
+                    .bind(version)
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                pool.close().await;
+                let status = if outcome == "ok" {
+                    "200 OK"
+                } else {
+                    "500 Internal Server Error"
+                };
+                let reply =
+                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                let _ = sock.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    port
+}
+
+async fn items(url: &str) -> Vec<String> {
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    let rows: Vec<(String,)> = sqlx::query_as("SELECT v FROM items ORDER BY v")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    rows.into_iter().map(|(v,)| v).collect()
+}
+
+fn release(repo: &AppRepo, migrate: &str, version: &str) -> String {
+    std::fs::write(repo.dir.join("www/migrate"), migrate).unwrap();
+    repo.commit(version)
+}
+
+#[tokio::test]
+async fn a_failed_migration_restores_the_pre_migration_snapshot() {
+    let h = Harness::start().await;
+    let app = unique_app("snap");
+    let database = app.replace('-', "_");
+    let app_db = norn_shared::db::with_database(&h.db_url, &database);
+    let port = migration_server(app_db.clone()).await;
+    let repo = AppRepo::create(h.tmp.path(), &app);
+    release(&repo, "ok/v1", "v1");
+    let spec = json!({
+        "name": app,
+        "repo": {"url": repo.url()},
+        "processes": {"web": {"port": 8080, "health": {"path": "/health", "timeout": "2s"}}},
+        "services": {"postgres": {"database": database}},
+        "migrations": {"command": format!("busybox wget -q -O- http://127.0.0.1:{port}/$(busybox cat /www/migrate)")},
+        "snapshots": {"keep": 1},
+    });
+    let (code, body) = h.post("/api/apps", spec).await;
+    assert_eq!(code, 201, "{body}");
+    let v1 = h.deploy(&app, "HEAD").await;
+    assert_eq!(h.wait_terminal(&v1).await["status"], "deployed");
+    assert_eq!(items(&app_db).await, ["v1"]);
+
+    // The migration writes, then fails: the database goes back to the snapshot.
+    let sha2 = release(&repo, "fail/v2", "v2");
+    let v2 = h.deploy(&app, "HEAD").await;
+    let d = h.wait_terminal(&v2).await;
+    assert_eq!(d["status"], "failed", "{d}");
+    assert_eq!(d["failedStep"], "migrate");
+    let error = d["error"].as_str().unwrap();
+    assert!(
+        error.contains("database restored to its pre-migration snapshot"),
+        "{error}"
+    );
+    let migrate_log = d["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "migrate")
+        .unwrap()["output"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(migrate_log.contains("restored"), "{migrate_log}");
+    assert_eq!(items(&app_db).await, ["v1"]);
+    assert_eq!(h.fetch(&app).await.unwrap(), "v1");
+
+    let (code, body) = h.get(&format!("/api/apps/{app}/snapshots")).await;
+    assert_eq!(code, 200, "{body}");
+    let list = body["snapshots"].as_array().unwrap().clone();
+    assert_eq!(list.len(), 1, "{body}");
+    assert_eq!(list[0]["commit"], &sha2[..12]);
+    assert_eq!(list[0]["database"], database.as_str());
+    let first_ts = list[0]["timestamp"].as_str().unwrap().to_owned();
+
+    // A later snapshot pushes the older one out (keep: 1).
+    tokio::time::sleep(Duration::from_millis(1100)).await; // timestamps have 1 s resolution
+    let sha3 = release(&repo, "ok/v3", "v3");
+    let v3 = h.deploy(&app, "HEAD").await;
+    assert_eq!(h.wait_terminal(&v3).await["status"], "deployed");
+    assert_eq!(items(&app_db).await, ["v1", "v3"]);
+    let (_, body) = h.get(&format!("/api/apps/{app}/snapshots")).await;
+    let list = body["snapshots"].as_array().unwrap().clone();
+    assert_eq!(list.len(), 1, "{body}");
+    assert_eq!(list[0]["commit"], &sha3[..12]);
+    assert_ne!(list[0]["timestamp"], first_ts.as_str());
+
+    let (code, _) = h
+        .get(&format!("/api/apps/{}/snapshots", unique_app("ghost")))
+        .await;
+    assert_eq!(code, 404);
+}
