@@ -26,3 +26,22 @@ ALTER TABLE cluster_nodes
     ADD COLUMN pid               INT,
     ADD COLUMN last_heartbeat_at TIMESTAMPTZ,
     ADD COLUMN running_jobs      INT NOT NULL DEFAULT 0;
+
+-- A restore of an app database from one of its snapshots, run as a job
+-- under the app lease.
+CREATE TABLE snapshot_restores (
+    id               TEXT PRIMARY KEY,
+    app              TEXT NOT NULL,
+    database_name    TEXT NOT NULL,
+    snapshot         TEXT NOT NULL,
+    pre_restore      BOOLEAN NOT NULL DEFAULT false,
+    pre_restore_file TEXT,
+    status           TEXT NOT NULL DEFAULT 'queued'
+                       CHECK (status IN ('queued', 'running', 'completed', 'failed')),
+    output           TEXT NOT NULL DEFAULT '',
+    error            TEXT,
+    requested_by     TEXT NOT NULL,
+    created_at       TIMESTAMPTZ NOT NULL DEFAULT now(),
+    finished_at      TIMESTAMPTZ
+);
+CREATE INDEX idx_snapshot_restores_app ON snapshot_restores (app, created_at DESC);

@@ -3,6 +3,7 @@
 mod client;
 mod cron;
 mod localpg;
+mod snapshots;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -46,6 +47,12 @@ enum Command {
         #[command(subcommand)]
         action: Option<NodesAction>,
     },
+    /// An app database's snapshots and recent restores, or restore one.
+    Snapshots {
+        app: String,
+        #[command(subcommand)]
+        action: Option<SnapshotsAction>,
+    },
     /// Put an earlier release back (default: the one before the current), with
     /// no build and no migration, health-gated like any deploy; then follow it.
     Rollback {
@@ -59,6 +66,20 @@ enum Command {
         app: String,
         #[command(subcommand)]
         action: Option<cron::Action>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotsAction {
+    /// Replace the database's contents with the snapshot taken at <ts> (YYYYMMDDTHHMMSS).
+    Restore {
+        ts: String,
+        /// Required: a restore replaces everything in the database.
+        #[arg(long)]
+        yes: bool,
+        /// Dump the current state first.
+        #[arg(long)]
+        pre_restore: bool,
     },
 }
 
@@ -96,6 +117,16 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Nodes {
             action: Some(NodesAction::Drain { id }),
         } => client::drain(&api, &id).await.map(|_| true),
+        Command::Snapshots { app, action: None } => snapshots::list(&api, &app).await.map(|_| true),
+        Command::Snapshots {
+            app,
+            action:
+                Some(SnapshotsAction::Restore {
+                    ts,
+                    yes,
+                    pre_restore,
+                }),
+        } => snapshots::restore(&api, &app, &ts, yes, pre_restore).await,
         Command::Cancel { deployment } => client::cancel(&api, &deployment).await.map(|_| true),
         Command::Cron { app, action } => cron::run(&api, &app, action).await.map(|_| true),
     }

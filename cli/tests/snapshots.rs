@@ -140,4 +140,55 @@ async fn a_failed_migration_restores_the_pre_migration_snapshot() {
         .get(&format!("/api/apps/{}/snapshots", unique_app("ghost")))
         .await;
     assert_eq!(code, 404);
+
+    // Restore on request: refused without confirm, then run as a job.
+    let ts = list[0]["timestamp"].as_str().unwrap().to_owned();
+    let restore = format!("/api/apps/{app}/snapshots/{ts}/restore");
+    let (code, body) = h.post(&restore, json!({})).await;
+    assert_eq!(
+        (code, body["field"].as_str()),
+        (400, Some("confirm")),
+        "{body}"
+    );
+    let (code, body) = h.post(&format!("{restore}?confirm=maybe"), json!({})).await;
+    assert_eq!(code, 400, "{body}");
+    let (code, _) = h
+        .post(
+            &format!("/api/apps/{app}/snapshots/20000101T000000/restore?confirm=true"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(code, 404);
+    assert_eq!(items(&app_db).await, ["v1", "v3"]);
+    let (code, body) = h
+        .post(
+            &format!("{restore}?confirm=true&preRestore=true"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    let (r, body) = common::eventually(Duration::from_secs(60), "restore finished", || async {
+        let (_, body) = h.get(&format!("/api/apps/{app}/snapshots")).await;
+        let r = body["restores"]
+            .as_array()?
+            .iter()
+            .find(|r| r["id"] == id.as_str())?
+            .clone();
+        matches!(r["status"].as_str(), Some("completed" | "failed")).then_some((r, body))
+    })
+    .await;
+    assert_eq!(r["status"], "completed", "{r}");
+    // v3's snapshot was taken before v3 migrated: v1 only.
+    assert_eq!(items(&app_db).await, ["v1"]);
+    // The pre-restore dump holds what was there before, and is listed.
+    let pre = r["preRestoreFile"].as_str().unwrap();
+    assert!(std::path::Path::new(pre).exists(), "{r}");
+    let commits: Vec<&str> = body["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["commit"].as_str().unwrap())
+        .collect();
+    assert!(commits.contains(&"prerestore"), "{body}");
 }

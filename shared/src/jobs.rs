@@ -26,3 +26,11 @@ pub struct CronJob {
 pub struct HealthJob {
     pub app: String,
 }
+
+/// Restore an app database from a snapshot (a recorded `snapshot_restores` row).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreJob {
+    pub restore_id: String,
+    pub app: String,
+}

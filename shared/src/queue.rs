@@ -20,15 +20,17 @@ pub enum Queue {
     Function,
     Cron,
     Health,
+    Snapshot,
 }
 
 impl Queue {
-    pub const ALL: [Queue; 5] = [
+    pub const ALL: [Queue; 6] = [
         Queue::Deploy,
         Queue::Forge,
         Queue::Function,
         Queue::Cron,
         Queue::Health,
+        Queue::Snapshot,
     ];
 
     pub fn name(self) -> &'static str {
@@ -38,6 +40,7 @@ impl Queue {
             Queue::Function => "norn.function",
             Queue::Cron => "norn.cron",
             Queue::Health => "norn.health",
+            Queue::Snapshot => "norn.snapshot",
         }
     }
 }

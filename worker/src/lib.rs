@@ -44,6 +44,7 @@ pub async fn run(
     tokio::join!(
         supervisor::deploy_queue(state.clone(), stop.clone()),
         supervisor::cron_queue(state.clone(), stop.clone()),
+        supervisor::snapshot_queue(state.clone(), stop.clone()),
         supervisor::health_queue(state, stop),
     );
     let mut shutdown = shutdown;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use apalis::prelude::*;
 use apalis_postgres::PostgresStorage;
-use norn_shared::jobs::{CronJob, DeployJob, HealthJob};
+use norn_shared::jobs::{CronJob, DeployJob, HealthJob, RestoreJob};
 use norn_shared::queue::{self, Queue};
 use tokio::sync::watch;
 
@@ -100,5 +100,17 @@ pub async fn health_queue(state: Arc<WorkerState>, shutdown: watch::Receiver<boo
         Queue::Health,
         10,
         jobs::health::run
+    )
+}
+
+/// Restores are rare and long: one at a time per claim, like deploys.
+pub async fn snapshot_queue(state: Arc<WorkerState>, shutdown: watch::Receiver<bool>) {
+    supervise!(
+        state,
+        shutdown,
+        RestoreJob,
+        Queue::Snapshot,
+        1,
+        jobs::restore::run
     )
 }

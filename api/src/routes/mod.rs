@@ -24,6 +24,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/apps/{id}/deploy", post(deployments::deploy))
         .route("/api/apps/{id}/rollback", post(rollback::rollback))
         .route("/api/apps/{id}/snapshots", get(snapshots::list))
+        .route(
+            "/api/apps/{id}/snapshots/{ts}/restore",
+            post(snapshots::restore),
+        )
         .route("/api/apps/{id}/cron", get(cron::get))
         .route("/api/apps/{id}/cron/trigger", post(cron::trigger))
         .route("/api/apps/{id}/cron/pause", post(cron::pause))

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use apalis::prelude::{BoxDynError, Data};
 use norn_shared::db::deployments::{self, Deployment, Update};
@@ -15,9 +14,9 @@ use norn_shared::domain::{DeploymentStatus, GitRef, Step, StepStatus};
 use norn_shared::events::{self, Event};
 use norn_shared::jobs::DeployJob;
 use serde_json::json;
-use sqlx::postgres::PgListener;
 use tracing::Instrument;
 
+use super::lease_wait;
 use crate::WorkerError;
 use crate::pipeline::abort::{Lease, Watchers};
 use crate::pipeline::{self, DeployCtx, STEPS, record::Recorder};
@@ -60,7 +59,15 @@ async fn execute(job: &DeployJob, state: &WorkerState) -> Result<(), WorkerError
         return fail_unstarted(state, job, &reason).await;
     };
     let holder = format!("{}/{}", state.token, job.deployment_id);
-    let Some(token) = wait_for_lease(state, job, &holder).await? else {
+    // `None`: the deployment ended meanwhile (canceled, superseded, or
+    // finished by the live worker this was a duplicate delivery of).
+    let still_wanted = || async {
+        let mut conn = state.pool.acquire().await?;
+        let d = deployments::get(&mut conn, &job.deployment_id).await?;
+        Ok::<_, WorkerError>(d.is_some_and(|d| !d.status().is_terminal()))
+    };
+    let Some(token) = lease_wait::acquire(state, &job.app, &holder, "deploy", still_wanted).await?
+    else {
         return Ok(());
     };
     let watchers = Watchers::spawn(
@@ -70,7 +77,7 @@ async fn execute(job: &DeployJob, state: &WorkerState) -> Result<(), WorkerError
             holder: holder.clone(),
             ttl: state.config.lease_ttl,
         },
-        &job.deployment_id,
+        Some(&job.deployment_id),
     );
     let mut ctx = DeployCtx {
         state,
@@ -246,41 +253,4 @@ async fn fail_unstarted(
     .await?;
     tx.commit().await?;
     Ok(())
-}
-
-/// Blocks until this deployment holds the app's lease and returns its
-/// fencing token; `None` when the deployment ended meanwhile (canceled,
-/// superseded, or finished by a live worker this was a duplicate delivery
-/// of). Woken by the release NOTIFY; the timed retry covers leases that
-/// expire instead of being released (their holder died).
-async fn wait_for_lease(
-    state: &WorkerState,
-    job: &DeployJob,
-    holder: &str,
-) -> Result<Option<i64>, WorkerError> {
-    let mut listener: Option<PgListener> = None;
-    loop {
-        let mut conn = state.pool.acquire().await?;
-        match deployments::get(&mut conn, &job.deployment_id).await? {
-            Some(d) if !d.status().is_terminal() => {}
-            _ => return Ok(None),
-        }
-        drop(conn);
-        let ttl = state.config.lease_ttl;
-        if let Some(token) =
-            lease::try_acquire(&state.pool, &job.app, holder, "deploy", ttl).await?
-        {
-            return Ok(Some(token));
-        }
-        if listener.is_none() {
-            let mut l = PgListener::connect_with(&state.pool).await?;
-            l.listen(lease::RELEASED_CHANNEL).await?;
-            listener = Some(l);
-            tracing::info!("waiting for the app's current operation to finish");
-            continue;
-        }
-        if let Some(l) = listener.as_mut() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), l.recv()).await;
-        }
-    }
 }

@@ -1,5 +1,7 @@
-//! One file per job type.
+//! One file per job type (and the lease wait they share).
 
 pub mod cron;
 pub mod deploy;
 pub mod health;
+pub mod lease_wait;
+pub mod restore;

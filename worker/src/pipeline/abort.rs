@@ -36,12 +36,13 @@ pub struct Lease {
 }
 
 impl Watchers {
-    pub fn spawn(pool: &PgPool, lease: Lease, deployment_id: &str) -> Self {
+    /// Keeps `lease` renewed; with a deployment id, also watches for its cancel.
+    pub fn spawn(pool: &PgPool, lease: Lease, deployment_id: Option<&str>) -> Self {
         let (tx, rx) = watch::channel(None);
-        let tasks = vec![
-            tokio::spawn(keep_lease(pool.clone(), lease, tx.clone())),
-            tokio::spawn(watch_cancel(pool.clone(), deployment_id.to_owned(), tx)),
-        ];
+        let mut tasks = vec![tokio::spawn(keep_lease(pool.clone(), lease, tx.clone()))];
+        if let Some(id) = deployment_id {
+            tasks.push(tokio::spawn(watch_cancel(pool.clone(), id.to_owned(), tx)));
+        }
         Watchers { rx, tasks }
     }
 

@@ -1,0 +1,160 @@
+//! The restore job: under the app lease, optionally dump the database as it
+//! is now, then `pg_restore` the chosen snapshot. Every write is fenced.
+
+use std::sync::Arc;
+
+use apalis::prelude::{BoxDynError, Data};
+use norn_shared::db::lease;
+use norn_shared::db::restores::{self, Restore};
+use norn_shared::db::saga::{self, NewSagaEvent};
+use norn_shared::events::{self, Event};
+use norn_shared::jobs::RestoreJob;
+use serde_json::json;
+use tracing::Instrument;
+
+use super::lease_wait;
+use crate::WorkerError;
+use crate::pipeline::abort::{Lease, Watchers};
+use crate::state::WorkerState;
+
+pub async fn run(job: RestoreJob, state: Data<Arc<WorkerState>>) -> Result<(), BoxDynError> {
+    let state: Arc<WorkerState> = (*state).clone();
+    let _busy = state.busy();
+    let span = tracing::info_span!("restore", app = %job.app, restore.id = %job.restore_id);
+    match execute(&job, &state).instrument(span.clone()).await {
+        Ok(()) | Err(WorkerError::Fenced) => Ok(()),
+        Err(e) => {
+            span.in_scope(|| tracing::error!(error = %e, "restore job failed; it will be retried"));
+            Err(Box::new(e))
+        }
+    }
+}
+
+async fn load(state: &WorkerState, id: &str) -> Result<Option<Restore>, WorkerError> {
+    let mut conn = state.pool.acquire().await?;
+    Ok(restores::get(&mut conn, id).await?)
+}
+
+async fn execute(job: &RestoreJob, state: &WorkerState) -> Result<(), WorkerError> {
+    let holder = format!("{}/{}", state.token, job.restore_id);
+    let still_wanted = || async {
+        let r = load(state, &job.restore_id).await?;
+        Ok(r.is_some_and(|r| r.status == "queued" || r.status == "running"))
+    };
+    let Some(token) =
+        lease_wait::acquire(state, &job.app, &holder, "restore", still_wanted).await?
+    else {
+        return Ok(());
+    };
+    let watchers = Watchers::spawn(
+        &state.pool,
+        Lease {
+            app: job.app.clone(),
+            holder: holder.clone(),
+            ttl: state.config.lease_ttl,
+        },
+        None,
+    );
+    let result = restore(job, state, token).await;
+    drop(watchers);
+    let mut conn = state.pool.acquire().await?;
+    lease::release(&mut conn, &job.app, &holder).await?;
+    result
+}
+
+async fn restore(job: &RestoreJob, state: &WorkerState, token: i64) -> Result<(), WorkerError> {
+    let Some(r) = load(state, &job.restore_id).await? else {
+        return Ok(());
+    };
+    {
+        let mut tx = state.pool.begin().await?;
+        if !lease::fence(&mut tx, &job.app, token).await? {
+            return Err(WorkerError::Fenced);
+        }
+        restores::set_running(&mut tx, &r.id).await?;
+        tx.commit().await?;
+    }
+    let dir = &state.config.snapshots_dir;
+    let mut output = String::new();
+    let mut pre_file = None;
+    let mut outcome: Result<(), String> = Ok(());
+    if r.pre_restore {
+        match state.pg.dump(&r.database_name, "prerestore", dir).await {
+            Ok(file) => {
+                output.push_str(&format!("pre-restore dump: {}\n", file.display()));
+                pre_file = Some(file.display().to_string());
+            }
+            Err(e) => outcome = Err(format!("pre-restore dump failed, nothing restored: {e}")),
+        }
+    }
+    if outcome.is_ok() {
+        match state
+            .pg
+            .restore(&r.database_name, &dir.join(&r.snapshot))
+            .await
+        {
+            Ok(done) => output.push_str(&done),
+            Err(e) => outcome = Err(e.to_string()),
+        }
+    }
+    finish(
+        state,
+        &r,
+        token,
+        &output,
+        pre_file.as_deref(),
+        outcome.err(),
+    )
+    .await
+}
+
+async fn finish(
+    state: &WorkerState,
+    r: &Restore,
+    token: i64,
+    output: &str,
+    pre_file: Option<&str>,
+    error: Option<String>,
+) -> Result<(), WorkerError> {
+    let mut tx = state.pool.begin().await?;
+    if !lease::fence(&mut tx, &r.app, token).await? {
+        return Err(WorkerError::Fenced);
+    }
+    restores::finish(&mut tx, &r.id, output, pre_file, error.as_deref()).await?;
+    let (action, message) = match &error {
+        None => (
+            "snapshot.restored",
+            format!("{} restored from {}", r.database_name, r.snapshot),
+        ),
+        Some(e) => ("snapshot.restore_failed", e.clone()),
+    };
+    saga::append(
+        &mut tx,
+        NewSagaEvent {
+            saga_id: &r.id,
+            app: &r.app,
+            category: "snapshot",
+            action,
+            step: None,
+            message: &message,
+            actor: &state.config.node_name,
+            metadata: json!({"snapshot": r.snapshot, "preRestoreFile": pre_file}),
+        },
+    )
+    .await?;
+    events::publish(
+        &mut tx,
+        &Event::new(
+            action,
+            &r.app,
+            json!({"restoreId": r.id, "message": message}),
+        ),
+    )
+    .await?;
+    tx.commit().await?;
+    match error {
+        None => tracing::info!("restore completed"),
+        Some(e) => tracing::warn!(error = %e, "restore failed"),
+    }
+    Ok(())
+}
