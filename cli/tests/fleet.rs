@@ -4,23 +4,11 @@ mod common;
 
 use std::collections::HashMap;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::procs::*;
 use common::*;
 use serde_json::{Value, json};
-
-async fn wait_up(http: &reqwest::Client, api: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while http.get(format!("{api}/api/health")).send().await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{api} never came up"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 async fn post(http: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
     let resp = http.post(url).json(&body).send().await.unwrap();
@@ -75,7 +63,7 @@ async fn two_apis_two_workers_run_each_deploy_once_and_one_per_app() {
         format!("http://127.0.0.1:{p2}"),
     ];
     for api in &apis {
-        wait_up(&http, api).await;
+        wait_api(&http, api).await;
     }
 
     let prefix = unique_app("fleet");
@@ -142,52 +130,16 @@ async fn two_apis_two_workers_run_each_deploy_once_and_one_per_app() {
     remove_containers(&prefix).await;
 }
 
-fn pg_ctl(data: &str, args: &[&str]) {
-    let bin = std::fs::read_dir("/usr/lib/postgresql")
-        .unwrap()
-        .flatten()
-        .map(|e| e.path().join("bin"))
-        .max()
-        .unwrap();
-    let status = Command::new("runuser")
-        .args(["-u", "postgres", "--"])
-        .arg(bin.join("pg_ctl"))
-        .args(["-D", data])
-        .args(args)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "pg_ctl {args:?} failed");
-}
-
 #[tokio::test]
 async fn killed_idle_worker_and_postgres_restart_lose_no_queued_job() {
     // A private cluster: restarting the shared one would disturb other tests.
-    let port = free_port();
-    let data = format!("/tmp/norn-restart-{}", uuid::Uuid::new_v4().simple());
-    let status = Command::new("bash")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../.ci/pg.sh"))
-        .env("PGPORT", port.to_string())
-        .env("PGDATA", &data)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let admin = format!("postgres://postgres@127.0.0.1:{port}/postgres");
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
-        .await
-        .unwrap();
-    sqlx::query("CREATE DATABASE norn")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    drop(conn);
-    let db = format!("postgres://postgres@127.0.0.1:{port}/norn");
+    let (db, data) = private_cluster().await;
     let tmp = tempfile::tempdir().unwrap();
     let api_port = free_port();
     let _api = spawn("norn-api", &db, tmp.path(), "api", api_port);
     let api = format!("http://127.0.0.1:{api_port}");
     let http = reqwest::Client::new();
-    wait_up(&http, &api).await;
+    wait_api(&http, &api).await;
 
     let mut first = spawn("norn-worker", &db, tmp.path(), "worker-a", 0);
     let pool = sqlx::PgPool::connect(&db).await.unwrap();
@@ -239,7 +191,7 @@ async fn killed_idle_worker_and_postgres_restart_lose_no_queued_job() {
     assert_eq!(done[0]["status"], "deployed", "{done:?}");
     // ...and the running worker survives a restart and keeps claiming jobs.
     pg_ctl(&data, &["-m", "fast", "-w", "restart"]);
-    wait_up(&http, &api).await;
+    wait_api(&http, &api).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let app = format!("{prefix}-0");
     let late = loop {

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 pub fn bin(name: &str) -> PathBuf {
     let norn = PathBuf::from(env!("CARGO_BIN_EXE_norn"));
@@ -62,4 +63,59 @@ pub fn spawn_with(
         .spawn()
         .expect("spawn");
     Proc(child)
+}
+
+/// A Postgres cluster of this test's own (tests that restart Postgres must
+/// not disturb the shared one), with a database `norn`. Returns its URL and
+/// data directory (for [`pg_ctl`]).
+pub async fn private_cluster() -> (String, String) {
+    let port = free_port();
+    let data = format!("/tmp/norn-restart-{}", uuid::Uuid::new_v4().simple());
+    let status = Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../.ci/pg.sh"))
+        .env("PGPORT", port.to_string())
+        .env("PGDATA", &data)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let admin = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+        .await
+        .unwrap();
+    sqlx::query("CREATE DATABASE norn")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    drop(conn);
+    (format!("postgres://postgres@127.0.0.1:{port}/norn"), data)
+}
+
+pub fn pg_ctl(data: &str, args: &[&str]) {
+    let bin = std::fs::read_dir("/usr/lib/postgresql")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .max()
+        .unwrap();
+    let status = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(bin.join("pg_ctl"))
+        .args(["-D", data])
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "pg_ctl {args:?} failed");
+}
+
+/// Waits until `api` answers its health route.
+pub async fn wait_api(http: &reqwest::Client, api: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while http.get(format!("{api}/api/health")).send().await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{api} never came up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

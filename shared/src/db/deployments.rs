@@ -203,6 +203,28 @@ pub async fn request_cancel(conn: &mut PgConnection, id: &str, by: &str) -> Resu
     Ok(())
 }
 
+/// Whether deployment `id` may take its app's lease now: `None` once it
+/// ended; `Some(false)` while another deployment of the app goes first. An
+/// interrupted deployment (a worker took it on) goes before any waiting one,
+/// so a deploy resumed after a crash is never overtaken and then overwrites
+/// a newer release; waiting ones go oldest first.
+pub async fn turn(conn: &mut PgConnection, id: &str) -> Result<Option<bool>, DbError> {
+    let row: Option<(bool,)> = sqlx::query_as(
+        "SELECT NOT EXISTS (
+            SELECT 1 FROM deployments o
+            WHERE o.app = me.app AND o.id <> me.id
+              AND o.status NOT IN ('deployed', 'failed', 'rolled_back')
+              AND CASE WHEN (o.attempts > 0) <> (me.attempts > 0) THEN o.attempts > 0
+                       ELSE (o.started_at, o.id) < (me.started_at, me.id) END)
+         FROM deployments me
+         WHERE me.id = $1 AND me.status NOT IN ('deployed', 'failed', 'rolled_back')",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|(go,)| go))
+}
+
 /// Deployments of `app` still waiting for a worker (none has taken them on).
 pub async fn waiting(conn: &mut PgConnection, app: &str) -> Result<Vec<String>, DbError> {
     let rows: Vec<(String,)> = sqlx::query_as(

@@ -16,7 +16,7 @@ use norn_shared::jobs::DeployJob;
 use serde_json::json;
 use tracing::Instrument;
 
-use super::lease_wait;
+use super::lease_wait::{self, Turn};
 use crate::WorkerError;
 use crate::pipeline::abort::{Lease, Watchers};
 use crate::pipeline::{self, DeployCtx, STEPS, record::Recorder};
@@ -61,13 +61,17 @@ async fn execute(job: &DeployJob, state: &WorkerState) -> Result<(), WorkerError
     let holder = format!("{}/{}", state.token, job.deployment_id);
     // `None`: the deployment ended meanwhile (canceled, superseded, or
     // finished by the live worker this was a duplicate delivery of).
-    let still_wanted = || async {
+    let turn = || async {
         let mut conn = state.pool.acquire().await?;
-        let d = deployments::get(&mut conn, &job.deployment_id).await?;
-        Ok::<_, WorkerError>(d.is_some_and(|d| !d.status().is_terminal()))
+        Ok::<_, WorkerError>(
+            match deployments::turn(&mut conn, &job.deployment_id).await? {
+                None => Turn::Gone,
+                Some(true) => Turn::Go,
+                Some(false) => Turn::Wait,
+            },
+        )
     };
-    let Some(token) = lease_wait::acquire(state, &job.app, &holder, "deploy", still_wanted).await?
-    else {
+    let Some(token) = lease_wait::acquire(state, &job.app, &holder, "deploy", turn).await? else {
         return Ok(());
     };
     let watchers = Watchers::spawn(

@@ -9,29 +9,44 @@ use sqlx::postgres::PgListener;
 use crate::WorkerError;
 use crate::state::WorkerState;
 
+/// Whether an operation waiting for the lease may take it now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    /// Take the lease as soon as it is free.
+    Go,
+    /// Another operation of the app goes first, even if the lease is free.
+    Wait,
+    /// The operation ended while it waited (canceled, superseded, done).
+    Gone,
+}
+
 /// Blocks until `holder` holds the lease of `app` and returns its fencing
-/// token; `None` as soon as `still_wanted` says the operation ended while it
-/// waited. Woken by the release NOTIFY; the 2 s retry covers leases that
-/// expire instead of being released (their holder died).
+/// token; `None` as soon as `turn` says the operation is gone. Woken by the
+/// release NOTIFY; the 2 s retry covers leases that expire instead of being
+/// released (their holder died).
 pub async fn acquire<F, Fut>(
     state: &WorkerState,
     app: &str,
     holder: &str,
     operation: &str,
-    still_wanted: F,
+    turn: F,
 ) -> Result<Option<i64>, WorkerError>
 where
     F: Fn() -> Fut,
-    Fut: Future<Output = Result<bool, WorkerError>>,
+    Fut: Future<Output = Result<Turn, WorkerError>>,
 {
     let mut listener: Option<PgListener> = None;
     loop {
-        if !still_wanted().await? {
-            return Ok(None);
-        }
-        let ttl = state.config.lease_ttl;
-        if let Some(token) = lease::try_acquire(&state.pool, app, holder, operation, ttl).await? {
-            return Ok(Some(token));
+        match turn().await? {
+            Turn::Gone => return Ok(None),
+            Turn::Wait => {}
+            Turn::Go => {
+                let ttl = state.config.lease_ttl;
+                let got = lease::try_acquire(&state.pool, app, holder, operation, ttl).await?;
+                if let Some(token) = got {
+                    return Ok(Some(token));
+                }
+            }
         }
         if listener.is_none() {
             let mut l = PgListener::connect_with(&state.pool).await?;

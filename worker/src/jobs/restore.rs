@@ -12,7 +12,7 @@ use norn_shared::jobs::RestoreJob;
 use serde_json::json;
 use tracing::Instrument;
 
-use super::lease_wait;
+use super::lease_wait::{self, Turn};
 use crate::WorkerError;
 use crate::pipeline::abort::{Lease, Watchers};
 use crate::state::WorkerState;
@@ -37,13 +37,12 @@ async fn load(state: &WorkerState, id: &str) -> Result<Option<Restore>, WorkerEr
 
 async fn execute(job: &RestoreJob, state: &WorkerState) -> Result<(), WorkerError> {
     let holder = format!("{}/{}", state.token, job.restore_id);
-    let still_wanted = || async {
+    let turn = || async {
         let r = load(state, &job.restore_id).await?;
-        Ok(r.is_some_and(|r| r.status == "queued" || r.status == "running"))
+        let live = r.is_some_and(|r| r.status == "queued" || r.status == "running");
+        Ok(if live { Turn::Go } else { Turn::Gone })
     };
-    let Some(token) =
-        lease_wait::acquire(state, &job.app, &holder, "restore", still_wanted).await?
-    else {
+    let Some(token) = lease_wait::acquire(state, &job.app, &holder, "restore", turn).await? else {
         return Ok(());
     };
     let watchers = Watchers::spawn(
