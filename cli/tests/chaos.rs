@@ -13,6 +13,8 @@ use common::*;
 use serde_json::{Value, json};
 
 const APPS: usize = 20;
+
+type At = chrono::DateTime<chrono::Utc>;
 const WORKERS: usize = 3;
 
 fn worker(db: &str, tmp: &std::path::Path, n: usize) -> Proc {
@@ -157,20 +159,13 @@ async fn deploys_survive_killed_workers_and_a_postgres_restart() {
 
     // Operations on one app never overlap: each saga runs from its first
     // start to its end, and those spans are disjoint per app.
-    let events: Vec<(String, String, String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+    let events: Vec<(String, String, String, At)> = sqlx::query_as(
         "SELECT saga_id, app, action, created_at FROM saga_events WHERE category = 'deploy' ORDER BY id",
     )
     .fetch_all(&pool)
     .await
     .unwrap();
-    let mut spans: HashMap<
-        &str,
-        (
-            String,
-            Option<chrono::DateTime<chrono::Utc>>,
-            Option<chrono::DateTime<chrono::Utc>>,
-        ),
-    > = HashMap::new();
+    let mut spans: HashMap<&str, (String, Option<At>, Option<At>)> = HashMap::new();
     for (saga, app, action, at) in &events {
         let span = spans.entry(saga).or_insert((app.clone(), None, None));
         match action.as_str() {
@@ -179,10 +174,7 @@ async fn deploys_survive_killed_workers_and_a_postgres_restart() {
             _ => {}
         }
     }
-    let mut per_app: HashMap<
-        String,
-        Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)>,
-    > = HashMap::new();
+    let mut per_app: HashMap<String, Vec<(At, At)>> = HashMap::new();
     for (app, start, end) in spans.into_values() {
         if let (Some(s), Some(e)) = (start, end) {
             per_app.entry(app).or_default().push((s, e));
