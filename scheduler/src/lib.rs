@@ -11,6 +11,7 @@
 pub mod cron;
 pub mod health;
 mod leader;
+pub mod recovery;
 pub mod sweep;
 
 use std::time::Duration;

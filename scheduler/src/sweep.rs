@@ -1,6 +1,7 @@
-//! Finds cron work that went wrong silently: ticks that did not start within
-//! their grace period, and executions past their deadline that no worker
-//! finished (the worker died). Both become saga events and `/ws` events.
+//! Finds work that went wrong silently: ticks that did not start within
+//! their grace period, executions past their deadline that no worker
+//! finished (the worker died), and interrupted forges (`recovery.rs`). All
+//! become saga events and `/ws` events.
 
 use norn_shared::db::saga::{self, NewSagaEvent};
 use norn_shared::events::{self, Event};
@@ -15,7 +16,9 @@ const LOST_AFTER_DEADLINE_SECS: f64 = 30.0;
 
 pub async fn sweep(pool: &PgPool) -> Result<(), SchedulerError> {
     report_late_ticks(pool).await?;
-    report_lost_executions(pool).await
+    report_lost_executions(pool).await?;
+    crate::recovery::fail_interrupted_forges(pool).await?;
+    Ok(())
 }
 
 async fn report_late_ticks(pool: &PgPool) -> Result<(), SchedulerError> {

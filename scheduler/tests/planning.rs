@@ -152,3 +152,61 @@ async fn health_pruning_removes_only_rows_older_than_a_day() {
     .unwrap();
     assert_eq!((left, old), (300, 0));
 }
+
+#[tokio::test]
+async fn an_interrupted_forge_fails_unless_a_live_process_holds_it() {
+    let (pool, _) = norn_shared::testing::fresh_pool().await;
+    for app in ["dead", "held", "fresh", "done"] {
+        let status = if app == "done" { "forged" } else { "forging" };
+        let started = if app == "fresh" {
+            "now()"
+        } else {
+            "now() - interval '5 minutes'"
+        };
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO forge_states (app, status, started_at) VALUES ('{app}', '{status}', {started})"
+        )))
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    // A live process holds `held`'s lease: not touched.
+    norn_shared::db::lease::try_acquire(
+        &pool,
+        "held",
+        "w/forge",
+        "forge",
+        std::time::Duration::from_secs(30),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let failed = norn_scheduler::recovery::fail_interrupted_forges(&pool)
+        .await
+        .unwrap();
+    assert_eq!(failed, ["dead"]);
+    let rows: Vec<(String, String, Option<String>)> =
+        sqlx::query_as("SELECT app, status, error FROM forge_states ORDER BY app")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows,
+        [
+            (
+                "dead".into(),
+                "forge_failed".into(),
+                Some("norn restarted during operation".into())
+            ),
+            ("done".into(), "forged".into(), None),
+            ("fresh".into(), "forging".into(), None),
+            ("held".into(), "forging".into(), None),
+        ]
+    );
+    let (actor,): (String,) =
+        sqlx::query_as("SELECT actor FROM saga_events WHERE saga_id = 'forge:dead'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(actor, "recovery");
+}
