@@ -92,7 +92,7 @@ async fn a_worker_killed_at_any_step_boundary_is_resumed_there() {
     let port = free_port();
     let _api = spawn("norn-api", &db, tmp.path(), "api", port);
     let api = format!("http://127.0.0.1:{port}");
-    let h = Client::new(&api).await;
+    let h = ProcApi::new(&api).await;
 
     let prefix = unique_app("resume");
     let repo = AppRepo::create(tmp.path(), &prefix);
@@ -226,54 +226,4 @@ async fn a_worker_killed_at_any_step_boundary_is_resumed_there() {
         assert_eq!(per_app.get(app), Some(&1), "{app}: {per_app:?}");
     }
     remove_containers(&prefix).await;
-}
-
-/// The handful of API calls this test makes.
-struct Client {
-    api: String,
-    http: reqwest::Client,
-}
-
-impl Client {
-    async fn new(api: &str) -> Self {
-        let http = reqwest::Client::new();
-        eventually(Duration::from_secs(60), "api up", || async {
-            http.get(format!("{api}/api/health")).send().await.ok()
-        })
-        .await;
-        Client {
-            api: api.to_owned(),
-            http,
-        }
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let resp = self
-            .http
-            .post(format!("{}{path}", self.api))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        (
-            resp.status().as_u16(),
-            resp.json().await.unwrap_or(Value::Null),
-        )
-    }
-
-    async fn wait_terminal(&self, id: &str, limit: Duration) -> Value {
-        eventually(limit, "deployment to finish", || async {
-            let d: Value = self
-                .http
-                .get(format!("{}/api/deployments/{id}", self.api))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            matches!(d["status"].as_str(), Some("deployed" | "failed")).then_some(d)
-        })
-        .await
-    }
 }

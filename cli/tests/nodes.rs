@@ -10,39 +10,11 @@ use common::procs::*;
 use common::*;
 use serde_json::{Value, json};
 
-struct Api {
-    base: String,
-    http: reqwest::Client,
-}
+struct Api(ProcApi);
 
 impl Api {
-    async fn get(&self, path: &str) -> Value {
-        self.http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let resp = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        (
-            resp.status().as_u16(),
-            resp.json().await.unwrap_or(Value::Null),
-        )
-    }
-
     async fn node(&self, name: &str) -> Option<Value> {
-        let list = self.get("/api/cluster/nodes").await;
+        let list = self.0.get("/api/cluster/nodes").await;
         list.as_array()?.iter().find(|n| n["name"] == name).cloned()
     }
 
@@ -51,10 +23,6 @@ impl Api {
             self.node(name).await.filter(|n| n["status"] == status)
         })
         .await
-    }
-
-    async fn deployment(&self, id: &str) -> Value {
-        self.get(&format!("/api/deployments/{id}")).await
     }
 }
 
@@ -67,18 +35,7 @@ async fn nodes_register_drain_get_lost_and_leave() {
     let _scheduler = spawn("norn-scheduler", &db, tmp.path(), "n-scheduler", 0);
     let w1 = spawn("norn-worker", &db, tmp.path(), "n-worker-1", 0);
     let mut w2 = spawn("norn-worker", &db, tmp.path(), "n-worker-2", 0);
-    let api = Api {
-        base: format!("http://127.0.0.1:{port}"),
-        http: reqwest::Client::new(),
-    };
-    eventually(Duration::from_secs(60), "api up", || async {
-        api.http
-            .get(format!("{}/api/health", api.base))
-            .send()
-            .await
-            .ok()
-    })
-    .await;
+    let api = Api(ProcApi::new(&format!("http://127.0.0.1:{port}")).await);
     for (name, role) in [
         ("n-api", "api"),
         ("n-scheduler", "scheduler"),
@@ -97,17 +54,19 @@ async fn nodes_register_drain_get_lost_and_leave() {
     let app = unique_app("drain");
     let repo = AppRepo::create(tmp.path(), &app);
     let (code, body) = api
+        .0
         .post("/api/apps", spec(&app, &repo, Some("busybox sleep 4")))
         .await;
     assert_eq!(code, 201, "{body}");
     let (_, body) = api
+        .0
         .post(&format!("/api/apps/{app}/deploy"), json!({}))
         .await;
     let held = body["id"].as_str().unwrap().to_owned();
     eventually(
         Duration::from_secs(60),
         "deploy in its test step",
-        || async { (api.deployment(&held).await["status"] == "testing").then_some(()) },
+        || async { (api.0.deployment(&held).await["status"] == "testing").then_some(()) },
     )
     .await;
 
@@ -117,6 +76,7 @@ async fn nodes_register_drain_get_lost_and_leave() {
         .unwrap()
         .to_owned();
     let (code, body) = api
+        .0
         .post(&format!("/api/cluster/nodes/{w1_id}/drain"), json!({}))
         .await;
     assert_eq!(
@@ -125,6 +85,7 @@ async fn nodes_register_drain_get_lost_and_leave() {
         "{body}"
     );
     let (code, _) = api
+        .0
         .post(&format!("/api/cluster/nodes/{w1_id}/drain"), json!({}))
         .await;
     assert_eq!(code, 409);
@@ -140,13 +101,14 @@ async fn nodes_register_drain_get_lost_and_leave() {
     )
     .await;
     let (_, body) = api
+        .0
         .post(&format!("/api/apps/{app}/deploy"), json!({}))
         .await;
     let waiting = body["id"].as_str().unwrap().to_owned();
 
     // What it held finishes; nothing new is claimed.
     eventually(Duration::from_secs(60), "held deploy finished", || async {
-        let d = api.deployment(&held).await;
+        let d = api.0.deployment(&held).await;
         (d["status"] == "deployed").then_some(())
     })
     .await;
@@ -162,7 +124,7 @@ async fn nodes_register_drain_get_lost_and_leave() {
         },
     )
     .await;
-    let d = api.deployment(&waiting).await;
+    let d = api.0.deployment(&waiting).await;
     assert_eq!(
         (d["status"].as_str(), d["attempts"].as_i64()),
         (Some("queued"), Some(0)),
@@ -174,7 +136,7 @@ async fn nodes_register_drain_get_lost_and_leave() {
         .await;
     let mut w3 = spawn("norn-worker", &db, tmp.path(), "n-worker-3", 0);
     eventually(Duration::from_secs(90), "waiting deploy done", || async {
-        (api.deployment(&waiting).await["status"] == "deployed").then_some(())
+        (api.0.deployment(&waiting).await["status"] == "deployed").then_some(())
     })
     .await;
 

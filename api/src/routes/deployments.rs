@@ -2,13 +2,10 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use norn_shared::db::apps;
 use norn_shared::db::deployments::{self, ListFilter, NewDeployment};
 use norn_shared::db::saga::{self, NewSagaEvent};
 use norn_shared::domain::{DeploymentStatus, GitRef, new_deployment_id};
 use norn_shared::events::{self, Event};
-use norn_shared::jobs::DeployJob;
-use norn_shared::queue::{self, Queue};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -54,12 +51,7 @@ pub async fn deploy(
     let actor = super::actor(&state);
 
     let mut tx = state.pool.begin().await?;
-    if !apps::lock(&mut tx, app.as_str()).await? {
-        return Err(ApiError::NotFound(format!("app {app} is not registered")));
-    }
-    let registered = apps::get(&mut tx, app.as_str())
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("app {app} is not registered")))?;
+    let registered = queueing::lock_app(&mut tx, app.as_str()).await?;
     let id = new_deployment_id();
     let (deployment, created) = deployments::insert_queued(
         &mut tx,
@@ -79,20 +71,14 @@ pub async fn deploy(
             Json(json!({"id": deployment.id, "status": deployment.status, "duplicate": true})),
         ));
     }
-    let superseded = queueing::admit(
+    let superseded = queueing::admit_and_enqueue(
         &mut tx,
-        app.as_str(),
+        &registered,
         &id,
-        registered.spec.deploy_policy.queue,
         state.config.max_queued_per_app,
         actor,
     )
     .await?;
-    let job = DeployJob {
-        deployment_id: id.clone(),
-        app: app.to_string(),
-    };
-    queue::enqueue(&mut tx, Queue::Deploy, &job, Some(&id)).await?;
     saga::append(
         &mut tx,
         NewSagaEvent {

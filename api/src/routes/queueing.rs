@@ -1,12 +1,11 @@
 //! What a new deploy does to the deploys of the same app that still wait:
 //! supersede them (the default) or queue behind them up to a limit.
 
-use norn_shared::db::deployments::{self, Update};
-use norn_shared::db::saga::{self, NewSagaEvent};
-use norn_shared::domain::DeploymentStatus;
-use norn_shared::events::{self, Event};
+use norn_shared::db::apps::{self, App};
+use norn_shared::db::deployments;
 use norn_shared::infraspec::QueuePolicy;
-use serde_json::json;
+use norn_shared::jobs::DeployJob;
+use norn_shared::queue::{self, Queue};
 use sqlx::PgConnection;
 
 use crate::error::{ApiError, ApiResult};
@@ -14,9 +13,44 @@ use crate::error::{ApiError, ApiResult};
 /// How long a client told 429 should wait: roughly one short deploy.
 const RETRY_AFTER_SECS: u64 = 30;
 
-/// Called with the app row locked and the new deployment `new_id` inserted.
+/// Locks the app's row for the rest of the transaction (deploys of one app
+/// are queued one at a time) and returns the app; 404 if it is unknown.
+pub async fn lock_app(conn: &mut PgConnection, app: &str) -> ApiResult<App> {
+    let unknown = || ApiError::NotFound(format!("app {app} is not registered"));
+    if !apps::lock(conn, app).await? {
+        return Err(unknown());
+    }
+    apps::get(conn, app).await?.ok_or_else(unknown)
+}
+
+/// Called with the app locked ([`lock_app`]) and the new deployment `id`
+/// inserted: applies the app's queue policy, then pushes the deploy job.
 /// Returns the ids it superseded.
-pub async fn admit(
+pub async fn admit_and_enqueue(
+    conn: &mut PgConnection,
+    app: &App,
+    id: &str,
+    max_queued: i64,
+    actor: &str,
+) -> ApiResult<Vec<String>> {
+    let superseded = admit(
+        conn,
+        &app.id,
+        id,
+        app.spec.deploy_policy.queue,
+        max_queued,
+        actor,
+    )
+    .await?;
+    let job = DeployJob {
+        deployment_id: id.to_owned(),
+        app: app.id.clone(),
+    };
+    queue::enqueue(conn, Queue::Deploy, &job, Some(id)).await?;
+    Ok(superseded)
+}
+
+async fn admit(
     conn: &mut PgConnection,
     app: &str,
     new_id: &str,
@@ -63,38 +97,6 @@ pub async fn end_waiting(
     action: &str,
     actor: &str,
 ) -> ApiResult<()> {
-    deployments::update(
-        conn,
-        id,
-        &Update {
-            status: Some(DeploymentStatus::Failed),
-            error: Some(reason),
-            ..Default::default()
-        },
-    )
-    .await?;
-    saga::append(
-        conn,
-        NewSagaEvent {
-            saga_id: id,
-            app,
-            category: "deploy",
-            action,
-            step: None,
-            message: reason,
-            actor,
-            metadata: json!({}),
-        },
-    )
-    .await?;
-    events::publish(
-        conn,
-        &Event::new(
-            "deploy.failed",
-            app,
-            json!({"deploymentId": id, "error": reason}),
-        ),
-    )
-    .await?;
+    deployments::fail_with_trail(conn, id, app, reason, action, actor).await?;
     Ok(())
 }

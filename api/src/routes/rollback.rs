@@ -5,13 +5,10 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use norn_shared::db::apps;
 use norn_shared::db::deployments::{self, Deployment};
 use norn_shared::db::saga::{self, NewSagaEvent};
 use norn_shared::domain::{DeploymentStatus, new_deployment_id};
 use norn_shared::events::{self, Event};
-use norn_shared::jobs::DeployJob;
-use norn_shared::queue::{self, Queue};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::PgConnection;
@@ -41,29 +38,18 @@ pub async fn rollback(
     };
     let actor = super::actor(&state);
     let mut tx = state.pool.begin().await?;
-    if !apps::lock(&mut tx, app.as_str()).await? {
-        return Err(ApiError::NotFound(format!("app {app} is not registered")));
-    }
-    let registered = apps::get(&mut tx, app.as_str())
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("app {app} is not registered")))?;
+    let registered = queueing::lock_app(&mut tx, app.as_str()).await?;
     let target = target(&mut tx, app.as_str(), body.deployment_id.as_deref()).await?;
     let id = new_deployment_id();
     deployments::insert_rollback(&mut tx, &id, &target, actor).await?;
-    let superseded = queueing::admit(
+    let superseded = queueing::admit_and_enqueue(
         &mut tx,
-        app.as_str(),
+        &registered,
         &id,
-        registered.spec.deploy_policy.queue,
         state.config.max_queued_per_app,
         actor,
     )
     .await?;
-    let job = DeployJob {
-        deployment_id: id.clone(),
-        app: app.to_string(),
-    };
-    queue::enqueue(&mut tx, Queue::Deploy, &job, Some(&id)).await?;
     let image = target.image_tag.clone().unwrap_or_default();
     saga::append(
         &mut tx,

@@ -119,3 +119,52 @@ pub async fn wait_api(http: &reqwest::Client, api: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The handful of API calls the multi-process tests make.
+pub struct ProcApi {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl ProcApi {
+    /// Waits until the API at `base` answers.
+    pub async fn new(base: &str) -> Self {
+        let http = reqwest::Client::new();
+        wait_api(&http, base).await;
+        ProcApi {
+            base: base.to_owned(),
+            http,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> serde_json::Value {
+        let resp = self.http.get(format!("{}{path}", self.base)).send().await;
+        resp.unwrap().json().await.unwrap_or_default()
+    }
+
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (
+            resp.status().as_u16(),
+            resp.json().await.unwrap_or_default(),
+        )
+    }
+
+    pub async fn deployment(&self, id: &str) -> serde_json::Value {
+        self.get(&format!("/api/deployments/{id}")).await
+    }
+
+    pub async fn wait_terminal(&self, id: &str, limit: Duration) -> serde_json::Value {
+        super::eventually(limit, "deployment to finish", || async {
+            let d = self.deployment(id).await;
+            matches!(d["status"].as_str(), Some("deployed" | "failed")).then_some(d)
+        })
+        .await
+    }
+}

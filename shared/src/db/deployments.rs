@@ -283,6 +283,53 @@ pub async fn previous_release(
     .await?)
 }
 
+/// Ends deployment `id` of `app` as `failed` with `reason`, with a saga event
+/// `action` by `actor` and the live `deploy.failed` event, in the caller's
+/// transaction.
+pub async fn fail_with_trail(
+    conn: &mut PgConnection,
+    id: &str,
+    app: &str,
+    reason: &str,
+    action: &str,
+    actor: &str,
+) -> Result<(), DbError> {
+    update(
+        conn,
+        id,
+        &Update {
+            status: Some(DeploymentStatus::Failed),
+            error: Some(reason),
+            ..Default::default()
+        },
+    )
+    .await?;
+    crate::db::saga::append(
+        conn,
+        crate::db::saga::NewSagaEvent {
+            saga_id: id,
+            app,
+            category: "deploy",
+            action,
+            step: None,
+            message: reason,
+            actor,
+            metadata: serde_json::json!({}),
+        },
+    )
+    .await?;
+    crate::events::publish(
+        conn,
+        &crate::events::Event::new(
+            "deploy.failed",
+            app,
+            serde_json::json!({"deploymentId": id, "error": reason}),
+        ),
+    )
+    .await?;
+    Ok(())
+}
+
 /// A change to one deployment row; `None` fields are left as they are.
 #[derive(Debug, Default)]
 pub struct Update<'a> {

@@ -7,11 +7,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use apalis::prelude::{BoxDynError, Data};
-use norn_shared::db::deployments::{self, Deployment, Update};
-use norn_shared::db::saga::{self, NewSagaEvent};
+use norn_shared::db::deployments::{self, Deployment};
 use norn_shared::db::{apps, lease};
-use norn_shared::domain::{DeploymentStatus, GitRef, Step, StepStatus};
-use norn_shared::events::{self, Event};
+use norn_shared::domain::{GitRef, Step, StepStatus};
 use norn_shared::jobs::DeployJob;
 use serde_json::json;
 use tracing::Instrument;
@@ -222,37 +220,14 @@ async fn fail_unstarted(
     reason: &str,
 ) -> Result<(), WorkerError> {
     let mut tx = state.pool.begin().await?;
-    deployments::update(
+    let actor = &state.config.node_name;
+    deployments::fail_with_trail(
         &mut tx,
         &job.deployment_id,
-        &Update {
-            status: Some(DeploymentStatus::Failed),
-            error: Some(reason),
-            ..Default::default()
-        },
-    )
-    .await?;
-    saga::append(
-        &mut tx,
-        NewSagaEvent {
-            saga_id: &job.deployment_id,
-            app: &job.app,
-            category: "deploy",
-            action: "deploy.failed",
-            step: None,
-            message: reason,
-            actor: &state.config.node_name,
-            metadata: json!({}),
-        },
-    )
-    .await?;
-    events::publish(
-        &mut tx,
-        &Event::new(
-            "deploy.failed",
-            &job.app,
-            json!({"deploymentId": job.deployment_id, "error": reason}),
-        ),
+        &job.app,
+        reason,
+        "deploy.failed",
+        actor,
     )
     .await?;
     tx.commit().await?;

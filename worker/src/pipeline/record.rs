@@ -97,33 +97,8 @@ impl Recorder {
     /// interrupted attempts or a cancel that arrived while it waited.
     pub async fn ended(&self, reason: &str, actor: &str) -> Result<(), WorkerError> {
         let mut tx = self.begin().await?;
-        deployments::update(
-            &mut tx,
-            &self.deployment_id,
-            &Update {
-                status: Some(DeploymentStatus::Failed),
-                error: Some(reason),
-                ..Default::default()
-            },
-        )
-        .await?;
-        saga::append(
-            &mut tx,
-            NewSagaEvent {
-                actor,
-                ..self.saga("deploy.failed", None, reason, json!({}))
-            },
-        )
-        .await?;
-        events::publish(
-            &mut tx,
-            &Event::new(
-                "deploy.failed",
-                &self.app,
-                json!({"deploymentId": self.deployment_id, "error": reason}),
-            ),
-        )
-        .await?;
+        let (id, app) = (&self.deployment_id, &self.app);
+        deployments::fail_with_trail(&mut tx, id, app, reason, "deploy.failed", actor).await?;
         tx.commit().await?;
         Ok(())
     }
