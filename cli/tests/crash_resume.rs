@@ -205,17 +205,8 @@ async fn a_worker_killed_at_any_step_boundary_is_resumed_there() {
     }
 
     // Exactly one instance per app and no leftover one-off containers.
-    let docker = bollard::Docker::connect_with_local_defaults().unwrap();
-    let list = docker
-        .list_containers(Some(
-            bollard::query_parameters::ListContainersOptionsBuilder::default()
-                .all(true)
-                .build(),
-        ))
-        .await
-        .unwrap();
     let mut per_app: HashMap<String, u32> = HashMap::new();
-    for c in list {
+    for c in all_containers().await {
         if let Some(app) = c.labels.as_ref().and_then(|l| l.get("norn.app"))
             && app.starts_with(&prefix)
         {

@@ -57,16 +57,9 @@ async fn wait_status(h: &Harness, id: &str, want: &str) {
 }
 
 async fn containers_named(prefix: &str) -> Vec<String> {
-    let docker = bollard::Docker::connect_with_local_defaults().unwrap();
-    let list = docker
-        .list_containers(Some(
-            bollard::query_parameters::ListContainersOptionsBuilder::default()
-                .all(true)
-                .build(),
-        ))
+    common::all_containers()
         .await
-        .unwrap();
-    list.into_iter()
+        .into_iter()
         .filter_map(|c| c.names?.first().cloned())
         .map(|n| n.trim_start_matches('/').to_owned())
         .filter(|n| n.starts_with(prefix))

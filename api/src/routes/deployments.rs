@@ -29,12 +29,7 @@ pub async fn deploy(
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let app = app_id(&id)?;
-    let body: DeployBody = if body.iter().all(|b| b.is_ascii_whitespace()) {
-        DeployBody::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))?
-    };
+    let body: DeployBody = super::optional_json(&body)?;
     let git_ref = GitRef::parse(body.git_ref.as_deref().unwrap_or("HEAD"))
         .map_err(|e| ApiError::field("ref", e))?;
     let key = match headers.get("idempotency-key") {

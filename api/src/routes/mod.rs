@@ -57,3 +57,14 @@ pub(crate) fn actor(state: &AppState) -> &'static str {
         "api"
     }
 }
+
+/// A JSON body that may be empty (then `T::default()`); malformed → 400.
+pub(crate) fn optional_json<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+) -> crate::error::ApiResult<T> {
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| crate::error::ApiError::bad(format!("invalid JSON body: {e}")))
+}

@@ -30,12 +30,7 @@ pub async fn rollback(
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let app = app_id(&id)?;
-    let body: RollbackBody = if body.iter().all(|b| b.is_ascii_whitespace()) {
-        RollbackBody::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))?
-    };
+    let body: RollbackBody = super::optional_json(&body)?;
     let actor = super::actor(&state);
     let mut tx = state.pool.begin().await?;
     let registered = queueing::lock_app(&mut tx, app.as_str()).await?;

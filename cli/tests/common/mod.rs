@@ -269,18 +269,23 @@ pub fn spec(app: &str, repo: &AppRepo, test: Option<&str>) -> Value {
     spec
 }
 
-/// Force-removes every container whose `norn.app` label starts with `prefix`.
-pub async fn remove_containers(prefix: &str) {
+/// Every container on the engine, running or not.
+pub async fn all_containers() -> Vec<bollard::models::ContainerSummary> {
     let docker = bollard::Docker::connect_with_local_defaults().unwrap();
-    let list = docker
+    docker
         .list_containers(Some(
             bollard::query_parameters::ListContainersOptionsBuilder::default()
                 .all(true)
                 .build(),
         ))
         .await
-        .unwrap();
-    for c in list {
+        .unwrap()
+}
+
+/// Force-removes every container whose `norn.app` label starts with `prefix`.
+pub async fn remove_containers(prefix: &str) {
+    let docker = bollard::Docker::connect_with_local_defaults().unwrap();
+    for c in all_containers().await {
         let ours = c
             .labels
             .as_ref()
