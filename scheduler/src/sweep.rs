@@ -18,6 +18,7 @@ pub async fn sweep(pool: &PgPool) -> Result<(), SchedulerError> {
     report_late_ticks(pool).await?;
     report_lost_executions(pool).await?;
     crate::recovery::fail_interrupted_forges(pool).await?;
+    crate::recovery::requeue_abandoned_deploys(pool).await?;
     Ok(())
 }
 

@@ -210,3 +210,49 @@ async fn an_interrupted_forge_fails_unless_a_live_process_holds_it() {
             .unwrap();
     assert_eq!(actor, "recovery");
 }
+
+#[tokio::test]
+async fn an_abandoned_deployment_is_queued_again_once() {
+    let (pool, _) = norn_shared::testing::fresh_pool().await;
+    // `lost` was being built when its worker died and its job ran out of
+    // retries; `held` is running on a live worker; `fresh` just started.
+    for (id, app, age) in [
+        ("00000000-0000-7000-8000-000000000001", "lost", "5 minutes"),
+        ("00000000-0000-7000-8000-000000000002", "held", "5 minutes"),
+        ("00000000-0000-7000-8000-000000000003", "fresh", "1 second"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO deployments (id, app, status, attempts, started_at)
+             VALUES ('{id}', '{app}', 'building', 1, now() - interval '{age}')"
+        )))
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    norn_shared::db::lease::try_acquire(
+        &pool,
+        "held",
+        "w/00000000-0000-7000-8000-000000000002",
+        "deploy",
+        std::time::Duration::from_secs(30),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let again = norn_scheduler::recovery::requeue_abandoned_deploys(&pool)
+        .await
+        .unwrap();
+    assert_eq!(again, ["00000000-0000-7000-8000-000000000001"]);
+    // Its new job is pending: the next sweep leaves it alone.
+    let again = norn_scheduler::recovery::requeue_abandoned_deploys(&pool)
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "{again:?}");
+    let (jobs,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM apalis.jobs WHERE job_type = 'norn.deploy' AND status = 'Pending'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(jobs, 1);
+}
