@@ -218,3 +218,110 @@ async fn a_worker_killed_at_any_step_boundary_is_resumed_there() {
     }
     remove_containers(&prefix).await;
 }
+
+fn signal(proc: &Proc, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &proc.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// A worker frozen (SIGSTOP) mid-step past its lease: another worker takes
+/// the deploy over and finishes it; when the frozen one wakes up (SIGCONT) its
+/// writes are fenced off and nothing of its attempt is left running.
+#[tokio::test]
+async fn a_worker_that_wakes_up_after_losing_its_lease_writes_nothing() {
+    let db = norn_shared::testing::fresh_database().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    let port = free_port();
+    let _api = spawn("norn-api", &db, tmp.path(), "api", port);
+    let h = ProcApi::new(&format!("http://127.0.0.1:{port}")).await;
+    let app = unique_app("fenced");
+    let repo = AppRepo::create(tmp.path(), &app);
+    let (status, body) = h
+        .post("/api/apps", spec(&app, &repo, Some("busybox sleep 6")))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let env = [("NORN_LEASE_TTL", "3s")];
+    let frozen = spawn_with("norn-worker", &db, tmp.path(), "frozen", 0, &env);
+    let (_, body) = h.post(&format!("/api/apps/{app}/deploy"), json!({})).await;
+    let id = body["id"].as_str().unwrap().to_owned();
+    eventually(Duration::from_secs(60), "the test step", || async {
+        (h.deployment(&id).await["status"] == "testing").then_some(())
+    })
+    .await;
+    signal(&frozen, "-STOP");
+
+    let _rescuer = spawn_with("norn-worker", &db, tmp.path(), "rescuer", 0, &env);
+    let d = h.wait_terminal(&id, Duration::from_secs(120)).await;
+    assert_eq!(d["status"], "deployed", "{d}");
+    assert_eq!(d["attempts"], 2, "{d}");
+    let events_before: i64 = count(&pool, &id).await;
+
+    // The frozen worker wakes up in the middle of its test step.
+    signal(&frozen, "-CONT");
+    // It notices on its next write or lease renewal; its test container
+    // (named with its lease token) goes away either way.
+    eventually(
+        Duration::from_secs(30),
+        "the stale attempt's containers gone",
+        || async {
+            let left = all_containers()
+                .await
+                .into_iter()
+                .filter(|c| {
+                    c.labels.as_ref().and_then(|l| l.get("norn.app")) == Some(&app)
+                        && c.labels.as_ref().and_then(|l| l.get("norn.job")).is_some()
+                })
+                .count();
+            (left == 0).then_some(())
+        },
+    )
+    .await;
+    // Its handler has ended once its heartbeat reports no running job.
+    let woke: (chrono::DateTime<chrono::Utc>,) = sqlx::query_as("SELECT now()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "the stale handler to end", || async {
+        let row: Option<(i32,)> = sqlx::query_as(
+            "SELECT running_jobs FROM cluster_nodes WHERE name = 'frozen' AND last_heartbeat_at > $1",
+        )
+        .bind(woke.0)
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+        (row == Some((0,))).then_some(())
+    })
+    .await;
+    assert_eq!(
+        count(&pool, &id).await,
+        events_before,
+        "the stale worker wrote"
+    );
+    let d = h.deployment(&id).await;
+    assert_eq!(d["status"], "deployed", "{d}");
+    let instances = all_containers()
+        .await
+        .into_iter()
+        .filter(|c| {
+            c.labels.as_ref().and_then(|l| l.get("norn.app")) == Some(&app)
+                && c.labels
+                    .as_ref()
+                    .is_some_and(|l| l.contains_key("norn.process"))
+        })
+        .count();
+    assert_eq!(instances, 1);
+    remove_containers(&app).await;
+}
+
+async fn count(pool: &sqlx::PgPool, id: &str) -> i64 {
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM saga_events WHERE saga_id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    n
+}
