@@ -1,8 +1,15 @@
-//! A private PostgreSQL cluster under `.norn/pg` for `norn up` when no
-//! `DATABASE_URL` is given, made with the machine's PostgreSQL binaries.
+//! A private PostgreSQL cluster for `norn up` when no `DATABASE_URL` is given,
+//! made with the machine's PostgreSQL binaries.
+//!
+//! The state directory (`.norn/` in the working directory) holds a lock file:
+//! one `norn up` per directory, so two never initialise or start the same
+//! cluster at once. The cluster listens on 127.0.0.1 only and has no Unix
+//! socket (a socket path is resolved relative to the data directory and is
+//! limited to ~100 bytes; TCP avoids both).
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 use anyhow::{Context, bail};
 
@@ -10,38 +17,113 @@ pub struct LocalPg {
     bin: PathBuf,
     data: PathBuf,
     port: u16,
+    /// Held for the life of `norn up`: the OS drops it if the process dies.
+    _lock: File,
 }
 
-/// initdb refuses to run as root; as root the cluster belongs to `postgres`.
+/// initdb and postgres refuse to run as root; as root the cluster belongs to `postgres`.
 fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
+    use std::os::unix::fs::MetadataExt;
+    // /proc/self belongs to the process's effective user.
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+fn text(out: &Output) -> String {
+    let mut s = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    if s.is_empty() {
+        s = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    }
+    s
+}
+
+/// FNV-1a: a stable name for a fallback data directory.
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf29ce484222325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    })
 }
 
 impl LocalPg {
-    pub fn new(bin: Option<PathBuf>, root: &Path, port: u16) -> anyhow::Result<Self> {
+    /// Locks `state_dir` (relative paths are taken from the working directory)
+    /// and picks the data directory. Fails clearly when the binaries are
+    /// missing or another `norn up` holds the lock.
+    pub fn prepare(bin: Option<PathBuf>, state_dir: &Path, port: u16) -> anyhow::Result<Self> {
         let Some(bin) = bin.filter(|b| b.join("initdb").exists() && b.join("pg_ctl").exists())
         else {
             bail!(
                 "DATABASE_URL is not set and no PostgreSQL server binaries (initdb, pg_ctl) were found \
-                 under /usr/lib/postgresql/*/bin; install PostgreSQL or set NORN_PG_BIN_DIR or DATABASE_URL"
+                 under /usr/lib/postgresql/*/bin; install PostgreSQL (Debian: apt-get install postgresql) \
+                 or set NORN_PG_BIN_DIR or DATABASE_URL"
             );
         };
+        let root = std::path::absolute(state_dir)
+            .with_context(|| format!("resolving {}", state_dir.display()))?;
+        std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+        let lock_path = root.join("up.lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("opening {}", lock_path.display()))?;
+        if let Err(e) = lock.try_lock() {
+            match e {
+                std::fs::TryLockError::WouldBlock => bail!(
+                    "another `norn up` is already running with state in {} (lock {} is held); \
+                     stop it first (Ctrl-C) or run from another directory",
+                    root.display(),
+                    lock_path.display()
+                ),
+                std::fs::TryLockError::Error(e) => {
+                    return Err(e).with_context(|| format!("locking {}", lock_path.display()));
+                }
+            }
+        }
+        let data = Self::data_dir(&root)?;
         Ok(Self {
             bin,
-            data: root.join("pg"),
+            data,
             port,
+            _lock: lock,
         })
+    }
+
+    /// `<state>/pg`, unless we are root and the `postgres` user cannot reach
+    /// it (a working directory under `/root`, or a 0700 temp dir): then a
+    /// directory of its own under `/var/lib/norn`, named after the state
+    /// directory so the next `norn up` there finds the same cluster.
+    fn data_dir(root: &Path) -> anyhow::Result<PathBuf> {
+        let inside = root.join("pg");
+        if !is_root() {
+            return Ok(inside);
+        }
+        let reachable = Command::new("runuser")
+            .args(["-u", "postgres", "--", "test", "-x"])
+            .arg(root)
+            .status()
+            .with_context(|| "running runuser (as root, Postgres runs as the `postgres` user)")?
+            .success();
+        let data = if reachable {
+            inside
+        } else {
+            let base = PathBuf::from("/var/lib/norn");
+            std::fs::create_dir_all(&base)?;
+            base.join(format!("pg-{:016x}", fnv(&root.to_string_lossy())))
+        };
+        // Tells people (and tests) where the data lives.
+        std::fs::write(root.join("pg.path"), format!("{}\n", data.display()))?;
+        Ok(data)
     }
 
     pub fn url(&self) -> String {
         format!("postgres://norn@127.0.0.1:{}/norn", self.port)
     }
 
-    fn run(&self, tool: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    pub fn data(&self) -> &Path {
+        &self.data
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) -> anyhow::Result<Output> {
         let exe = self.bin.join(tool);
         let mut cmd = if is_root() {
             let mut c = Command::new("runuser");
@@ -56,59 +138,109 @@ impl LocalPg {
     }
 
     /// A client tool connected to this cluster as `norn`.
-    fn client(&self, tool: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    fn client(&self, tool: &str, args: &[&str]) -> anyhow::Result<Output> {
         let port = self.port.to_string();
         let mut all = vec!["-h", "127.0.0.1", "-p", &port, "-U", "norn"];
         all.extend_from_slice(args);
         self.run(tool, &all)
     }
 
-    /// Initialises (first time) and starts the cluster; idempotent.
+    fn data_str(&self) -> String {
+        self.data.to_string_lossy().into_owned()
+    }
+
+    fn init(&self) -> anyhow::Result<()> {
+        let data = self.data_str();
+        // A half-made directory (initdb interrupted) has no PG_VERSION; initdb
+        // wants an empty one.
+        if self.data.exists() {
+            std::fs::remove_dir_all(&self.data)
+                .with_context(|| format!("clearing the unfinished cluster in {data}"))?;
+        }
+        std::fs::create_dir_all(&self.data)?;
+        if is_root() {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:", &data])
+                .status()?;
+            if !status.success() {
+                bail!("could not hand {data} to the postgres user (does it exist?)");
+            }
+        }
+        let out = self.run(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-U",
+                "norn",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ],
+        )?;
+        if !out.status.success() {
+            bail!("initdb failed: {}", text(&out));
+        }
+        Ok(())
+    }
+
+    fn is_running(&self) -> anyhow::Result<bool> {
+        Ok(self
+            .run("pg_ctl", &["-D", &self.data_str(), "status"])?
+            .status
+            .success())
+    }
+
+    /// Initialises (first time) and starts the cluster. A cluster left running
+    /// by a `norn up` that was killed is restarted with this run's settings.
     pub fn start(&self) -> anyhow::Result<()> {
-        let data = self.data.to_string_lossy().to_string();
+        let data = self.data_str();
         if !self.data.join("PG_VERSION").exists() {
-            std::fs::create_dir_all(&self.data)?;
-            if is_root() {
-                let status = Command::new("chown")
-                    .args(["-R", "postgres:", &data])
-                    .status()?;
-                if !status.success() {
-                    bail!("could not hand {data} to the postgres user");
-                }
-            }
-            let out = self.run(
-                "initdb",
-                &[
-                    "-D",
-                    &data,
-                    "-U",
-                    "norn",
-                    "--auth=trust",
-                    "-E",
-                    "UTF8",
-                    "--locale=C",
-                ],
-            )?;
-            if !out.status.success() {
-                bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
-            }
+            self.init()?;
+        } else if self.is_running()? {
+            self.stop();
         }
-        let status = self.run("pg_ctl", &["-D", &data, "status"])?;
-        if status.status.success() {
-            return Ok(());
-        }
-        let opts = format!("-h 127.0.0.1 -p {} -k {data}", self.port);
+        // listen on loopback only; no Unix socket (see the module comment).
+        let opts = format!(
+            "-c listen_addresses=127.0.0.1 -p {} -c unix_socket_directories=''",
+            self.port
+        );
         let log = format!("{data}/server.log");
         let out = self.run(
             "pg_ctl",
-            &["-D", &data, "-l", &log, "-w", "-o", &opts, "start"],
+            &[
+                "-D", &data, "-l", &log, "-w", "-t", "60", "-o", &opts, "start",
+            ],
         )?;
         if !out.status.success() {
+            let tail = std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
+            let hint = if tail.contains("Address already in use") {
+                format!(
+                    "\nport {} is taken by another program: set NORN_LOCAL_PG_PORT",
+                    self.port
+                )
+            } else {
+                String::new()
+            };
             bail!(
-                "pg_ctl start failed (see {log}): {}",
-                String::from_utf8_lossy(&out.stderr)
+                "the private Postgres did not start ({}); {log} says:\n{tail}{hint}",
+                text(&out)
             );
         }
+        self.ensure_database()
+    }
+
+    fn ensure_database(&self) -> anyhow::Result<()> {
         let out = self.client(
             "psql",
             &[
@@ -118,17 +250,22 @@ impl LocalPg {
                 "SELECT 1 FROM pg_database WHERE datname = 'norn'",
             ],
         )?;
+        if !out.status.success() {
+            bail!("could not query the private Postgres: {}", text(&out));
+        }
         if String::from_utf8_lossy(&out.stdout).trim() != "1" {
             let out = self.client("createdb", &["norn"])?;
             if !out.status.success() {
-                bail!("createdb failed: {}", String::from_utf8_lossy(&out.stderr));
+                bail!("createdb failed: {}", text(&out));
             }
         }
         Ok(())
     }
 
     pub fn stop(&self) {
-        let data = self.data.to_string_lossy().to_string();
-        let _ = self.run("pg_ctl", &["-D", &data, "-m", "fast", "stop"]);
+        let _ = self.run(
+            "pg_ctl",
+            &["-D", &self.data_str(), "-m", "fast", "-w", "stop"],
+        );
     }
 }

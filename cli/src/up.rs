@@ -2,40 +2,84 @@
 
 use norn_shared::Config;
 use norn_shared::config::Secret;
+use tokio::sync::watch;
 
 use crate::localpg::LocalPg;
 
+/// Stops the private cluster however `norn up` ends (Ctrl-C, a role failing,
+/// an error during start-up).
+struct ClusterGuard(LocalPg);
+
+impl Drop for ClusterGuard {
+    fn drop(&mut self) {
+        self.0.stop();
+        eprintln!("norn: stopped the private Postgres");
+    }
+}
+
 pub async fn run(mut config: Config) -> anyhow::Result<()> {
-    let local = if config.database_url.is_none() {
-        let pg = LocalPg::new(config.pg_bin_dir(), std::path::Path::new(".norn"), 55499)?;
+    let _cluster = if config.database_url.is_none() {
+        let pg = LocalPg::prepare(config.pg_bin_dir(), &config.state_dir, config.local_pg_port)?;
         pg.start()?;
         eprintln!(
-            "norn: started a private Postgres at {} (data in .norn/pg)",
-            pg.url()
+            "norn: private Postgres at 127.0.0.1:{} (data in {})",
+            config.local_pg_port,
+            pg.data().display()
         );
         config.database_url = Some(Secret::new(pg.url()));
-        Some(pg)
+        Some(ClusterGuard(pg))
     } else {
         None
     };
     let pool = norn_shared::bootstrap::database(&config, 30).await?;
-    let shutdown = norn_shared::shutdown::on_signal();
-    eprintln!("norn: api on http://{}:{}", config.bind_addr, config.port);
-    let api = tokio::spawn(norn_api::run(
+    let (stop_tx, stop) = watch::channel(false);
+    let signal = norn_shared::shutdown::on_signal();
+    let on_signal = stop_tx.clone();
+    tokio::spawn(async move {
+        norn_shared::shutdown::wait(signal).await;
+        let _ = on_signal.send(true);
+    });
+    announce(&config);
+    let api = {
+        let (pool, config, stop, stop_tx) =
+            (pool.clone(), config.clone(), stop.clone(), stop_tx.clone());
+        tokio::spawn(async move {
+            let r = norn_api::run(pool, config, stop).await;
+            // Without its API the process is useless: stop the other roles.
+            let _ = stop_tx.send(true);
+            r
+        })
+    };
+    let scheduler = tokio::spawn(norn_scheduler::run(
         pool.clone(),
         config.clone(),
-        shutdown.clone(),
+        stop.clone(),
     ));
     // The worker future is not spawned: apalis' handler types are not
     // `Send` for every lifetime, so it runs on this task.
-    let worker = norn_worker::run(pool.clone(), config.clone(), shutdown.clone());
-    let scheduler = tokio::spawn(norn_scheduler::run(pool, config, shutdown));
-    let (a, w, s) = tokio::join!(api, worker, scheduler);
-    if let Some(pg) = local {
-        pg.stop();
+    let worker = norn_worker::run(pool, config, stop).await;
+    if worker.is_err() {
+        let _ = stop_tx.send(true);
     }
-    a??;
-    w?;
+    let (a, s) = tokio::join!(api, scheduler);
+    a?.map_err(|e| anyhow::anyhow!("api: {e}"))?;
+    worker?;
     s??;
     Ok(())
+}
+
+fn announce(config: &Config) {
+    let host = config.bind_addr;
+    eprintln!("norn: api on http://{host}:{}", config.port);
+    if config.ingress_port != 0 {
+        eprintln!(
+            "norn: app traffic on http://{host}:{} — a deployed app answers at \
+             http://<app>.localhost:{} (or: curl -H 'Host: <app>.localhost' http://{host}:{}/)",
+            config.ingress_port, config.ingress_port, config.ingress_port
+        );
+    }
+    eprintln!(
+        "norn: apps in {} are registered at start; Ctrl-C stops everything",
+        config.apps_dir.display()
+    );
 }

@@ -64,6 +64,10 @@ pub struct Config {
     pub docker_network: String,
     /// `NORN_PG_BIN_DIR`: where `pg_dump`, `initdb`, `pg_ctl` live.
     pub pg_bin_dir: Option<PathBuf>,
+    /// `NORN_STATE_DIR`: where `norn up` keeps its lock and private Postgres.
+    pub state_dir: PathBuf,
+    /// `NORN_LOCAL_PG_PORT`: the private Postgres of `norn up` (127.0.0.1 only).
+    pub local_pg_port: u16,
     /// Step deadlines (`NORN_<STEP>_TIMEOUT`); an app's `deployPolicy.timeouts` overrides them.
     pub step_timeouts: StepDeadlines,
     /// `NORN_LEASE_TTL`: how long an app lease outlives its holder's last renewal,
@@ -172,6 +176,10 @@ impl Config {
             worker_concurrency,
             docker_network: var("NORN_DOCKER_NETWORK").unwrap_or_else(|| "norn".into()),
             pg_bin_dir: var("NORN_PG_BIN_DIR").map(PathBuf::from),
+            state_dir: var("NORN_STATE_DIR")
+                .unwrap_or_else(|| ".norn".into())
+                .into(),
+            local_pg_port: parsed("NORN_LOCAL_PG_PORT", 55499u16)?,
             step_timeouts: StepDeadlines::from_env()?,
             lease_ttl: duration("NORN_LEASE_TTL", Duration::from_secs(30))?,
             deploy_max_attempts: parsed("NORN_DEPLOY_MAX_ATTEMPTS", 3i32)?.max(1),

@@ -45,8 +45,19 @@ pub fn join(
     role: &'static str,
     shutdown: watch::Receiver<bool>,
 ) -> Membership {
+    join_counting(pool, config, role, shutdown, Arc::default())
+}
+
+/// [`join`] reporting `running` as this process's running jobs (a role that
+/// must finish setting up before it registers as ready creates it first).
+pub fn join_counting(
+    pool: PgPool,
+    config: &Config,
+    role: &'static str,
+    shutdown: watch::Receiver<bool>,
+    running: Arc<AtomicUsize>,
+) -> Membership {
     let id = uuid::Uuid::now_v7().to_string();
-    let running = Arc::new(AtomicUsize::new(0));
     let (drain_tx, draining) = watch::channel(false);
     let task = tokio::spawn(beat(Beat {
         pool,

@@ -1,6 +1,10 @@
 //! Test support: a fresh, migrated database per test on a real Postgres.
 //! `NORN_TEST_DATABASE_URL` points at a server where the test user may create
 //! databases (`.ci/run` starts one).
+//!
+//! Hygiene: what a test binary creates (databases, the containers and images
+//! of the apps it names, private clusters) is recorded here and removed when
+//! the binary exits, whether its tests passed or not.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -56,6 +60,7 @@ pub async fn fresh_database() -> String {
     .execute(&mut conn)
     .await
     .expect("create test database");
+    track(Leftover::Database(name.clone()));
     sqlx::query("SELECT pg_advisory_unlock(7316)")
         .execute(&mut conn)
         .await
@@ -68,6 +73,153 @@ pub async fn fresh_pool() -> (PgPool, String) {
     let url = fresh_database().await;
     let pool = crate::db::connect(&url, 10).await.expect("connect test db");
     (pool, url)
+}
+
+/// Something a test made that must not outlive its test binary.
+pub enum Leftover {
+    /// A database on the `NORN_TEST_DATABASE_URL` server.
+    Database(String),
+    /// An app name: its containers (label `norn.app`) and images (`<app>:*`).
+    App(String),
+    /// A private Postgres cluster's data directory: stopped, then deleted.
+    Cluster(String),
+}
+
+static LEFTOVERS: std::sync::Mutex<Vec<Leftover>> = std::sync::Mutex::new(Vec::new());
+
+/// Records `item` for removal when this test binary exits.
+pub fn track(item: Leftover) {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        // SAFETY: `remove_leftovers` is a plain `extern "C" fn()` that never
+        // unwinds (it catches panics).
+        unsafe {
+            libc::atexit(remove_leftovers);
+        }
+    });
+    if let Ok(mut all) = LEFTOVERS.lock() {
+        all.push(item);
+    }
+}
+
+extern "C" fn remove_leftovers() {
+    let _ = std::panic::catch_unwind(|| {
+        let items = match LEFTOVERS.lock() {
+            Ok(mut all) => std::mem::take(&mut *all),
+            Err(_) => return,
+        };
+        let apps: std::collections::HashSet<&str> = items
+            .iter()
+            .filter_map(|i| match i {
+                Leftover::App(a) => Some(a.as_str()),
+                _ => None,
+            })
+            .collect();
+        if !apps.is_empty() {
+            remove_app_leftovers(&apps);
+        }
+        for item in &items {
+            if let Leftover::Cluster(data) = item {
+                stop_cluster(data);
+            }
+        }
+        let dbs: Vec<&str> = items
+            .iter()
+            .filter_map(|i| match i {
+                Leftover::Database(d) => Some(d.as_str()),
+                _ => None,
+            })
+            .collect();
+        if let (false, Ok(admin)) = (dbs.is_empty(), std::env::var("NORN_TEST_DATABASE_URL")) {
+            let mut psql = std::process::Command::new("psql");
+            psql.arg(&admin).args(["-q", "-v", "ON_ERROR_STOP=0"]);
+            for db in dbs {
+                psql.args(["-c", &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")]);
+            }
+            let _ = psql
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    });
+}
+
+fn docker_lines(args: &[&str]) -> Vec<String> {
+    std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn remove_app_leftovers(apps: &std::collections::HashSet<&str>) {
+    let containers: Vec<String> = docker_lines(&[
+        "ps",
+        "-a",
+        "--filter",
+        "label=norn.app",
+        "--format",
+        "{{.ID}} {{.Label \"norn.app\"}}",
+    ])
+    .into_iter()
+    .filter_map(|l| {
+        let (id, app) = l.split_once(' ')?;
+        apps.contains(app).then(|| id.to_owned())
+    })
+    .collect();
+    if !containers.is_empty() {
+        let _ = std::process::Command::new("docker")
+            .args(["rm", "-f", "-v"])
+            .args(&containers)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+    let images: Vec<String> = docker_lines(&["images", "--format", "{{.Repository}}:{{.Tag}}"])
+        .into_iter()
+        .filter(|r| {
+            r.split_once(':')
+                .is_some_and(|(repo, _)| apps.contains(repo))
+        })
+        .collect();
+    if !images.is_empty() {
+        let _ = std::process::Command::new("docker")
+            .args(["rmi", "-f"])
+            .args(&images)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+fn stop_cluster(data: &str) {
+    let Some(bin) = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()
+        .and_then(|d| d.flatten().map(|e| e.path().join("bin")).max())
+    else {
+        return;
+    };
+    let root = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
+    let mut cmd = if root {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin.join("pg_ctl"));
+        c
+    } else {
+        std::process::Command::new(bin.join("pg_ctl"))
+    };
+    let _ = cmd
+        .args(["-D", data, "-m", "immediate", "-w", "stop"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    let _ = std::fs::remove_dir_all(data);
 }
 
 #[cfg(test)]

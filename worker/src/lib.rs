@@ -35,8 +35,12 @@ pub async fn run(
     config: Config,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), WorkerError> {
-    let membership = norn_shared::registry::join(pool.clone(), &config, "worker", shutdown.clone());
-    let state = Arc::new(state::WorkerState::new(pool, config, membership.running.clone()).await?);
+    // Set up (Docker reachable, app network made) before registering as ready.
+    let running = Arc::default();
+    let state = state::WorkerState::new(pool.clone(), config.clone(), Arc::clone(&running)).await?;
+    let state = Arc::new(state);
+    let membership =
+        norn_shared::registry::join_counting(pool, &config, "worker", shutdown.clone(), running);
     tracing::info!(token = %state.token, node.id = %membership.id, "worker ready");
     // Draining stops the queue workers (no new claims); handlers already
     // running are on their own tasks and finish.

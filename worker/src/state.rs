@@ -37,8 +37,10 @@ impl WorkerState {
         config: Config,
         running: Arc<AtomicUsize>,
     ) -> Result<Self, crate::WorkerError> {
-        let docker = DockerEngine::connect(&config.docker_network).await?;
+        let docker = DockerEngine::connect(&config.docker_network, Some(pool.clone())).await?;
         docker.ping().await?;
+        // At start, so a host's first deploy never races its workers to create it.
+        docker.ensure_network().await?;
         let app_db = config
             .app_database_url
             .clone()

@@ -202,11 +202,15 @@ pub async fn app_get(
     }
 }
 
+/// A fresh app name; its containers and images are removed when the test
+/// binary exits.
 pub fn unique_app(prefix: &str) -> String {
-    format!(
+    let app = format!(
         "{prefix}-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
-    )
+    );
+    norn_shared::testing::track(norn_shared::testing::Leftover::App(app.clone()));
+    app
 }
 
 /// A git repository whose image is a static busybox serving `www/` on :8080.

@@ -71,6 +71,7 @@ pub fn spawn_with(
 pub async fn private_cluster() -> (String, String) {
     let port = free_port();
     let data = format!("/tmp/norn-restart-{}", uuid::Uuid::new_v4().simple());
+    norn_shared::testing::track(norn_shared::testing::Leftover::Cluster(data.clone()));
     let status = Command::new("bash")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../.ci/pg.sh"))
         .env("PGPORT", port.to_string())

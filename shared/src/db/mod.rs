@@ -5,6 +5,7 @@ pub mod cron;
 pub mod deployments;
 pub mod health;
 pub mod lease;
+pub mod locks;
 pub mod nodes;
 pub mod restores;
 pub mod routes;

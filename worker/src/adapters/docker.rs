@@ -5,9 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use bollard::Docker;
-use bollard::models::{
-    ContainerCreateBody, HostConfig, NetworkCreateRequest, RestartPolicy, RestartPolicyNameEnum,
-};
+use bollard::models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum};
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, InspectContainerOptions,
     ListContainersOptionsBuilder, LogsOptionsBuilder, PushImageOptionsBuilder,
@@ -73,56 +71,36 @@ pub trait Runtime: Send + Sync {
 
 #[derive(Clone)]
 pub struct DockerEngine {
-    client: Docker,
-    network: String,
+    pub(super) client: Docker,
+    /// The bridge network release instances join (see `network.rs`).
+    pub(super) network: String,
+    /// The engine's own ID: with the network name, the key of the
+    /// cross-process lock on network creation.
+    pub(super) engine_id: String,
+    /// Where that lock is taken; `None` only where one process uses the engine.
+    pub(super) lock_pool: Option<sqlx::PgPool>,
 }
 
 impl DockerEngine {
-    pub async fn connect(network: &str) -> Result<Self, RuntimeError> {
+    pub async fn connect(
+        network: &str,
+        lock_pool: Option<sqlx::PgPool>,
+    ) -> Result<Self, RuntimeError> {
         let client = Docker::connect_with_local_defaults()?
             .negotiate_version()
             .await?;
+        let engine_id = client.info().await?.id.unwrap_or_default();
         Ok(Self {
             client,
             network: network.to_owned(),
+            engine_id,
+            lock_pool,
         })
     }
 
     pub async fn ping(&self) -> Result<(), RuntimeError> {
         self.client.ping().await?;
         Ok(())
-    }
-
-    /// The bridge network release instances join; created on first use.
-    pub async fn ensure_network(&self) -> Result<(), RuntimeError> {
-        if self
-            .client
-            .inspect_network(&self.network, None)
-            .await
-            .is_ok()
-        {
-            return Ok(());
-        }
-        let req = NetworkCreateRequest {
-            name: self.network.clone(),
-            driver: Some("bridge".into()),
-            labels: Some(HashMap::from([("norn.managed".into(), "true".into())])),
-            ..Default::default()
-        };
-        match self.client.create_network(req).await {
-            Ok(_) => Ok(()),
-            // Another worker created it first.
-            Err(_)
-                if self
-                    .client
-                    .inspect_network(&self.network, None)
-                    .await
-                    .is_ok() =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
-        }
     }
 
     async fn logs(&self, name: &str) -> String {
@@ -307,7 +285,7 @@ impl Runtime for DockerEngine {
     }
 
     async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError> {
-        self.ensure_network().await?;
+        let network_id = self.ensure_network().await?;
         self.remove(&spec.name).await?;
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
@@ -318,7 +296,8 @@ impl Runtime for DockerEngine {
             env: Some(env(&spec.env)),
             labels: Some(labels(&spec.labels)),
             host_config: Some(HostConfig {
-                network_mode: Some(self.network.clone()),
+                // By ID: a duplicate name (see network.rs) would be ambiguous.
+                network_mode: Some(network_id.clone()),
                 restart_policy: Some(RestartPolicy {
                     name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
                     maximum_retry_count: None,
@@ -339,7 +318,11 @@ impl Runtime for DockerEngine {
         let ip = info
             .network_settings
             .and_then(|n| n.networks)
-            .and_then(|n| n.get(&self.network).and_then(|e| e.ip_address.clone()))
+            .and_then(|n| {
+                n.into_values()
+                    .find(|e| e.network_id.as_deref() == Some(network_id.as_str()))
+                    .and_then(|e| e.ip_address)
+            })
             .filter(|ip| !ip.is_empty())
             .ok_or_else(|| {
                 RuntimeError::Failed(format!(

@@ -3,6 +3,7 @@
 
 pub mod docker;
 pub mod git;
+pub mod network;
 pub mod postgres;
 
 use std::collections::BTreeMap;
