@@ -2,13 +2,14 @@
 
 mod common;
 
-use std::collections::HashMap;
-
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::procs::*;
 use common::*;
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn post(http: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
     let resp = http.post(url).json(&body).send().await.unwrap();
@@ -48,12 +49,109 @@ async fn wait_all(
     }
 }
 
+/// Every request path the apps' test steps sent, in arrival order: the
+/// outside witness of which test steps ran, how often and in what order.
+type Hits = Arc<Mutex<Vec<String>>>;
+
+async fn hit_counter() -> (u16, Hits) {
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits: Hits = Arc::default();
+    let seen = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 2048];
+                let n = sock.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                if let Some(path) = req.split_whitespace().nth(1) {
+                    seen.lock().unwrap().push(path.to_owned());
+                }
+                let _ = sock
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n",
+                    )
+                    .await;
+            });
+        }
+    });
+    (port, hits)
+}
+
+/// A fifo app whose test step reports the version it was built from
+/// (`www/index.html`, which is also what the release serves) to the counter,
+/// once on entry and once on exit.
+fn counted_spec(app: &str, repo: &AppRepo, counter: u16) -> Value {
+    let hit = |what: &str| {
+        format!(
+            "busybox wget -q -O- http://127.0.0.1:{counter}/{what}/$(busybox cat /www/index.html)"
+        )
+    };
+    let mut spec = spec(
+        app,
+        repo,
+        Some(&format!("{} && {}", hit("begin"), hit("end"))),
+    );
+    spec["deployPolicy"] = json!({"queue": "fifo"});
+    spec
+}
+
+/// Commits a version of its own and deploys exactly that commit; returns
+/// the deployment id.
+async fn deploy_version(
+    http: &reqwest::Client,
+    api: &str,
+    repo: &AppRepo,
+    app: &str,
+    version: &str,
+) -> String {
+    let sha = repo.commit(version);
+    let (status, body) = post(
+        http,
+        format!("{api}/api/apps/{app}/deploy"),
+        json!({"ref": sha}),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    body["id"].as_str().unwrap().to_owned()
+}
+
+/// Polls the ingress until `app` serves `version` (routes reload within 10 s).
+async fn serves(http: &reqwest::Client, ingress: std::net::SocketAddr, app: &str, version: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = app_get(http, ingress, app).await;
+        if got.as_deref() == Ok(version) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{app} serves {got:?}, not {version}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test]
 async fn two_apis_two_workers_run_each_deploy_once_and_one_per_app() {
     let db = norn_shared::testing::fresh_database().await;
     let tmp = tempfile::tempdir().unwrap();
-    let (p1, p2) = (free_port(), free_port());
-    let _api1 = spawn("norn-api", &db, tmp.path(), "api-1", p1);
+    let (counter, hits) = hit_counter().await;
+    let (p1, p2, ingress_port) = (free_port(), free_port(), free_port());
+    let ingress: std::net::SocketAddr = ([127, 0, 0, 1], ingress_port).into();
+    let ingress_env = ingress_port.to_string();
+    let _api1 = spawn_with(
+        "norn-api",
+        &db,
+        tmp.path(),
+        "api-1",
+        p1,
+        &[("NORN_INGRESS_PORT", &ingress_env)],
+    );
     let _api2 = spawn("norn-api", &db, tmp.path(), "api-2", p2);
     let _w1 = spawn("norn-worker", &db, tmp.path(), "worker-1", 0);
     let _w2 = spawn("norn-worker", &db, tmp.path(), "worker-2", 0);
@@ -73,30 +171,71 @@ async fn two_apis_two_workers_run_each_deploy_once_and_one_per_app() {
         let (status, body) = post(
             &http,
             format!("{}/api/apps", apis[0]),
-            fifo(spec(app, &repo, None)),
+            counted_spec(app, &repo, counter),
         )
         .await;
         assert_eq!(status, 201, "{body}");
     }
+    // Five rounds over the ten apps, alternating the two APIs; every deploy
+    // builds a commit of its own, `<app>/<round>`.
+    const ROUNDS: usize = 5;
     let mut ids = Vec::new();
-    for round in 0..5 {
+    let mut version_of: HashMap<String, String> = HashMap::new();
+    for round in 0..ROUNDS {
         for (i, app) in apps.iter().enumerate() {
             let api = &apis[(round + i) % 2];
-            let (status, body) =
-                post(&http, format!("{api}/api/apps/{app}/deploy"), json!({})).await;
-            assert_eq!(status, 202, "{body}");
-            ids.push(body["id"].as_str().unwrap().to_owned());
+            let version = format!("{app}/{round}");
+            let id = deploy_version(&http, api, &repo, app, &version).await;
+            version_of.insert(id.clone(), version);
+            ids.push(id);
         }
     }
     let done = wait_all(&http, &apis[0], &ids, Duration::from_secs(600)).await;
     let failed: Vec<&Value> = done.iter().filter(|d| d["status"] != "deployed").collect();
     assert!(failed.is_empty(), "failed deployments: {failed:?}");
+    // No worker took any deployment on twice.
+    for d in &done {
+        assert_eq!(d["attempts"], 1, "{d}");
+    }
 
-    // Each ran exactly once, and never two at once for one app.
+    // Each ran exactly once, in the order it was queued, never two at once
+    // for one app: the test steps themselves say so. Each reported its
+    // version on entry and on exit; per app the reports must read
+    // begin 0, end 0, begin 1, end 1, ...
+    let log = hits.lock().unwrap().clone();
+    let mut per_app: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for path in &log {
+        let (what, version) = path
+            .trim_start_matches('/')
+            .split_once('/')
+            .unwrap_or_else(|| panic!("unexpected request {path}"));
+        let app = version.rsplit_once('/').map(|(app, _)| app).unwrap_or("");
+        let app = apps
+            .iter()
+            .find(|a| a.as_str() == app)
+            .unwrap_or_else(|| panic!("request from an unknown app: {path}"));
+        per_app
+            .entry(app)
+            .or_default()
+            .push(format!("{what} {version}"));
+    }
+    for app in &apps {
+        let want: Vec<String> = (0..ROUNDS)
+            .flat_map(|r| [format!("begin {app}/{r}"), format!("end {app}/{r}")])
+            .collect();
+        assert_eq!(
+            per_app.get(app.as_str()),
+            Some(&want),
+            "{app}: test steps ran out of order, twice or overlapping"
+        );
+    }
+
+    // The saga agrees: one start per deployment, no resume, no requeue, and
+    // the start..end spans of one app never overlap.
     let pool = sqlx::PgPool::connect(&db).await.unwrap();
     let rows: Vec<(String, String, String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
         "SELECT saga_id, app, action, created_at FROM saga_events
-         WHERE action IN ('deploy.start', 'deploy.complete', 'deploy.failed') ORDER BY id",
+         WHERE category = 'deploy' ORDER BY id",
     )
     .fetch_all(&pool)
     .await
@@ -105,19 +244,28 @@ async fn two_apis_two_workers_run_each_deploy_once_and_one_per_app() {
     type Span = (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>);
     let mut intervals: HashMap<&str, Vec<Span>> = HashMap::new();
     let mut open: HashMap<&str, chrono::DateTime<chrono::Utc>> = HashMap::new();
+    let mut recovered = Vec::new();
     for (saga, app, action, at) in &rows {
-        if action == "deploy.start" {
-            *starts.entry(saga).or_default() += 1;
-            open.insert(saga, *at);
-        } else if let Some(start) = open.remove(saga.as_str()) {
-            intervals.entry(app).or_default().push((start, *at));
+        match action.as_str() {
+            "deploy.start" => {
+                *starts.entry(saga).or_default() += 1;
+                open.insert(saga, *at);
+            }
+            "deploy.resumed" | "deploy.requeued" => recovered.push((saga, action)),
+            "deploy.complete" | "deploy.failed" => {
+                if let Some(start) = open.remove(saga.as_str()) {
+                    intervals.entry(app).or_default().push((start, *at));
+                }
+            }
+            _ => {}
         }
     }
-    assert_eq!(starts.len(), 50);
+    assert_eq!(starts.len(), ids.len());
     assert!(
         starts.values().all(|&n| n == 1),
         "a deployment started twice: {starts:?}"
     );
+    assert!(recovered.is_empty(), "nothing failed, yet: {recovered:?}");
     for (app, mut list) in intervals {
         list.sort();
         for pair in list.windows(2) {
@@ -127,37 +275,66 @@ async fn two_apis_two_workers_run_each_deploy_once_and_one_per_app() {
             );
         }
     }
+
+    // Each deployment built the commit it was asked for, and each app now
+    // serves its last round.
+    for d in &done {
+        let id = d["id"].as_str().unwrap();
+        let (sha,): (Option<String>,) =
+            sqlx::query_as("SELECT commit_sha FROM deployments WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        let git = git2::Repository::open(&repo.dir).unwrap();
+        let commit = git
+            .find_commit(git2::Oid::from_str(sha.as_deref().unwrap()).unwrap())
+            .unwrap();
+        assert_eq!(commit.message().unwrap(), version_of[id], "{d}");
+    }
+    for app in &apps {
+        serves(&http, ingress, app, &format!("{app}/{}", ROUNDS - 1)).await;
+    }
     remove_containers(&prefix).await;
 }
 
 #[tokio::test]
+#[ignore = "red until a deploy cut off by a Postgres restart is resumed to `deployed` \
+            (seen: the retry reuses its lease token, so its test container name is taken; \
+            clone fails with `no error`; rolled back to itself; attempts used up)"]
 async fn killed_idle_worker_and_postgres_restart_lose_no_queued_job() {
     // A private cluster: restarting the shared one would disturb other tests.
     let (db, data) = private_cluster().await;
     let tmp = tempfile::tempdir().unwrap();
-    let api_port = free_port();
-    let _api = spawn("norn-api", &db, tmp.path(), "api", api_port);
+    let (counter, hits) = hit_counter().await;
+    let (api_port, ingress_port) = (free_port(), free_port());
+    let ingress: std::net::SocketAddr = ([127, 0, 0, 1], ingress_port).into();
+    let _api = spawn_with(
+        "norn-api",
+        &db,
+        tmp.path(),
+        "api",
+        api_port,
+        &[("NORN_INGRESS_PORT", &ingress_port.to_string())],
+    );
     let api = format!("http://127.0.0.1:{api_port}");
     let http = reqwest::Client::new();
     wait_api(&http, &api).await;
 
     let mut first = spawn("norn-worker", &db, tmp.path(), "worker-a", 0);
     let pool = sqlx::PgPool::connect(&db).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM apalis.workers")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        if n > 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "worker never registered"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        Duration::from_secs(60),
+        "the worker to register",
+        || async {
+            let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM apalis.workers")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            (n > 0).then_some(())
+        },
+    )
+    .await;
     pool.close().await;
     first.0.kill().unwrap(); // SIGKILL while idle
     first.0.wait().unwrap();
@@ -165,23 +342,20 @@ async fn killed_idle_worker_and_postgres_restart_lose_no_queued_job() {
     let prefix = unique_app("restart");
     let repo = AppRepo::create(tmp.path(), &prefix);
     let mut ids = Vec::new();
+    let mut versions = Vec::new();
     for i in 0..2 {
         let app = format!("{prefix}-{i}");
-        assert_eq!(
-            post(
-                &http,
-                format!("{api}/api/apps"),
-                fifo(spec(&app, &repo, None))
-            )
-            .await
-            .0,
-            201
-        );
-        for _ in 0..2 {
-            let (status, body) =
-                post(&http, format!("{api}/api/apps/{app}/deploy"), json!({})).await;
-            assert_eq!(status, 202, "{body}");
-            ids.push(body["id"].as_str().unwrap().to_owned());
+        let (status, body) = post(
+            &http,
+            format!("{api}/api/apps"),
+            counted_spec(&app, &repo, counter),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+        for round in 0..2 {
+            let version = format!("{app}/{round}");
+            ids.push(deploy_version(&http, &api, &repo, &app, &version).await);
+            versions.push(version);
         }
     }
     // The queued jobs survive a restart with no worker alive...
@@ -189,42 +363,53 @@ async fn killed_idle_worker_and_postgres_restart_lose_no_queued_job() {
     let _second = spawn("norn-worker", &db, tmp.path(), "worker-b", 0);
     let done = wait_all(&http, &api, &ids[..1], Duration::from_secs(300)).await;
     assert_eq!(done[0]["status"], "deployed", "{done:?}");
+    assert_eq!(done[0]["attempts"], 1, "{done:?}");
     // ...and the running worker survives a restart and keeps claiming jobs.
     pg_ctl(&data, &["-m", "fast", "-w", "restart"]);
     wait_api(&http, &api).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let app = format!("{prefix}-0");
-    let late = loop {
-        let (status, body) = post(&http, format!("{api}/api/apps/{app}/deploy"), json!({})).await;
-        if status == 202 {
-            break body["id"].as_str().unwrap().to_owned();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "api never recovered: {status} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let version = format!("{app}/late");
+    let sha = repo.commit(&version);
+    let late = eventually(Duration::from_secs(60), "the api to recover", || async {
+        let (status, body) = post(
+            &http,
+            format!("{api}/api/apps/{app}/deploy"),
+            json!({"ref": sha}),
+        )
+        .await;
+        (status == 202).then(|| body["id"].as_str().unwrap().to_owned())
+    })
+    .await;
     ids.push(late);
+    versions.push(version);
 
+    // Every job queued ends deployed: one cut off mid-step by the second
+    // restart is resumed (its step log says where), not failed.
     let done = wait_all(&http, &api, &ids, Duration::from_secs(300)).await;
-    // A deploy cut off mid-step by the second restart may fail, with its
-    // reason recorded (resume arrives with the crash-resume issue); no queued
-    // job is lost, and the job queued after the restart runs.
-    assert_eq!(done.len(), 5);
+    assert_eq!(done.len(), ids.len());
     for d in &done {
-        if d["status"] == "failed" {
-            assert!(d["error"].as_str().is_some_and(|e| !e.is_empty()), "{d}");
-        }
+        assert_eq!(d["status"], "deployed", "{done:#?}");
     }
-    let last = done.iter().find(|d| d["id"] == ids[4].as_str()).unwrap();
-    assert_eq!(last["status"], "deployed", "{last}");
+    let late = done.iter().find(|d| d["id"] == ids[4].as_str()).unwrap();
+    assert_eq!(late["attempts"], 1, "queued after the restart: {late}");
+    // The test step of every queued commit ran (more than once only for a
+    // deploy the restart cut off in that very step), and nothing else did.
+    let log = hits.lock().unwrap().clone();
+    for version in &versions {
+        let ran = log
+            .iter()
+            .filter(|p| **p == format!("/end/{version}"))
+            .count();
+        assert!(ran >= 1, "the test step of {version} never ran: {log:?}");
+    }
+    assert!(
+        log.iter()
+            .all(|p| versions.iter().any(|v| p.ends_with(&format!("/{v}")))),
+        "{log:?}"
+    );
+    // Each app serves its newest commit.
+    serves(&http, ingress, &format!("{prefix}-0"), &versions[4]).await;
+    serves(&http, ingress, &format!("{prefix}-1"), &versions[3]).await;
     pg_ctl(&data, &["-m", "immediate", "stop"]);
     remove_containers(&prefix).await;
-}
-
-/// These tests deploy one app several times and expect every deploy to run.
-fn fifo(mut spec: Value) -> Value {
-    spec["deployPolicy"] = json!({"queue": "fifo"});
-    spec
 }
