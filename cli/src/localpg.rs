@@ -269,3 +269,42 @@ impl LocalPg {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::LocalPg;
+
+    #[test]
+    fn missing_postgres_binaries_are_named_in_the_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = LocalPg::prepare(Some(tmp.path().join("nope")), &tmp.path().join(".norn"), 1)
+            .err()
+            .expect("no binaries must fail");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("initdb, pg_ctl") && msg.contains("DATABASE_URL"),
+            "{msg}"
+        );
+        let err = LocalPg::prepare(None, &tmp.path().join(".norn"), 1)
+            .err()
+            .expect("no binaries must fail");
+        assert!(err.to_string().contains("NORN_PG_BIN_DIR"), "{err}");
+    }
+
+    #[test]
+    fn a_second_prepare_in_one_directory_is_refused_while_the_first_holds_it() {
+        let bin = norn_shared::Config::from_env()
+            .ok()
+            .and_then(|c| c.pg_bin_dir())
+            .expect("PostgreSQL server binaries under /usr/lib/postgresql");
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path().join(".norn");
+        let first = LocalPg::prepare(Some(bin.clone()), &state, 1).unwrap();
+        let err = LocalPg::prepare(Some(bin.clone()), &state, 1)
+            .err()
+            .expect("the lock is held");
+        assert!(err.to_string().contains("already running"), "{err}");
+        drop(first);
+        assert!(LocalPg::prepare(Some(bin), &state, 1).is_ok());
+    }
+}

@@ -40,6 +40,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         let _ = on_signal.send(true);
     });
     announce(&config);
+    let config_ports = (config.port, config.ingress_port, config.bind_addr);
     let api = {
         let (pool, config, stop, stop_tx) =
             (pool.clone(), config.clone(), stop.clone(), stop_tx.clone());
@@ -62,7 +63,15 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     }
     let (a, s) = tokio::join!(api, scheduler);
-    a?.map_err(|e| anyhow::anyhow!("api: {e}"))?;
+    a?.map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => anyhow::anyhow!(
+            "api: port {} or {} on {} is already in use (another norn up?); set NORN_PORT / NORN_INGRESS_PORT",
+            config_ports.0,
+            config_ports.1,
+            config_ports.2
+        ),
+        _ => anyhow::anyhow!("api: {e}"),
+    })?;
     worker?;
     s??;
     Ok(())
