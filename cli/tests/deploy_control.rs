@@ -734,3 +734,87 @@ async fn a_deploy_interrupted_within_max_attempts_is_resumed_and_deployed() {
     let http = reqwest::Client::new();
     assert_eq!(app_get(&http, fleet.ingress, app).await.unwrap(), "v1");
 }
+
+/// A worker killed after switching traffic to v2 but before v2 was confirmed
+/// (during the drain), with `max_attempts` for the worker that takes over.
+/// Returns v2's deployment once it ended.
+async fn killed_during_the_drain(max_attempts: &str) -> (Fleet, Proc, String, String, Value) {
+    let fleet = Fleet::start().await;
+    let env = [
+        ("NORN_DEPLOY_MAX_ATTEMPTS", max_attempts),
+        ("NORN_LEASE_TTL", "3s"),
+    ];
+    let mut first = fleet.worker("drains", &[env[0], env[1], ("NORN_DRAIN_GRACE", "60s")]);
+    let (app, repo) = fleet.register("switchkill").await;
+    let v1 = fleet.deploy(&app).await;
+    // v1 has nothing to drain: no previous release.
+    let d = fleet.api.wait_terminal(&v1, Duration::from_secs(180)).await;
+    assert_eq!(d["status"], "deployed", "{d}");
+    repo.commit("v2");
+    let v2 = fleet.deploy(&app).await;
+    let http = reqwest::Client::new();
+    eventually(Duration::from_secs(120), "traffic on v2", || async {
+        (app_get(&http, fleet.ingress, &app).await.ok()? == "v2").then_some(())
+    })
+    .await;
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    let status = fleet.api.deployment(&v2).await;
+    assert_eq!(
+        status["status"], "deploying",
+        "killed before v2 was confirmed: {status}"
+    );
+    let rescuer = fleet.worker("rescuer", &env);
+    let d = fleet.api.wait_terminal(&v2, Duration::from_secs(180)).await;
+    (fleet, rescuer, app, v1, d)
+}
+
+#[tokio::test]
+async fn a_deploy_ended_after_an_unconfirmed_switch_puts_traffic_back_on_the_previous_release() {
+    let (fleet, _rescuer, app, v1, d) = killed_during_the_drain("1").await;
+    assert_eq!(d["status"], "failed", "{d}");
+    assert_eq!(d["error"], "norn restarted during deployment", "{d}");
+    let v2 = d["id"].as_str().unwrap();
+    // The route is back on v1 (not left on v2's removed containers), and v1 serves.
+    let routes = fleet.api.get(&format!("/api/apps/{app}")).await["routes"].clone();
+    let on: Vec<&str> = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["deploymentId"].as_str())
+        .collect();
+    assert_eq!(on, vec![v1.as_str()], "{routes}");
+    let http = reqwest::Client::new();
+    assert_eq!(app_get(&http, fleet.ingress, &app).await.unwrap(), "v1");
+    eventually(
+        Duration::from_secs(30),
+        "v2's instances removed",
+        || async { containers_of(v2).await.is_empty().then_some(()) },
+    )
+    .await;
+    assert_eq!(containers_of(&v1).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_deploy_resumed_after_an_unconfirmed_switch_ends_deployed_with_one_release_serving() {
+    let (fleet, _rescuer, app, v1, d) = killed_during_the_drain("2").await;
+    assert_eq!(d["status"], "deployed", "{d}");
+    let v2 = d["id"].as_str().unwrap();
+    let http = reqwest::Client::new();
+    assert_eq!(app_get(&http, fleet.ingress, &app).await.unwrap(), "v2");
+    let routes = fleet.api.get(&format!("/api/apps/{app}")).await["routes"].clone();
+    assert!(
+        routes
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["deploymentId"] == v2),
+        "{routes}"
+    );
+    assert!(containers_of(&v1).await.is_empty(), "v1 retired");
+    assert_eq!(
+        containers_of(v2).await.len(),
+        1,
+        "only the resumed attempt's instance"
+    );
+}

@@ -299,9 +299,6 @@ async fn two_apis_two_workers_run_each_deploy_once_and_one_per_app() {
 }
 
 #[tokio::test]
-#[ignore = "red until a deploy cut off by a Postgres restart is resumed to `deployed` \
-            (seen: the retry reuses its lease token, so its test container name is taken; \
-            clone fails with `no error`; rolled back to itself; attempts used up)"]
 async fn killed_idle_worker_and_postgres_restart_lose_no_queued_job() {
     // A private cluster: restarting the shared one would disturb other tests.
     let (db, data) = private_cluster().await;

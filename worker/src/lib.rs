@@ -24,6 +24,9 @@ pub enum WorkerError {
     Http(#[from] reqwest::Error),
     #[error(transparent)]
     Apps(#[from] norn_shared::db::apps::AppError),
+    /// A step met trouble of Norn's own (its database); the job is retried.
+    #[error("interrupted: {0}")]
+    Interrupted(String),
     /// This worker lost the app lease; another one owns the deployment now.
     #[error("the app lease passed to another worker")]
     Fenced,

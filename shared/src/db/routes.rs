@@ -1,12 +1,12 @@
 //! Where each app process is served. The deploy step switches a route in the
 //! same transaction that records the switch; the ingress follows it.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 
 pub const CHANGED_CHANNEL: &str = "norn_routes";
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct Route {
     pub app: String,
@@ -63,4 +63,32 @@ pub async fn remove_app(conn: &mut PgConnection, app: &str) -> Result<(), sqlx::
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// Records, in the switch's transaction, the routes `deployment` replaces.
+pub async fn record_previous(
+    conn: &mut PgConnection,
+    deployment: &str,
+    previous: &[Route],
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE deployments SET previous_routes = $2 WHERE id = $1")
+        .bind(deployment)
+        .bind(sqlx::types::Json(previous))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The routes `deployment` replaced when it switched traffic; `None` if it
+/// never switched.
+pub async fn previous_of(
+    conn: &mut PgConnection,
+    deployment: &str,
+) -> Result<Option<Vec<Route>>, sqlx::Error> {
+    let row: Option<(Option<sqlx::types::Json<Vec<Route>>>,)> =
+        sqlx::query_as("SELECT previous_routes FROM deployments WHERE id = $1")
+            .bind(deployment)
+            .fetch_optional(conn)
+            .await?;
+    Ok(row.and_then(|(r,)| r).map(|j| j.0))
 }

@@ -56,7 +56,16 @@ async fn execute(job: &DeployJob, state: &WorkerState) -> Result<(), WorkerError
         let reason = format!("app {} is not registered", job.app);
         return fail_unstarted(state, job, &reason).await;
     };
-    let holder = format!("{}/{}", state.token, job.deployment_id);
+    // New per delivery: a retry of this job in this very process (after a
+    // database error) or a duplicate delivery must not inherit the fencing
+    // token of the attempt before it. Ends in `/<deployment>` (the sweep
+    // looks for that).
+    let holder = format!(
+        "{}#{}/{}",
+        state.token,
+        uuid::Uuid::new_v4().simple(),
+        job.deployment_id
+    );
     // `None`: the deployment ended meanwhile (canceled, superseded, or
     // finished by the live worker this was a duplicate delivery of).
     let turn = || async {
@@ -151,6 +160,15 @@ async fn attempt(ctx: &mut DeployCtx<'_>) -> Result<(), WorkerError> {
         .flatten();
     if let Some(step) = resume_at {
         tracing::info!(attempt = dep.attempts, step = %step, "resuming an interrupted deployment");
+        // A dead attempt may have switched traffic before it was confirmed
+        // healthy; the deploy step is about to replace those instances.
+        if !done.contains(&Step::Healthy)
+            && let Some(moved) = steps::healthy::take_back_traffic(ctx)
+                .await
+                .map_err(|f| WorkerError::Interrupted(f.reason))?
+        {
+            tracing::warn!(what = %moved, "took traffic back from an unconfirmed switch");
+        }
     }
     ctx.sha = dep.commit_sha.clone();
     ctx.image = dep.image_tag.clone();

@@ -36,7 +36,13 @@ async fn load(state: &WorkerState, id: &str) -> Result<Option<Restore>, WorkerEr
 }
 
 async fn execute(job: &RestoreJob, state: &WorkerState) -> Result<(), WorkerError> {
-    let holder = format!("{}/{}", state.token, job.restore_id);
+    // New per delivery, like a deploy's: a retry never inherits a token.
+    let holder = format!(
+        "{}#{}/{}",
+        state.token,
+        uuid::Uuid::new_v4().simple(),
+        job.restore_id
+    );
     let turn = || async {
         let r = load(state, &job.restore_id).await?;
         let live = r.is_some_and(|r| r.status == "queued" || r.status == "running");

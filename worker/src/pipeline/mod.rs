@@ -47,19 +47,26 @@ impl StepOutput {
 pub struct StepFailure {
     pub reason: String,
     pub output: String,
+    /// Norn's own trouble (its database went away): the job is retried and
+    /// the deployment resumed rather than failed.
+    pub infra: bool,
 }
 
 impl StepFailure {
     pub fn new(reason: impl Into<String>) -> Self {
-        Self {
-            reason: reason.into(),
-            output: String::new(),
-        }
+        Self::with_output(reason, String::new())
     }
     pub fn with_output(reason: impl Into<String>, output: impl Into<String>) -> Self {
         Self {
             reason: reason.into(),
             output: output.into(),
+            infra: false,
+        }
+    }
+    pub fn infra(reason: impl Into<String>) -> Self {
+        Self {
+            infra: true,
+            ..Self::new(reason)
         }
     }
 }
@@ -235,6 +242,10 @@ pub async fn run(
                 test_hook::after_step(step).await;
                 continue;
             }
+            Ended::Failed(f) if f.infra => {
+                // Leave everything as it is: the retried job resumes here.
+                return Err(WorkerError::Interrupted(format!("{step}: {}", f.reason)));
+            }
             Ended::Failed(f) => (f.reason, f.output),
             Ended::Aborted(Abort::Canceled { by }) => (format!("canceled by {by}"), String::new()),
             Ended::Aborted(Abort::LeaseLost) => {
@@ -252,6 +263,12 @@ pub async fn run(
             (reason, output)
         };
         tracing::warn!(step = %step, reason = %reason, "deploy step failed");
+        if step == Step::Healthy
+            && let Err(e) = steps::healthy::take_back_traffic(ctx).await
+        {
+            // Traffic may still be on this attempt's instances: keep them.
+            return Err(WorkerError::Interrupted(format!("{step}: {}", e.reason)));
+        }
         steps::deploy::discard_attempt(ctx, step).await;
         steps::cleanup::remove_workdir(&ctx.workdir).await;
         // Fenced first: only the lease holder may touch other attempts' instances.

@@ -93,6 +93,12 @@ pub async fn discard_attempt(ctx: &mut DeployCtx<'_>, step: Step) {
 /// instance of the deployment, whichever attempt started it, so the previous
 /// release stays the only one serving.
 pub async fn discard_deployment(ctx: &mut DeployCtx<'_>) {
+    if let Err(e) = super::healthy::take_back_traffic(ctx).await {
+        // Traffic may still be on these instances; the next lease holder
+        // takes it back before removing them.
+        tracing::warn!(error = %e.reason, "could not take traffic back; instances kept");
+        return;
+    }
     for name in deployment_instances(ctx).await {
         if let Err(e) = ctx.state.runtime.remove(&name).await {
             tracing::warn!(container = %name, error = %e, "could not remove failed instance");

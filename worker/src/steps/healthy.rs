@@ -34,7 +34,7 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
         let mut conn = ctx.state.pool.acquire().await.map_err(db)?;
         routes::for_app(&mut conn, &ctx.app.id).await.map_err(db)?
     };
-    switch_routes(ctx, &mut output).await?;
+    switch_routes(ctx, &previous, &mut output).await?;
     if let Err(reason) = settle(ctx).await {
         if !ctx.app.spec.deploy_policy.auto_rollback {
             output.push_str(&format!(
@@ -52,8 +52,10 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
     Ok(StepOutput::done(output))
 }
 
+/// A database error is Norn's trouble, not the release's: the job is retried
+/// and the deployment resumed, instead of failing it.
 fn db(e: sqlx::Error) -> StepFailure {
-    StepFailure::new(e.to_string())
+    StepFailure::infra(e.to_string())
 }
 
 /// The drain period after the switch doubles as a last check: every new
@@ -108,7 +110,11 @@ async fn wait_ready(
     }
 }
 
-async fn switch_routes(ctx: &DeployCtx<'_>, output: &mut String) -> Result<(), StepFailure> {
+async fn switch_routes(
+    ctx: &DeployCtx<'_>,
+    previous: &[Route],
+    output: &mut String,
+) -> Result<(), StepFailure> {
     let mut upstreams: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for new in &ctx.started {
         if let Some(port) = new.port {
@@ -118,19 +124,17 @@ async fn switch_routes(ctx: &DeployCtx<'_>, output: &mut String) -> Result<(), S
                 .push(format!("{}:{port}", new.instance.ip));
         }
     }
-    let mut tx = ctx
-        .state
-        .pool
-        .begin()
-        .await
-        .map_err(|e| StepFailure::new(e.to_string()))?;
+    let mut tx = ctx.state.pool.begin().await.map_err(db)?;
     // Only the attempt that still holds the lease may put its release live.
     let ours = lease::fence(&mut tx, &ctx.app.id, ctx.token)
         .await
-        .map_err(|e| StepFailure::new(e.to_string()))?;
+        .map_err(db)?;
     if !ours {
         return Err(StepFailure::new("the app lease passed to another worker"));
     }
+    routes::record_previous(&mut tx, &ctx.deployment_id, previous)
+        .await
+        .map_err(db)?;
     for (process, addrs) in &upstreams {
         let route = Route {
             app: ctx.app.id.clone(),
@@ -138,15 +142,34 @@ async fn switch_routes(ctx: &DeployCtx<'_>, output: &mut String) -> Result<(), S
             upstream: addrs.join(","),
             deployment_id: ctx.deployment_id.clone(),
         };
-        routes::set(&mut tx, &route)
-            .await
-            .map_err(|e| StepFailure::new(e.to_string()))?;
+        routes::set(&mut tx, &route).await.map_err(db)?;
         output.push_str(&format!("routed {process} -> {}\n", route.upstream));
     }
-    tx.commit()
-        .await
-        .map_err(|e| StepFailure::new(e.to_string()))?;
+    tx.commit().await.map_err(db)?;
     Ok(())
+}
+
+/// When traffic is on this deployment but it is not confirmed healthy (an
+/// attempt died during the drain, or it is being failed or discarded), puts
+/// back the routes it replaced, so no route is left naming containers about
+/// to be removed (their addresses would go to other containers, possibly
+/// another app's). Fenced. `Some(what)` when it moved traffic.
+pub async fn take_back_traffic(ctx: &DeployCtx<'_>) -> Result<Option<String>, StepFailure> {
+    let mut conn = ctx.state.pool.acquire().await.map_err(db)?;
+    let live = routes::for_app(&mut conn, &ctx.app.id)
+        .await
+        .map_err(db)?
+        .iter()
+        .any(|r| r.deployment_id == ctx.deployment_id);
+    if !live {
+        return Ok(None);
+    }
+    let previous = routes::previous_of(&mut conn, &ctx.deployment_id)
+        .await
+        .map_err(db)?
+        .unwrap_or_default();
+    drop(conn);
+    restore_routes(ctx, &previous).await.map(Some)
 }
 
 async fn retire_previous(ctx: &DeployCtx<'_>, output: &mut String) {
