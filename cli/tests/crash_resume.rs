@@ -49,11 +49,13 @@ async fn migration_counter() -> (u16, Arc<Mutex<HashMap<String, u32>>>) {
     (port, hits)
 }
 
+/// Each app's test command and migration command call the counter once per
+/// run, at `/test/<app>` and `/<app>`.
 fn resumable_spec(app: &str, repo: &AppRepo, counter: u16) -> Value {
     json!({
         "name": app,
         "repo": {"url": repo.url()},
-        "build": {"test": "busybox true"},
+        "build": {"test": format!("busybox wget -q -O- http://127.0.0.1:{counter}/test/{app}")},
         "processes": {"web": {"port": 8080, "health": {"path": "/health", "timeout": "2s"}}},
         "services": {"postgres": {"database": app.replace('-', "_")}},
         "migrations": {"command": format!("busybox wget -q -O- http://127.0.0.1:{counter}/{app}")},
@@ -192,6 +194,19 @@ async fn a_worker_killed_at_any_step_boundary_is_resumed_there() {
             .collect();
         assert_eq!(resumed.len(), 1, "{app}: {rows:?}");
         assert_eq!(resumed[0].2, "recovery");
+        // Resumed there: at the step after the one it stopped after (deploy
+        // again when it stopped before the switch).
+        let at = BOUNDARIES.iter().position(|b| b == stopped).unwrap();
+        let want = if stopped == "deploy" {
+            "deploy"
+        } else {
+            BOUNDARIES.get(at + 1).copied().unwrap_or("cleanup")
+        };
+        assert_eq!(
+            resumed[0].1.as_deref(),
+            Some(want),
+            "{app} (stopped after {stopped}) resumed at the wrong step"
+        );
         let completes = rows
             .iter()
             .filter(|(a, _, _)| a == "deploy.complete")
@@ -201,6 +216,11 @@ async fn a_worker_killed_at_any_step_boundary_is_resumed_there() {
             hits.lock().unwrap().get(&format!("/{app}")).copied(),
             Some(1),
             "{app} (stopped after {stopped}): migration ran a wrong number of times"
+        );
+        assert_eq!(
+            hits.lock().unwrap().get(&format!("/test/{app}")).copied(),
+            Some(1),
+            "{app} (stopped after {stopped}): test step ran a wrong number of times"
         );
     }
 
@@ -227,9 +247,85 @@ fn signal(proc: &Proc, sig: &str) {
     assert!(status.success());
 }
 
+/// Everything Norn records about `app`: its deployments (steps, status,
+/// attempts, image, lease token, timestamps: every column), routes, lease,
+/// saga events and cron state, as one JSON value.
+async fn app_state(pool: &sqlx::PgPool, app: &str) -> Value {
+    sqlx::query_scalar(
+        "SELECT jsonb_build_object(
+            'deployments', (SELECT jsonb_agg(to_jsonb(d) ORDER BY d.id) FROM deployments d WHERE d.app = $1),
+            'routes', (SELECT jsonb_agg(to_jsonb(r) ORDER BY r.process) FROM app_routes r WHERE r.app = $1),
+            'lease', (SELECT jsonb_agg(to_jsonb(l)) FROM app_leases l WHERE l.app = $1),
+            'saga', (SELECT jsonb_agg(to_jsonb(s) ORDER BY s.id) FROM saga_events s WHERE s.app = $1),
+            'cron', (SELECT jsonb_agg(to_jsonb(c)) FROM cron_states c WHERE c.app = $1))",
+    )
+    .bind(app)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Containers of `app` (`all = true`): (name, `norn.attempt` label, running).
+async fn app_containers(app: &str) -> Vec<(String, Option<String>, bool)> {
+    let mut list: Vec<_> = all_containers()
+        .await
+        .into_iter()
+        .filter(|c| c.labels.as_ref().and_then(|l| l.get("norn.app")) == Some(&app.to_owned()))
+        .map(|c| {
+            (
+                c.names
+                    .as_ref()
+                    .and_then(|n| n.first())
+                    .map(|n| n.trim_start_matches('/').to_owned())
+                    .unwrap_or_default(),
+                c.labels
+                    .as_ref()
+                    .and_then(|l| l.get("norn.attempt").cloned()),
+                c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING),
+            )
+        })
+        .collect();
+    list.sort();
+    list
+}
+
+/// Docker's container events for `app` between `since` and now (Unix time).
+async fn container_events(app: &str, since: f64) -> Vec<(String, String)> {
+    use futures::StreamExt;
+    let docker = bollard::Docker::connect_with_local_defaults().unwrap();
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        + 1.0;
+    let filters = HashMap::from([
+        ("type", vec!["container".to_owned()]),
+        ("label", vec![format!("norn.app={app}")]),
+    ]);
+    let options = bollard::query_parameters::EventsOptionsBuilder::default()
+        .since(&format!("{since:.6}"))
+        .until(&format!("{until:.6}"))
+        .filters(&filters)
+        .build();
+    docker
+        .events(Some(options))
+        .map(|e| {
+            let e = e.unwrap();
+            let name = e
+                .actor
+                .and_then(|a| a.attributes)
+                .and_then(|a| a.get("name").cloned())
+                .unwrap_or_default();
+            (e.action.unwrap_or_default(), name)
+        })
+        .collect()
+        .await
+}
+
 /// A worker frozen (SIGSTOP) mid-step past its lease: another worker takes
-/// the deploy over and finishes it; when the frozen one wakes up (SIGCONT) its
-/// writes are fenced off and nothing of its attempt is left running.
+/// the deploy over and finishes it; when the frozen one wakes up (SIGCONT) it
+/// writes nothing (no row, route, lease, saga or live event changes), starts
+/// no container, and nothing of its attempt is left.
 #[tokio::test]
 async fn a_worker_that_wakes_up_after_losing_its_lease_writes_nothing() {
     let db = norn_shared::testing::fresh_database().await;
@@ -248,43 +344,83 @@ async fn a_worker_that_wakes_up_after_losing_its_lease_writes_nothing() {
     let frozen = spawn_with("norn-worker", &db, tmp.path(), "frozen", 0, &env);
     let (_, body) = h.post(&format!("/api/apps/{app}/deploy"), json!({})).await;
     let id = body["id"].as_str().unwrap().to_owned();
-    eventually(Duration::from_secs(60), "the test step", || async {
-        (h.deployment(&id).await["status"] == "testing").then_some(())
+    let short = &id[id.len() - 12..];
+    // Frozen mid-step: its test container (named with its lease token) runs.
+    let frozen_token = eventually(Duration::from_secs(60), "the test step", || async {
+        let d = h.deployment(&id).await;
+        if d["status"] != "testing" {
+            return None;
+        }
+        let (token,): (Option<i64>,) =
+            sqlx::query_as("SELECT lease_token FROM deployments WHERE id = $1")
+                .bind(&id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        let tag = format!("{short}-{}", token?);
+        app_containers(&app)
+            .await
+            .iter()
+            .any(|(name, _, running)| *running && name.contains(&tag))
+            .then_some(token?)
     })
     .await;
+    let frozen_tag = format!("{short}-{frozen_token}");
     signal(&frozen, "-STOP");
 
     let _rescuer = spawn_with("norn-worker", &db, tmp.path(), "rescuer", 0, &env);
     let d = h.wait_terminal(&id, Duration::from_secs(120)).await;
     assert_eq!(d["status"], "deployed", "{d}");
     assert_eq!(d["attempts"], 2, "{d}");
-    let events_before: i64 = count(&pool, &id).await;
-
-    // The frozen worker wakes up in the middle of its test step.
-    signal(&frozen, "-CONT");
-    // It notices on its next write or lease renewal; its test container
-    // (named with its lease token) goes away either way.
-    eventually(
-        Duration::from_secs(30),
-        "the stale attempt's containers gone",
-        || async {
-            let left = all_containers()
+    // The rescuer releases the lease just after the row ends.
+    eventually(Duration::from_secs(10), "the lease released", || async {
+        let held: Option<(String,)> =
+            sqlx::query_as("SELECT holder FROM app_leases WHERE app = $1")
+                .bind(&app)
+                .fetch_optional(&pool)
                 .await
-                .into_iter()
-                .filter(|c| {
-                    c.labels.as_ref().and_then(|l| l.get("norn.app")) == Some(&app)
-                        && c.labels.as_ref().and_then(|l| l.get("norn.job")).is_some()
-                })
-                .count();
-            (left == 0).then_some(())
-        },
-    )
+                .unwrap();
+        held.is_none().then_some(())
+    })
     .await;
-    // Its handler has ended once its heartbeat reports no running job.
+    let before = app_state(&pool, &app).await;
+    let rescuer_token = before["deployments"][0]["lease_token"].as_i64().unwrap();
+    assert_ne!(rescuer_token, frozen_token);
+    let containers_before = app_containers(&app).await;
+
+    // Live events and route changes are watched from before the wake-up.
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .unwrap();
+    listener
+        .listen_all(["norn_events", "norn_routes"])
+        .await
+        .unwrap();
+    let woke_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
     let woke: (chrono::DateTime<chrono::Utc>,) = sqlx::query_as("SELECT now()")
         .fetch_one(&pool)
         .await
         .unwrap();
+
+    // The frozen worker wakes up in the middle of its test step.
+    signal(&frozen, "-CONT");
+    // It notices on its next write or lease renewal; its test container goes
+    // away either way, stopped ones included.
+    eventually(
+        Duration::from_secs(30),
+        "the stale attempt's containers gone",
+        || async {
+            let left = app_containers(&app).await;
+            left.iter()
+                .all(|(name, _, _)| !name.contains(&frozen_tag))
+                .then_some(())
+        },
+    )
+    .await;
+    // Its handler has ended once its heartbeat reports no running job.
     eventually(Duration::from_secs(30), "the stale handler to end", || async {
         let row: Option<(i32,)> = sqlx::query_as(
             "SELECT running_jobs FROM cluster_nodes WHERE name = 'frozen' AND last_heartbeat_at > $1",
@@ -296,32 +432,52 @@ async fn a_worker_that_wakes_up_after_losing_its_lease_writes_nothing() {
         (row == Some((0,))).then_some(())
     })
     .await;
-    assert_eq!(
-        count(&pool, &id).await,
-        events_before,
-        "the stale worker wrote"
-    );
-    let d = h.deployment(&id).await;
-    assert_eq!(d["status"], "deployed", "{d}");
-    let instances = all_containers()
-        .await
-        .into_iter()
-        .filter(|c| {
-            c.labels.as_ref().and_then(|l| l.get("norn.app")) == Some(&app)
-                && c.labels
-                    .as_ref()
-                    .is_some_and(|l| l.contains_key("norn.process"))
-        })
-        .count();
-    assert_eq!(instances, 1);
-    remove_containers(&app).await;
-}
 
-async fn count(pool: &sqlx::PgPool, id: &str) -> i64 {
-    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM saga_events WHERE saga_id = $1")
-        .bind(id)
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    n
+    // Nothing Norn records about the app changed: not the deployment row
+    // (steps, status, attempts, image tag, lease token, finished_at), not the
+    // routes, the lease or the saga.
+    let after = app_state(&pool, &app).await;
+    for part in ["deployments", "routes", "lease", "saga", "cron"] {
+        assert_eq!(after[part], before[part], "the stale worker changed {part}");
+    }
+    // No live event and no route change was published for the app.
+    let mut published = Vec::new();
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(500), listener.recv()).await {
+        if n.payload().contains(&app) {
+            published.push(format!("{}: {}", n.channel(), n.payload()));
+        }
+    }
+    assert!(
+        published.is_empty(),
+        "the stale worker published {published:?}"
+    );
+
+    // It started nothing after waking, and what is left is exactly what was
+    // there before minus its own containers: the rescuer's one instance.
+    let events = container_events(&app, woke_at).await;
+    // The witness sees the wake-up: the stale test container's removal.
+    assert!(
+        events
+            .iter()
+            .any(|(action, name)| action == "destroy" && name.contains(&frozen_tag)),
+        "no removal of {frozen_tag} seen: {events:?}"
+    );
+    let started: Vec<_> = events
+        .iter()
+        .filter(|(action, _)| action == "create" || action == "start")
+        .collect();
+    assert!(
+        started.is_empty(),
+        "containers started after the wake-up: {events:?}"
+    );
+    let left = app_containers(&app).await;
+    let expected: Vec<_> = containers_before
+        .into_iter()
+        .filter(|(name, _, _)| !name.contains(&frozen_tag))
+        .collect();
+    assert_eq!(left, expected);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].1, Some(rescuer_token.to_string()), "{left:?}");
+    assert!(left[0].2, "the rescuer's instance is not running: {left:?}");
+    remove_containers(&app).await;
 }

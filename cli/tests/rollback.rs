@@ -4,8 +4,61 @@
 
 mod common;
 
-use common::{AppRepo, Harness, unique_app};
+use std::time::Duration;
+
+use bollard::models::ContainerSummaryStateEnum;
+use common::{AppRepo, Harness, all_containers, remove_containers, unique_app};
 use serde_json::{Value, json};
+
+/// Containers of `app` as Docker lists them with `all = true` (stopped ones
+/// included): (deployment label, image, running).
+async fn app_containers(app: &str) -> Vec<(String, String, bool)> {
+    all_containers()
+        .await
+        .into_iter()
+        .filter(|c| c.labels.as_ref().and_then(|l| l.get("norn.app")) == Some(&app.to_owned()))
+        .map(|c| {
+            (
+                c.labels
+                    .as_ref()
+                    .and_then(|l| l.get("norn.deployment").cloned())
+                    .unwrap_or_default(),
+                c.image.clone().unwrap_or_default(),
+                c.state == Some(ContainerSummaryStateEnum::RUNNING),
+            )
+        })
+        .collect()
+}
+
+/// `app` serves `deployment` only: the route points at it, its container is
+/// the app's only one (running or stopped) and runs `image`, and the ingress
+/// answers `body`. The replaced release's containers are removed right after
+/// the deployment is recorded, hence the wait.
+async fn serves_only(h: &Harness, app: &str, deployment: &str, image: &str, body: &str) {
+    let routed: Vec<String> =
+        sqlx::query_scalar("SELECT deployment_id FROM app_routes WHERE app = $1")
+            .bind(app)
+            .fetch_all(&h.pool)
+            .await
+            .unwrap();
+    assert_eq!(routed, [deployment], "{app}: routes");
+    let want = vec![(deployment.to_owned(), image.to_owned(), true)];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = app_containers(app).await;
+        if left == want {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{app}: containers {left:?}, want only {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..3 {
+        assert_eq!(h.fetch(app).await.unwrap(), body);
+    }
+}
 
 #[tokio::test]
 async fn manual_rollback_puts_the_previous_release_back_without_building() {
@@ -30,6 +83,18 @@ async fn manual_rollback_puts_the_previous_release_back_without_building() {
     assert_eq!(h.wait_terminal(&v2).await["status"], "deployed");
     assert_eq!(h.fetch(&app).await.unwrap(), "v2");
 
+    let (_, first) = h.get(&format!("/api/deployments/{v1}")).await;
+    let (_, second) = h.get(&format!("/api/deployments/{v2}")).await;
+    let (v1_image, v2_image) = (
+        first["imageTag"].as_str().unwrap().to_owned(),
+        second["imageTag"].as_str().unwrap().to_owned(),
+    );
+    assert_ne!(v1_image, v2_image);
+
+    // Without building: the source is gone, so a clone or a build would fail.
+    let moved = repo.dir.with_extension("moved");
+    std::fs::rename(&repo.dir, &moved).unwrap();
+
     let (code, body) = h
         .post(&format!("/api/apps/{app}/rollback"), json!({}))
         .await;
@@ -39,7 +104,11 @@ async fn manual_rollback_puts_the_previous_release_back_without_building() {
     let d = h.wait_terminal(&id).await;
     assert_eq!(d["status"], "deployed", "{d}");
     assert_eq!(d["kind"], "rollback");
-    assert_eq!(h.fetch(&app).await.unwrap(), "v1");
+    assert_eq!(d["imageTag"], v1_image.as_str(), "{d}");
+    assert_eq!(d["commitSha"], first["commitSha"], "{d}");
+    // v1's image runs again in a container of the rollback, and nothing of v2
+    // is left.
+    serves_only(&h, &app, &id, &v1_image, "v1").await;
     // No build, no migration: those steps are skipped and say why.
     for step in d["steps"].as_array().unwrap().iter().take(5) {
         assert_eq!(step["status"], "skipped", "{step}");
@@ -60,8 +129,11 @@ async fn manual_rollback_puts_the_previous_release_back_without_building() {
         .await;
     assert_eq!(code, 202, "{body}");
     let again = body["id"].as_str().unwrap().to_owned();
-    assert_eq!(h.wait_terminal(&again).await["status"], "deployed");
-    assert_eq!(h.fetch(&app).await.unwrap(), "v2");
+    let d = h.wait_terminal(&again).await;
+    assert_eq!(d["status"], "deployed", "{d}");
+    assert_eq!(d["imageTag"], v2_image.as_str(), "{d}");
+    serves_only(&h, &app, &again, &v2_image, "v2").await;
+    std::fs::rename(&moved, &repo.dir).unwrap();
     let (code, body) = h
         .post(
             &format!("/api/apps/{app}/rollback"),
@@ -76,6 +148,30 @@ async fn manual_rollback_puts_the_previous_release_back_without_building() {
         )
         .await;
     assert_eq!(code, 404);
+    // A deployed release of another app is not a target for this one.
+    let foreign = uuid::Uuid::new_v4().to_string();
+    sqlx::query(
+        "INSERT INTO deployments (id, app, commit_sha, image_tag, status, finished_at)
+         VALUES ($1, $2, $3, $4, 'deployed', now())",
+    )
+    .bind(&foreign)
+    .bind(unique_app("other"))
+    .bind(first["commitSha"].as_str())
+    .bind(&v1_image)
+    .execute(&h.pool)
+    .await
+    .unwrap();
+    let (code, body) = h
+        .post(
+            &format!("/api/apps/{app}/rollback"),
+            json!({"deploymentId": foreign}),
+        )
+        .await;
+    assert_eq!(code, 404, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("not found"),
+        "{body}"
+    );
     let (code, _) = h
         .post(
             &format!("/api/apps/{}/rollback", unique_app("ghost")),
@@ -83,6 +179,9 @@ async fn manual_rollback_puts_the_previous_release_back_without_building() {
         )
         .await;
     assert_eq!(code, 404);
+    // Refusals queued nothing: still the named rollback serves.
+    serves_only(&h, &app, &again, &v2_image, "v2").await;
+    remove_containers(&app).await;
 }
 
 /// Health answered by a CGI script: `ok` always, or (`flaky`) only the
@@ -130,10 +229,52 @@ async fn app_with_flaky_v2(h: &Harness, prefix: &str, auto_rollback: bool) -> (S
     (app, v1)
 }
 
+/// Counts route changes (`NOTIFY norn_routes`) of one app while it runs.
+struct RouteChanges {
+    listener: sqlx::postgres::PgListener,
+    app: String,
+}
+
+impl RouteChanges {
+    async fn watch(h: &Harness, app: &str) -> Self {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&h.pool)
+            .await
+            .unwrap();
+        listener.listen("norn_routes").await.unwrap();
+        Self {
+            listener,
+            app: app.to_owned(),
+        }
+    }
+
+    /// Waits until `want` changes of the app arrived, then a quiet second for
+    /// any extra one; returns how many arrived.
+    async fn count(mut self, want: usize) -> usize {
+        let mut seen = 0;
+        let mut quiet = Duration::from_secs(10);
+        while let Ok(Ok(n)) = tokio::time::timeout(quiet, self.listener.recv()).await {
+            if n.payload() == self.app {
+                seen += 1;
+                if seen >= want {
+                    quiet = Duration::from_secs(1);
+                }
+            }
+        }
+        seen
+    }
+}
+
+async fn image_of(h: &Harness, deployment: &str) -> String {
+    let (_, d) = h.get(&format!("/api/deployments/{deployment}")).await;
+    d["imageTag"].as_str().unwrap().to_owned()
+}
+
 #[tokio::test]
 async fn a_release_unhealthy_after_the_switch_is_rolled_back_automatically() {
     let h = Harness::start().await;
     let (app, v1) = app_with_flaky_v2(&h, "autorb", true).await;
+    let v1_image = image_of(&h, &v1).await;
+    let routes = RouteChanges::watch(&h, &app).await;
     let v2 = h.deploy(&app, "HEAD").await;
     let d = h.wait_terminal(&v2).await;
     assert_eq!(d["status"], "failed", "{d}");
@@ -144,15 +285,21 @@ async fn a_release_unhealthy_after_the_switch_is_rolled_back_automatically() {
         error.contains(&format!("traffic is back on deployment {v1}")),
         "{error}"
     );
-    assert_eq!(h.fetch(&app).await.unwrap(), "v1");
+    // The routes went to v2 (the switch) and back (the rollback): two changes.
+    assert_eq!(routes.count(2).await, 2, "route changes during {v2}");
+    // v1 serves again, from its own container; v2's containers are removed.
+    serves_only(&h, &app, &v1, &v1_image, "v1").await;
     let (_, first) = h.get(&format!("/api/deployments/{v1}")).await;
     assert_eq!(first["status"], "deployed");
+    remove_containers(&app).await;
 
     // With autoRollback off the new release stays live, and the step log says so.
     let (app, _) = app_with_flaky_v2(&h, "noautorb", false).await;
+    let routes = RouteChanges::watch(&h, &app).await;
     let v2 = h.deploy(&app, "HEAD").await;
     let d = h.wait_terminal(&v2).await;
     assert_eq!(d["status"], "deployed", "{d}");
+    assert_eq!(routes.count(1).await, 1, "route changes during {v2}");
     let healthy = d["steps"]
         .as_array()
         .unwrap()
@@ -167,5 +314,7 @@ async fn a_release_unhealthy_after_the_switch_is_rolled_back_automatically() {
             .contains("autoRollback is off"),
         "{healthy}"
     );
-    assert_eq!(h.fetch(&app).await.unwrap(), "v2");
+    let v2_image = d["imageTag"].as_str().unwrap().to_owned();
+    serves_only(&h, &app, &v2, &v2_image, "v2").await;
+    remove_containers(&app).await;
 }

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use norn_shared::db::deployments::{self, NewDeployment};
 use norn_shared::db::lease;
-use norn_shared::domain::Step;
+use norn_shared::domain::{Step, StepStatus};
+use norn_shared::infraspec::InfraSpec;
 use norn_worker::WorkerError;
 use norn_worker::pipeline::record::Recorder;
 
@@ -57,10 +58,51 @@ async fn a_worker_that_lost_its_lease_writes_nothing() {
         .unwrap();
     assert!(new > old, "tokens only grow: {old} then {new}");
 
-    // w1 wakes up: every write is rejected and the row is untouched.
+    // w1 wakes up: every write it can make is rejected, and nothing changes:
+    // not the row (every column), not the saga, no live event, not the lease.
+    let row = |pool: sqlx::PgPool, id: String| async move {
+        sqlx::query_scalar::<_, serde_json::Value>(
+            "SELECT to_jsonb(d) FROM deployments d WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let before = row(pool.clone(), id.clone()).await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .unwrap();
+    listener.listen(norn_shared::events::CHANNEL).await.unwrap();
+    let spec = InfraSpec::from_json(serde_json::json!({
+        "name": "fenced",
+        "processes": {"web": {"port": 8080}},
+    }))
+    .unwrap();
+
     let mut stale = Recorder::new(pool.clone(), &id, "fenced", "w1", old, Vec::new());
     assert!(matches!(
+        stale.started(1, None).await,
+        Err(WorkerError::Fenced)
+    ));
+    assert!(matches!(
+        stale.started(2, Some(Step::Build)).await,
+        Err(WorkerError::Fenced)
+    ));
+    assert!(matches!(
         stale.step_started(Step::Clone).await,
+        Err(WorkerError::Fenced)
+    ));
+    assert!(matches!(
+        stale
+            .step_finished(
+                Step::Clone,
+                StepStatus::Complete,
+                "late",
+                Duration::ZERO,
+                (Some("0123456789abcdef"), Some("fenced:0123456789ab")),
+            )
+            .await,
         Err(WorkerError::Fenced)
     ));
     assert!(matches!(
@@ -68,17 +110,44 @@ async fn a_worker_that_lost_its_lease_writes_nothing() {
         Err(WorkerError::Fenced)
     ));
     assert!(matches!(
+        stale.deployed("fenced:0123456789ab", &spec).await,
+        Err(WorkerError::Fenced)
+    ));
+    assert!(matches!(
         stale.ended("late", "w1").await,
         Err(WorkerError::Fenced)
     ));
     assert!(!lease::extend(&pool, "fenced", "w1/x", TTL).await.unwrap());
+
+    assert_eq!(row(pool.clone(), id.clone()).await, before);
     let d = deployments::get(&mut conn, &id).await.unwrap().unwrap();
     assert_eq!(d.status, "queued");
     assert_eq!(d.steps.0, serde_json::json!([]));
+    let (saga,): (i64,) = sqlx::query_as("SELECT count(*) FROM saga_events WHERE saga_id = $1")
+        .bind(&id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(saga, 0, "the stale worker wrote saga events");
+    let (holder, token): (String, i64) =
+        sqlx::query_as("SELECT holder, token FROM app_leases WHERE app = 'fenced'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((holder.as_str(), token), ("w2/x", new));
+    // Committed NOTIFYs arrive at once; none came.
+    let heard = tokio::time::timeout(Duration::from_millis(500), listener.recv()).await;
+    assert!(heard.is_err(), "the stale worker published {heard:?}");
 
     // The holder of the current token writes normally.
     let mut current = Recorder::new(pool.clone(), &id, "fenced", "w2", new, Vec::new());
     current.step_started(Step::Clone).await.unwrap();
     let d = deployments::get(&mut conn, &id).await.unwrap().unwrap();
     assert_eq!(d.status, "building");
+    // ...and its live event is published (the listener above works).
+    let heard = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        .await
+        .expect("the current holder's event")
+        .unwrap();
+    assert!(heard.payload().contains(&id), "{}", heard.payload());
 }
