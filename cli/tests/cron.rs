@@ -1,12 +1,107 @@
-//! Cron apps end to end: real scheduler, worker, Postgres and Docker.
+//! Cron apps end to end: real scheduler, worker, Postgres and Docker. The
+//! cron commands report to a [`Witness`] over HTTP (cron containers run on
+//! the host network), so runs are counted where they happen, not in Norn's
+//! own tables.
 
 mod common;
 
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::*;
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// An HTTP server on the host that records every request's path and when it
+/// arrived (the cron commands `wget` it).
+struct Witness {
+    port: u16,
+    hits: Arc<Mutex<Vec<Hit>>>,
+}
+
+/// A request's path and when it arrived.
+type Hit = (String, DateTime<Utc>);
+
+impl Witness {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hits = Arc::new(Mutex::new(Vec::new()));
+        let seen = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !req.windows(2).any(|w| w == b"\r\n") {
+                        match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let req = String::from_utf8_lossy(&req).to_string();
+                    if let Some(path) = req.split_whitespace().nth(1) {
+                        seen.lock().unwrap().push((path.to_owned(), Utc::now()));
+                    }
+                    let _ = sock
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n",
+                        )
+                        .await;
+                });
+            }
+        });
+        Self { port, hits }
+    }
+
+    /// A shell command that requests `path` (a shell word) from the witness.
+    fn get(&self, path: &str) -> String {
+        format!(
+            "busybox wget -q -O /dev/null http://127.0.0.1:{}/{path}",
+            self.port
+        )
+    }
+
+    /// Arrival times of the requests for exactly `path`.
+    fn times(&self, path: &str) -> Vec<DateTime<Utc>> {
+        let hits = self.hits.lock().unwrap();
+        hits.iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, t)| *t)
+            .collect()
+    }
+
+    /// How many requests arrived for each path under `/prefix/`, by the rest.
+    fn counts(&self, prefix: &str) -> HashMap<String, usize> {
+        let mut out = HashMap::new();
+        for (p, _) in self.hits.lock().unwrap().iter() {
+            if let Some(rest) = p.strip_prefix(&format!("/{prefix}/")) {
+                *out.entry(rest.to_owned()).or_default() += 1;
+            }
+        }
+        out
+    }
+}
+
+/// Shell: a fresh id for this run, printed (so it lands in the execution's
+/// recorded output as `run <id>`) and reported to the witness as `/run/<id>`.
+fn reported_run(witness: &Witness) -> String {
+    format!(
+        "id=$(busybox cat /proc/sys/kernel/random/uuid) && echo \"run $id\" && {}",
+        witness.get("run/$id")
+    )
+}
+
+/// The run id an execution printed (see [`reported_run`]).
+fn run_id(output: &str) -> Option<String> {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix("run "))
+        .map(|id| id.trim().to_owned())
+}
 
 async fn executions(h: &Harness, app: &str, status: &str) -> i64 {
     let (n,): (i64,) =
@@ -30,24 +125,107 @@ async fn newest_tick(h: &Harness, app: &str) -> Option<DateTime<Utc>> {
     t
 }
 
+/// Waits until `app` has no tick waiting to start and no execution running.
+async fn settled(h: &Harness, app: &str) {
+    eventually(Duration::from_secs(60), "every tick ended", || async {
+        let (busy,): (i64,) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM cron_ticks WHERE app = $1 AND state = 'queued')
+                  + (SELECT count(*) FROM cron_executions WHERE app = $1 AND status = 'running')",
+        )
+        .bind(app)
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+        (busy == 0).then_some(())
+    })
+    .await;
+}
+
+/// A tick (scheduled_at, trigger, state) and its executions (how many, the
+/// status and output of one).
+type TickRow = (
+    DateTime<Utc>,
+    String,
+    String,
+    i64,
+    Option<String>,
+    Option<String>,
+);
+
+/// Every tick of a settled `app` ran exactly once: one execution, completed,
+/// whose run the witness saw exactly once; and the witness saw no run that
+/// no execution accounts for. Returns the ticks (scheduled_at, trigger).
+async fn each_tick_ran_once(
+    h: &Harness,
+    app: &str,
+    witness: &Witness,
+) -> Vec<(DateTime<Utc>, String)> {
+    let rows: Vec<TickRow> = sqlx::query_as(
+        "SELECT t.scheduled_at, t.trigger, t.state, count(e.id),
+                    min(e.status), min(e.output)
+             FROM cron_ticks t LEFT JOIN cron_executions e
+               ON e.app = t.app AND e.process = t.process AND e.scheduled_at = t.scheduled_at
+             WHERE t.app = $1
+             GROUP BY t.scheduled_at, t.trigger, t.state ORDER BY t.scheduled_at",
+    )
+    .bind(app)
+    .fetch_all(&h.pool)
+    .await
+    .unwrap();
+    let runs = witness.counts("run");
+    let mut recorded = HashSet::new();
+    for (at, trigger, state, n, status, output) in &rows {
+        assert_eq!(
+            (state.as_str(), *n, status.as_deref()),
+            ("started", 1, Some("completed")),
+            "tick {at} ({trigger}): {output:?}"
+        );
+        let id = run_id(output.as_deref().unwrap_or_default())
+            .unwrap_or_else(|| panic!("tick {at}: no run id in {output:?}"));
+        assert_eq!(
+            runs.get(&id).copied(),
+            Some(1),
+            "tick {at} ({trigger}): its run {id} reached the witness a wrong number of times"
+        );
+        recorded.insert(id);
+    }
+    let unrecorded: Vec<&String> = runs.keys().filter(|id| !recorded.contains(*id)).collect();
+    assert!(
+        unrecorded.is_empty(),
+        "runs no execution accounts for: {unrecorded:?}"
+    );
+    let hits: usize = runs.values().sum();
+    assert_eq!(
+        hits as i64,
+        executions(h, app, "completed").await,
+        "runs seen by the witness vs completed executions"
+    );
+    rows.into_iter().map(|r| (r.0, r.1)).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn cron_app_runs_pauses_resumes_overrides_and_triggers() {
+async fn a_cron_app_runs_each_tick_once_and_can_be_paused_overridden_resumed_and_triggered() {
     let h = Harness::start().await;
     h.spawn_scheduler();
+    let witness = Witness::start().await;
     let app = unique_app("cron");
     let repo = AppRepo::create(h.tmp.path(), &app);
-    let spec = cron_spec(
+    let mut spec = cron_spec(
         &app,
         &repo,
         "* * * * * *",
-        "echo tick from $NORN_TEST_VAR",
-        json!({}),
+        &format!(
+            "{} && echo tick from $NORN_TEST_VAR",
+            reported_run(&witness)
+        ),
+        // Under load a run can outlast a second; `forbid` would then skip a
+        // tick on purpose. Here every tick must run.
+        json!({"overlap": "allow"}),
     );
-    let mut spec = spec;
     spec["env"] = json!({"NORN_TEST_VAR": "cron"});
     h.register_and_deploy(spec.clone()).await;
 
-    // Every-second ticks run, each once, with the app's env.
+    // Every-second ticks run, with the app's env.
     eventually(Duration::from_secs(60), "3 completed runs", || async {
         (executions(&h, &app, "completed").await >= 3).then_some(())
     })
@@ -66,17 +244,8 @@ async fn cron_app_runs_pauses_resumes_overrides_and_triggers() {
         run["output"].as_str().unwrap().contains("tick from cron"),
         "{run}"
     );
-    let (dupes,): (i64,) = sqlx::query_as(
-        "SELECT count(*) FROM (SELECT scheduled_at FROM cron_executions WHERE app = $1
-         GROUP BY scheduled_at HAVING count(*) > 1) d",
-    )
-    .bind(&app)
-    .fetch_one(&h.pool)
-    .await
-    .unwrap();
-    assert_eq!(dupes, 0);
 
-    // Pause: no tick is scheduled after it.
+    // Pause: no tick is scheduled after it and nothing runs any more.
     let (status, body) = h
         .post(&format!("/api/apps/{app}/cron/pause"), json!({}))
         .await;
@@ -86,12 +255,27 @@ async fn cron_app_runs_pauses_resumes_overrides_and_triggers() {
         "{body}"
     );
     let paused_at = Utc::now();
+    settled(&h, &app).await;
+    let ran_before_pause = witness.counts("run").len();
+    // Each tick before the pause ran once, and no second was left out.
+    let ticks = each_tick_ran_once(&h, &app, &witness).await;
+    assert!(ticks.len() >= 3, "{ticks:?}");
+    let seconds: Vec<i64> = ticks.iter().map(|(t, _)| t.timestamp()).collect();
+    assert!(
+        seconds.windows(2).all(|w| w[1] - w[0] == 1),
+        "every-second ticks with a gap: {seconds:?}"
+    );
     // Absence can only be observed over time: three would-be ticks.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let newest = newest_tick(&h, &app).await.unwrap();
     assert!(
         newest <= paused_at,
         "tick {newest} after pause at {paused_at}"
+    );
+    assert_eq!(
+        witness.counts("run").len(),
+        ran_before_pause,
+        "a run while paused"
     );
 
     // A bad override is refused with the reason; a good one is kept.
@@ -132,28 +316,10 @@ async fn cron_app_runs_pauses_resumes_overrides_and_triggers() {
         .await;
     assert_eq!(status, 200);
     let resumed_at = Utc::now();
-    eventually(Duration::from_secs(30), "ticks after resume", || async {
-        let (n,): (i64,) = sqlx::query_as(
-            "SELECT count(*) FROM cron_ticks WHERE app = $1 AND scheduled_at > $2 AND trigger = 'schedule'",
-        )
-        .bind(&app)
-        .bind(resumed_at)
-        .fetch_one(&h.pool)
-        .await
-        .unwrap();
-        (n >= 2).then_some(())
+    eventually(Duration::from_secs(30), "runs after resume", || async {
+        (witness.counts("run").len() >= ran_before_pause + 2).then_some(())
     })
     .await;
-    let odd: Vec<(DateTime<Utc>,)> = sqlx::query_as(
-        "SELECT scheduled_at FROM cron_ticks WHERE app = $1 AND scheduled_at > $2
-         AND trigger = 'schedule' AND extract(second FROM scheduled_at)::int % 2 = 1",
-    )
-    .bind(&app)
-    .bind(resumed_at)
-    .fetch_all(&h.pool)
-    .await
-    .unwrap();
-    assert!(odd.is_empty(), "ticks off the override: {odd:?}");
 
     // Trigger: a manual run now, schedule untouched.
     let (status, body) = h
@@ -172,27 +338,65 @@ async fn cron_app_runs_pauses_resumes_overrides_and_triggers() {
     })
     .await;
 
+    // Everything that ever ran, run once each.
+    let (status, _) = h
+        .post(&format!("/api/apps/{app}/cron/pause"), json!({}))
+        .await;
+    assert_eq!(status, 200);
+    settled(&h, &app).await;
+    let ticks = each_tick_ran_once(&h, &app, &witness).await;
+    let after: Vec<i64> = ticks
+        .iter()
+        .filter(|(t, trigger)| *t > resumed_at && trigger == "schedule")
+        .map(|(t, _)| t.timestamp())
+        .collect();
+    assert!(after.len() >= 2, "{ticks:?}");
+    assert!(
+        after.iter().all(|s| s % 2 == 0) && after.windows(2).all(|w| w[1] - w[0] == 2),
+        "ticks after resume off the override's every other second: {after:?}"
+    );
+    let manual = ticks.iter().filter(|(_, t)| t == "manual").count();
+    assert_eq!(manual, 1, "{ticks:?}");
+
     // Unknown and non-cron apps.
     let (status, _) = h.get("/api/apps/nope/cron").await;
     assert_eq!(status, 404);
     remove_containers(&app).await;
 }
 
+/// Whether Docker still has the container `name`, running or not.
+async fn container_exists(name: &str) -> bool {
+    let want = format!("/{name}");
+    all_containers()
+        .await
+        .iter()
+        .any(|c| c.names.iter().flatten().any(|n| *n == want))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn cron_timeout_and_overlap_policies() {
+async fn cron_runs_are_killed_at_their_timeout_and_follow_their_overlap_policy() {
     let h = Harness::start().await;
     h.spawn_scheduler();
+    let witness = Witness::start().await;
     let slow = unique_app("cron-timeout");
     let forbid = unique_app("cron-forbid");
     let replace = unique_app("cron-replace");
     let repo = AppRepo::create(h.tmp.path(), &slow);
+    // Beats to the witness every 0.2 s for 20 s or more, then says it is done;
+    // its timeout is 2 s.
+    let beating = format!(
+        "id=$(busybox cat /proc/sys/kernel/random/uuid); echo \"started $id\"; i=0; \
+         while [ $i -lt 100 ]; do {}; busybox sleep 0.2; i=$((i+1)); done; {}",
+        witness.get("beat/$id"),
+        witness.get("done/$id")
+    );
     for spec in [
         cron_spec(
             &slow,
             &repo,
             "*/3 * * * * *",
-            "echo started; busybox sleep 30",
-            json!({"timeout": "1s", "overlap": "allow"}),
+            &beating,
+            json!({"timeout": "2s", "overlap": "allow"}),
         ),
         cron_spec(
             &forbid,
@@ -212,20 +416,40 @@ async fn cron_timeout_and_overlap_policies() {
         h.register_and_deploy(spec).await;
     }
 
-    // Timeout: killed at its deadline, recorded with its output so far.
-    let (output, reason): (String, String) =
-        eventually(Duration::from_secs(60), "a timed-out run", || async {
-            sqlx::query_as(
-            "SELECT output, reason FROM cron_executions WHERE app = $1 AND status = 'timed_out'",
-        )
-        .bind(&slow)
-        .fetch_optional(&h.pool)
-        .await
-        .unwrap()
-        })
-        .await;
-    assert!(output.contains("started"), "{output}");
-    assert!(reason.contains("timed out after 1s"), "{reason}");
+    // Timeout: killed at its deadline, recorded by its worker with its
+    // output so far. The run picked is one the witness saw beating (a run
+    // whose container only started at its deadline under load proves
+    // nothing) and that its worker ended (not the sweep, which calls an
+    // execution lost 30 s past its deadline).
+    type Ended = (String, DateTime<Utc>, DateTime<Utc>, String);
+    let (container, deadline, finished, output): Ended = eventually(
+        Duration::from_secs(60),
+        "a timed-out run that beat",
+        || async {
+            let rows: Vec<Ended> = sqlx::query_as(
+                "SELECT container, deadline_at, finished_at, output FROM cron_executions
+                 WHERE app = $1 AND status = 'timed_out' AND reason = 'timed out after 2s'
+                 ORDER BY id",
+            )
+            .bind(&slow)
+            .fetch_all(&h.pool)
+            .await
+            .unwrap();
+            rows.into_iter().find(|r| {
+                started_id(&r.3).is_some_and(|id| !witness.times(&format!("/beat/{id}")).is_empty())
+            })
+        },
+    )
+    .await;
+    let run = started_id(&output).unwrap();
+    assert!(
+        finished >= deadline - chrono::Duration::milliseconds(50),
+        "{container} ended at {finished}, before its deadline {deadline}"
+    );
+    assert!(
+        !container_exists(&container).await,
+        "the timed-out container {container} is still there"
+    );
     let (_, body) = h.get(&format!("/api/apps/{slow}/cron")).await;
     assert!(
         body["executions"]
@@ -259,22 +483,64 @@ async fn cron_timeout_and_overlap_policies() {
     let (_, body) = h.get(&format!("/api/apps/{forbid}/cron")).await;
     assert!(!body["skipped"].as_array().unwrap().is_empty(), "{body}");
 
-    // Replace: the running execution is ended when the next tick starts.
-    let reason: (String,) = eventually(Duration::from_secs(60), "a replaced run", || async {
-        sqlx::query_as(
-            "SELECT reason FROM cron_executions WHERE app = $1 AND status = 'failed' AND reason LIKE 'replaced%'",
-        )
-        .bind(&replace)
-        .fetch_optional(&h.pool)
-        .await
-        .unwrap()
-    })
+    // Replace: the running execution is ended when the next tick starts, and
+    // its container removed.
+    let (reason, replaced): (String, String) =
+        eventually(Duration::from_secs(60), "a replaced run", || async {
+            sqlx::query_as(
+                "SELECT reason, container FROM cron_executions
+                 WHERE app = $1 AND status = 'failed' AND reason LIKE 'replaced%'",
+            )
+            .bind(&replace)
+            .fetch_optional(&h.pool)
+            .await
+            .unwrap()
+        })
+        .await;
+    assert!(reason.contains("overlap: replace"), "{reason}");
+    eventually(
+        Duration::from_secs(30),
+        "the replaced container removed",
+        || async { (!container_exists(&replaced).await).then_some(()) },
+    )
     .await;
-    assert!(reason.0.contains("overlap: replace"));
+
+    // The timed-out run stopped beating at its deadline (10 s of slack for a
+    // loaded engine) and never finished: without the kill it beats until
+    // 20 s or more after it started, then reports done.
+    let would_be_done = deadline + chrono::Duration::seconds(22);
+    if let Ok(wait) = (would_be_done - Utc::now()).to_std() {
+        tokio::time::sleep(wait).await;
+    }
+    let beats = witness.times(&format!("/beat/{run}"));
+    let last = beats.iter().max().unwrap();
+    println!(
+        "timed-out run: {} beats, the last {} ms after its deadline; recorded {} ms after it",
+        beats.len(),
+        (*last - deadline).num_milliseconds(),
+        (finished - deadline).num_milliseconds()
+    );
+    assert!(
+        *last <= deadline + chrono::Duration::seconds(10),
+        "beat at {last}, deadline {deadline} ({} beats)",
+        beats.len()
+    );
+    assert!(
+        witness.times(&format!("/done/{run}")).is_empty(),
+        "the run {run} outlived its timeout and finished"
+    );
     for app in [&slow, &forbid, &replace] {
         let _ = h
             .post(&format!("/api/apps/{app}/cron/pause"), json!({}))
             .await;
         remove_containers(app).await;
     }
+}
+
+/// The id a beating run printed (`started <id>`).
+fn started_id(output: &str) -> Option<String> {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix("started "))
+        .map(|id| id.trim().to_owned())
 }

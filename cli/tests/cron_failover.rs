@@ -1,25 +1,136 @@
 //! Three real norn-scheduler processes; the leader is SIGKILLed every ~10 s
-//! and restarted. Every scheduled second must run exactly once.
+//! and restarted. Every scheduled second must run exactly once: each run
+//! reports to a witness HTTP server on the host (cron containers run on the
+//! host network), so runs are counted where they happen.
 //! `NORN_CRON_FAILOVER_SECS` sets the length (default 180, the issue's 3 minutes).
 
 mod common;
 
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::procs::*;
 use common::*;
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-async fn leader(pool: &sqlx::PgPool) -> Option<String> {
-    let row: Option<(String,)> = sqlx::query_as(
-        "SELECT application_name FROM pg_stat_activity
-         WHERE application_name LIKE 'norn-scheduler-leader:%' LIMIT 1",
+/// An HTTP server on the host that records every request's path and when it
+/// arrived (the cron commands `wget` it).
+struct Witness {
+    port: u16,
+    hits: Arc<Mutex<Vec<Hit>>>,
+}
+
+/// A request's path and when it arrived.
+type Hit = (String, DateTime<Utc>);
+
+impl Witness {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hits = Arc::new(Mutex::new(Vec::new()));
+        let seen = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !req.windows(2).any(|w| w == b"\r\n") {
+                        match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let req = String::from_utf8_lossy(&req).to_string();
+                    if let Some(path) = req.split_whitespace().nth(1) {
+                        seen.lock().unwrap().push((path.to_owned(), Utc::now()));
+                    }
+                    let _ = sock
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n",
+                        )
+                        .await;
+                });
+            }
+        });
+        Self { port, hits }
+    }
+
+    /// A shell command that requests `path` (a shell word) from the witness.
+    fn get(&self, path: &str) -> String {
+        format!(
+            "busybox wget -q -O /dev/null http://127.0.0.1:{}/{path}",
+            self.port
+        )
+    }
+
+    /// Arrival times of the requests for exactly `path`.
+    fn times(&self, path: &str) -> Vec<DateTime<Utc>> {
+        let hits = self.hits.lock().unwrap();
+        hits.iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, t)| *t)
+            .collect()
+    }
+
+    /// How many requests arrived for each path under `/prefix/`, by the rest.
+    fn counts(&self, prefix: &str) -> HashMap<String, usize> {
+        let mut out = HashMap::new();
+        for (p, _) in self.hits.lock().unwrap().iter() {
+            if let Some(rest) = p.strip_prefix(&format!("/{prefix}/")) {
+                *out.entry(rest.to_owned()).or_default() += 1;
+            }
+        }
+        out
+    }
+}
+
+/// Shell: a fresh id for this run, printed (so it lands in the execution's
+/// recorded output as `run <id>`) and reported to the witness as `/run/<id>`.
+fn reported_run(witness: &Witness) -> String {
+    format!(
+        "id=$(busybox cat /proc/sys/kernel/random/uuid) && echo \"run $id\" && {}",
+        witness.get("run/$id")
+    )
+}
+
+/// The run id an execution printed (see [`reported_run`]).
+fn run_id(output: &str) -> Option<String> {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix("run "))
+        .map(|id| id.trim().to_owned())
+}
+
+/// The leading scheduler of this test's database: its node name and the
+/// backend pid of its leader connection (a new leader has a new one).
+async fn leader(pool: &sqlx::PgPool) -> Option<(String, i32)> {
+    let row: Option<(String, i32)> = sqlx::query_as(
+        "SELECT application_name, pid FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name LIKE 'norn-scheduler-leader:%'
+         ORDER BY backend_start DESC LIMIT 1",
     )
     .fetch_optional(pool)
     .await
     .unwrap();
-    row.map(|(n,)| n.trim_start_matches("norn-scheduler-leader:").to_owned())
+    row.map(|(n, pid)| {
+        (
+            n.trim_start_matches("norn-scheduler-leader:").to_owned(),
+            pid,
+        )
+    })
+}
+
+async fn backend_alive(pool: &sqlx::PgPool, pid: i32) -> bool {
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM pg_stat_activity WHERE pid = $1")
+        .bind(pid)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    n > 0
 }
 
 fn pct(sorted: &[f64], q: f64) -> f64 {
@@ -34,13 +145,14 @@ async fn every_tick_runs_once_while_the_leader_is_killed() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(180);
     let h = Harness::start().await;
+    let witness = Witness::start().await;
     let app = unique_app("failover");
     let repo = AppRepo::create(h.tmp.path(), &app);
     h.register_and_deploy(cron_spec(
         &app,
         &repo,
         "* * * * * *",
-        "echo t",
+        &reported_run(&witness),
         // Under load a run can outlast a second; `forbid` would then skip a
         // tick on purpose. This test is about the scheduler, so every tick runs.
         json!({"overlap": "allow"}),
@@ -54,16 +166,29 @@ async fn every_tick_runs_once_while_the_leader_is_killed() {
         .collect();
     eventually(Duration::from_secs(30), "a leader", || leader(&h.pool)).await;
     let start = Utc::now();
-    let mut kills = 0;
-    while Utc::now() < start + chrono::Duration::seconds(secs as i64) {
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        let Some(node) = leader(&h.pool).await else {
-            continue;
-        };
+    let started = tokio::time::Instant::now();
+    // One kill every 10 s: the leader of the moment (never one already
+    // killed), whose leader session must end with its process.
+    let planned = (secs / 10).max(1) as u32;
+    let mut killed: Vec<(String, i32)> = Vec::new();
+    for k in 1..=planned {
+        tokio::time::sleep_until(started + Duration::from_secs(10) * k).await;
+        let (node, pid) = eventually(Duration::from_secs(30), "a new leader", || async {
+            leader(&h.pool)
+                .await
+                .filter(|(_, pid)| !killed.iter().any(|k| k.1 == *pid))
+        })
+        .await;
         let i = nodes.iter().position(|n| *n == node).unwrap();
-        let _ = procs[i].0.kill(); // SIGKILL
-        let _ = procs[i].0.wait();
-        kills += 1;
+        procs[i].0.kill().unwrap(); // SIGKILL
+        procs[i].0.wait().unwrap();
+        eventually(
+            Duration::from_secs(10),
+            "the killed leader's session to end",
+            || async { (!backend_alive(&h.pool, pid).await).then_some(()) },
+        )
+        .await;
+        killed.push((node, pid));
         procs[i] = spawn(
             "norn-scheduler",
             &h.db_url,
@@ -73,38 +198,125 @@ async fn every_tick_runs_once_while_the_leader_is_killed() {
         );
     }
     let end = Utc::now() - chrono::Duration::seconds(1);
+    // Schedulers keep running until the window's last second is planned
+    // (ticks are planned in order, so every earlier one is then planned too).
+    eventually(
+        Duration::from_secs(30),
+        "the window's last tick",
+        || async {
+            let (newest,): (Option<DateTime<Utc>>,) =
+                sqlx::query_as("SELECT max(scheduled_at) FROM cron_ticks WHERE app = $1")
+                    .bind(&app)
+                    .fetch_one(&h.pool)
+                    .await
+                    .unwrap();
+            newest
+                .filter(|t| t.timestamp() >= end.timestamp())
+                .map(|_| ())
+        },
+    )
+    .await;
+    let (status, _) = h
+        .post(&format!("/api/apps/{app}/cron/pause"), json!({}))
+        .await;
+    assert_eq!(status, 200);
     drop(procs);
 
-    // Every second of the window: exactly one execution, and it completed.
-    let rows: Vec<(DateTime<Utc>, i64, i64)> =
-        eventually(Duration::from_secs(90), "all ticks executed", || async {
-            let rows: Vec<(DateTime<Utc>, i64, i64)> = sqlx::query_as(
-            "SELECT t.scheduled_at, count(e.id), count(e.id) FILTER (WHERE e.status = 'completed')
-             FROM cron_ticks t LEFT JOIN cron_executions e
-               ON e.app = t.app AND e.scheduled_at = t.scheduled_at
-             WHERE t.app = $1 AND t.scheduled_at > $2 AND t.scheduled_at <= $3
-             GROUP BY t.scheduled_at ORDER BY t.scheduled_at",
+    // Every planned kill ended a leader, and leadership moved between
+    // processes (a leader is killed only after a new one took over).
+    let distinct: HashSet<&str> = killed.iter().map(|(n, _)| n.as_str()).collect();
+    println!("leaders killed: {killed:?}");
+    assert_eq!(killed.len(), planned as usize, "{killed:?}");
+    // A restarted process often wins the next election itself; over many
+    // kills the others must lead too.
+    assert!(
+        distinct.len() >= 2 || planned < 10,
+        "leadership never left one node: {killed:?}"
+    );
+
+    // Every tick that was planned has ended (the worker runs them).
+    eventually(Duration::from_secs(90), "every tick ended", || async {
+        let (busy,): (i64,) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM cron_ticks WHERE app = $1 AND state = 'queued')
+                  + (SELECT count(*) FROM cron_executions WHERE app = $1 AND status = 'running')",
         )
         .bind(&app)
-        .bind(start)
-        .bind(end)
-        .fetch_all(&h.pool)
+        .fetch_one(&h.pool)
         .await
         .unwrap();
-            rows.iter().all(|(_, _, done)| *done == 1).then_some(rows)
-        })
-        .await;
-    let expected = (end.timestamp() - start.timestamp()) as usize;
+        (busy == 0).then_some(())
+    })
+    .await;
+
+    // Every tick: one execution, completed, whose run the witness saw once.
+    type TickRow = (DateTime<Utc>, String, i64, Option<String>, Option<String>);
+    let rows: Vec<TickRow> = sqlx::query_as(
+        "SELECT t.scheduled_at, t.state, count(e.id), min(e.status), min(e.output)
+         FROM cron_ticks t LEFT JOIN cron_executions e
+           ON e.app = t.app AND e.process = t.process AND e.scheduled_at = t.scheduled_at
+         WHERE t.app = $1
+         GROUP BY t.scheduled_at, t.state ORDER BY t.scheduled_at",
+    )
+    .bind(&app)
+    .fetch_all(&h.pool)
+    .await
+    .unwrap();
+    let runs = witness.counts("run");
+    let mut recorded = HashSet::new();
+    // Scheduled time → the run reached the witness, in ms.
+    let mut ran: Vec<f64> = Vec::new();
+    for (at, state, n, status, output) in &rows {
+        assert_eq!(
+            (state.as_str(), *n, status.as_deref()),
+            ("started", 1, Some("completed")),
+            "tick {at}: {output:?}"
+        );
+        let id = run_id(output.as_deref().unwrap_or_default())
+            .unwrap_or_else(|| panic!("tick {at}: no run id in {output:?}"));
+        assert_eq!(
+            runs.get(&id).copied(),
+            Some(1),
+            "tick {at}: its run {id} reached the witness a wrong number of times"
+        );
+        let hit = witness.times(&format!("/run/{id}"))[0];
+        assert!(hit >= *at, "tick {at} ran at {hit}, before its time");
+        ran.push((hit - *at).num_milliseconds() as f64);
+        recorded.insert(id);
+    }
+    let unrecorded: Vec<&String> = runs.keys().filter(|id| !recorded.contains(*id)).collect();
     assert!(
-        rows.len() + 1 >= expected,
-        "{} ticks for {expected} seconds",
-        rows.len()
+        unrecorded.is_empty(),
+        "runs no execution accounts for: {unrecorded:?}"
     );
-    assert!(rows.iter().all(|(_, n, _)| *n == 1), "a tick ran twice");
-    let mut seconds: Vec<i64> = rows.iter().map(|(t, _, _)| t.timestamp()).collect();
-    seconds.dedup();
-    let gaps = seconds.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(1);
-    assert_eq!(gaps, 1, "a scheduled second was skipped");
+    let (completed,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM cron_executions WHERE app = $1 AND status = 'completed'",
+    )
+    .bind(&app)
+    .fetch_one(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        runs.values().sum::<usize>() as i64,
+        completed,
+        "runs seen by the witness vs completed executions"
+    );
+
+    // No second of the window is missing: one tick (so one run) for each.
+    let window: Vec<i64> = rows
+        .iter()
+        .map(|r| r.0)
+        .filter(|t| *t > start && *t <= end)
+        .map(|t| t.timestamp())
+        .collect();
+    let missing: Vec<i64> = (start.timestamp() + 1..=end.timestamp())
+        .filter(|s| !window.contains(s))
+        .collect();
+    assert!(missing.is_empty(), "seconds that never ran: {missing:?}");
+    assert_eq!(
+        window.len() as i64,
+        end.timestamp() - start.timestamp(),
+        "{window:?}"
+    );
 
     // Lateness: tick → enqueued, tick → container started.
     let lat: Vec<(f64, f64)> = sqlx::query_as(
@@ -123,15 +335,19 @@ async fn every_tick_runs_once_while_the_leader_is_killed() {
     let mut run: Vec<f64> = lat.iter().map(|l| l.1 * 1000.0).collect();
     enq.sort_by(f64::total_cmp);
     run.sort_by(f64::total_cmp);
+    ran.sort_by(f64::total_cmp);
     println!(
-        "cron failover: {} ticks, {kills} leader kills; tick→enqueued p50 {:.0} ms p99 {:.0} ms max {:.0} ms; \
-         tick→container started p50 {:.0} ms p99 {:.0} ms",
+        "cron failover: {} ticks, {} leader kills; tick→enqueued p50 {:.0} ms p99 {:.0} ms max {:.0} ms; \
+         tick→container started p50 {:.0} ms p99 {:.0} ms; tick→run seen p50 {:.0} ms p99 {:.0} ms",
         lat.len(),
+        killed.len(),
         pct(&enq, 0.5),
         pct(&enq, 0.99),
         enq[enq.len() - 1],
         pct(&run, 0.5),
-        pct(&run, 0.99)
+        pct(&run, 0.99),
+        pct(&ran, 0.5),
+        pct(&ran, 0.99)
     );
     // The failover bound: a standby leads within 5 s of the leader's death.
     assert!(
@@ -139,8 +355,5 @@ async fn every_tick_runs_once_while_the_leader_is_killed() {
         "a tick waited {} ms for a leader",
         enq[enq.len() - 1]
     );
-    let _ = h
-        .post(&format!("/api/apps/{app}/cron/pause"), json!({}))
-        .await;
     remove_containers(&app).await;
 }
