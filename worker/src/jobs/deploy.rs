@@ -141,7 +141,12 @@ async fn attempt(ctx: &mut DeployCtx<'_>) -> Result<(), WorkerError> {
         ctx.token,
         kept,
     );
-    let stop = if dep.attempts > state.config.deploy_max_attempts {
+    // Once `healthy` is recorded the release is live and confirmed: only
+    // cleanup is left, and no interruption or cancel undoes it.
+    let confirmed = done.contains(&Step::Healthy);
+    let stop = if confirmed {
+        None
+    } else if dep.attempts > state.config.deploy_max_attempts {
         Some((RESTARTED.to_owned(), "recovery".to_owned()))
     } else {
         dep.cancel_requested_by

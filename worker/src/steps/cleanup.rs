@@ -11,10 +11,34 @@ pub async fn remove_workdir(dir: &Path) {
     }
 }
 
+/// Retires every instance of the app that is not this deployment's (the
+/// previous release, and anything an older interrupted deploy left), then
+/// removes the work directory. Runs only after `healthy` is recorded, so
+/// traffic never goes back to a release that is already gone.
 pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
+    let mut output = String::new();
+    retire_previous(ctx, &mut output).await;
     remove_workdir(&ctx.workdir).await;
-    Ok(StepOutput::done(format!(
-        "removed {}",
-        ctx.workdir.display()
-    )))
+    output.push_str(&format!("removed {}", ctx.workdir.display()));
+    Ok(StepOutput::done(output))
+}
+
+async fn retire_previous(ctx: &DeployCtx<'_>, output: &mut String) {
+    let old: Vec<String> = match ctx.state.runtime.instances(&ctx.app.id).await {
+        Ok(list) => list
+            .into_iter()
+            .filter(|(_, dep)| *dep != ctx.deployment_id)
+            .map(|(name, _)| name)
+            .collect(),
+        Err(e) => {
+            output.push_str(&format!("could not list previous instances: {e}\n"));
+            return;
+        }
+    };
+    for name in old {
+        match ctx.state.runtime.remove(&name).await {
+            Ok(()) => output.push_str(&format!("retired {name}\n")),
+            Err(e) => output.push_str(&format!("could not retire {name}: {e}\n")),
+        }
+    }
 }

@@ -14,7 +14,7 @@ use crate::pipeline::{DeployCtx, NewInstance, StepFailure, StepOutput};
 const POLL: Duration = Duration::from_millis(200);
 
 /// Waits until every new instance answers, switches traffic to them, keeps
-/// probing them while the previous release drains, then retires it. A new
+/// probing them while the previous release drains (cleanup retires it). A new
 /// release that fails after the switch gets the previous routes back
 /// (`deployPolicy.autoRollback`, default on) and the step fails.
 pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
@@ -48,7 +48,8 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
             ));
         }
     }
-    retire_previous(ctx, &mut output).await;
+    // The previous release is retired by the cleanup step, once this step is
+    // recorded: until then a crash may still hand traffic back to it.
     Ok(StepOutput::done(output))
 }
 
@@ -164,37 +165,32 @@ pub async fn take_back_traffic(ctx: &DeployCtx<'_>) -> Result<Option<String>, St
     if !live {
         return Ok(None);
     }
-    let previous = routes::previous_of(&mut conn, &ctx.deployment_id)
+    let recorded = routes::previous_of(&mut conn, &ctx.deployment_id)
         .await
         .map_err(db)?
         .unwrap_or_default();
     drop(conn);
+    // Only to a release that still runs: a route naming removed containers
+    // is worse than no route.
+    let mut previous = Vec::new();
+    for route in recorded {
+        if release_running(ctx, &route.deployment_id).await {
+            previous.push(route);
+        }
+    }
     restore_routes(ctx, &previous).await.map(Some)
 }
 
-async fn retire_previous(ctx: &DeployCtx<'_>, output: &mut String) {
-    let old = match ctx.state.runtime.instances(&ctx.app.id).await {
-        Ok(list) => list
-            .into_iter()
-            // Everything of the app but this release, including what an
-            // interrupted attempt of this very deployment left behind.
-            .map(|(name, _)| name)
-            .filter(|name| !ctx.started.iter().any(|n| n.instance.name == *name))
-            .collect::<Vec<_>>(),
-        Err(e) => {
-            output.push_str(&format!("could not list previous instances: {e}\n"));
-            return;
-        }
+async fn release_running(ctx: &DeployCtx<'_>, deployment: &str) -> bool {
+    let Ok(instances) = ctx.state.runtime.instances(&ctx.app.id).await else {
+        return false;
     };
-    if old.is_empty() {
-        return;
-    }
-    for name in old {
-        match ctx.state.runtime.remove(&name).await {
-            Ok(()) => output.push_str(&format!("retired {name}\n")),
-            Err(e) => output.push_str(&format!("could not retire {name}: {e}\n")),
+    for (name, dep) in instances {
+        if dep == deployment && ctx.state.runtime.is_running(&name).await.unwrap_or(false) {
+            return true;
         }
     }
+    false
 }
 
 /// Puts the routes of `app` back to `previous` (none: the app had no release).
