@@ -766,12 +766,10 @@ async fn apps_under_norn_apps_dir_are_registered_at_start_and_deploy_without_a_r
     remove_containers(&app).await;
 }
 
-/// Fails today: the clone step gives a directory without git the "commit"
-/// `local<YYYYMMDDHHMMSS>`, and the image tag keeps its first 12 characters
-/// (`local2026120`), so every deploy within about ten days builds the same
-/// tag and the rollback reuses the newest image.
+/// A directory without git is identified by its content (it used to be
+/// `local<YYYYMMDDHHMMSS>` cut to 12 characters, so every deploy within about
+/// ten days built the same tag and a rollback reused the newest image).
 #[tokio::test]
-#[ignore = "product bug: no-repo apps reuse one image tag per ~10 days, so rollback serves the newest content"]
 async fn an_app_without_a_repo_redeploys_its_changed_directory_and_rolls_back_to_the_old_content() {
     let db = norn_shared::testing::fresh_database().await;
     let tmp = tempfile::tempdir().unwrap();

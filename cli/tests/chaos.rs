@@ -80,9 +80,6 @@ async fn strand_queued_jobs(pool: &sqlx::PgPool, n: usize) -> Vec<String> {
 }
 
 #[tokio::test]
-#[ignore = "red until a Postgres restart no longer fails a deploy in `healthy` and an ended \
-            deployment that had switched traffic restores the previous routes (seen: an app's \
-            route left on a removed release, serving another app's page)"]
 async fn deploys_survive_killed_workers_and_a_postgres_restart() {
     let total: usize = std::env::var("NORN_CHAOS_DEPLOYS")
         .ok()

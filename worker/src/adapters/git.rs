@@ -119,6 +119,43 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A directory that is not a git repository is identified by its content:
+/// a git-style hash over every path, mode and file hash, sorted. The same
+/// content gives the same id (and image tag); any change gives a new one, so
+/// a rollback gets the old content back.
+fn content_id(dir: &Path) -> std::io::Result<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap_or(&path)
+                .display()
+                .to_string();
+            let ty = entry.file_type()?;
+            if ty.is_dir() {
+                walk(root, &path, out)?;
+            } else if ty.is_symlink() {
+                out.push(format!("l {rel} {}", std::fs::read_link(&path)?.display()));
+            } else {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = entry.metadata()?.permissions().mode() & 0o111;
+                let blob = git2::Oid::hash_object(git2::ObjectType::Blob, &std::fs::read(&path)?)
+                    .map_err(std::io::Error::other)?;
+                out.push(format!("f {rel} {mode:o} {blob}"));
+            }
+        }
+        Ok(())
+    }
+    let mut lines = Vec::new();
+    walk(dir, dir, &mut lines)?;
+    lines.sort();
+    git2::Oid::hash_object(git2::ObjectType::Blob, lines.join("\n").as_bytes())
+        .map(|oid| oid.to_string())
+        .map_err(std::io::Error::other)
+}
+
 impl Source for GitSource {
     fn fetch(&self, req: &FetchRequest, dest: &Path) -> Result<Checkout, SourceError> {
         if let Some(url) = &req.repo_url {
@@ -136,7 +173,8 @@ impl Source for GitSource {
             .ok()
             .and_then(|r| r.head().ok().and_then(|h| h.target()))
             .map(|oid| oid.to_string())
-            .unwrap_or_else(|| format!("local{}", chrono::Utc::now().format("%Y%m%d%H%M%S")));
+            .map_or_else(|| content_id(dest), |oid| Ok(oid.to_string()))
+            .map_err(|e| SourceError::Clone(format!("hashing {}: {e}", dir.display())))?;
         Ok(Checkout {
             description: format!("copied {} at {}", dir.display(), &sha[..12.min(sha.len())]),
             sha,
