@@ -744,12 +744,15 @@ async fn killed_during_the_drain(max_attempts: &str) -> (Fleet, Proc, String, St
         ("NORN_DEPLOY_MAX_ATTEMPTS", max_attempts),
         ("NORN_LEASE_TTL", "3s"),
     ];
-    let mut first = fleet.worker("drains", &[env[0], env[1], ("NORN_DRAIN_GRACE", "60s")]);
     let (app, repo) = fleet.register("switchkill").await;
+    // v1 with an ordinary worker: a long drain probes the release hundreds of
+    // times, and v1 is not what this test is about.
+    let setup = fleet.worker("setup", &env);
     let v1 = fleet.deploy(&app).await;
-    // v1 has nothing to drain: no previous release.
     let d = fleet.api.wait_terminal(&v1, Duration::from_secs(180)).await;
     assert_eq!(d["status"], "deployed", "{d}");
+    drop(setup);
+    let mut first = fleet.worker("drains", &[env[0], env[1], ("NORN_DRAIN_GRACE", "60s")]);
     repo.commit("v2");
     let v2 = fleet.deploy(&app).await;
     let http = reqwest::Client::new();
