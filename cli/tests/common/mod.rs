@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod procs;
+pub mod witness;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
