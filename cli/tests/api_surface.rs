@@ -139,29 +139,6 @@ fn deployment_of(event: &Value) -> Option<&str> {
     p["deploymentId"].as_str().or(p["id"].as_str())
 }
 
-/// GET `path` of `app` through the ingress.
-async fn ingress_get(
-    http: &reqwest::Client,
-    ingress: std::net::SocketAddr,
-    app: &str,
-    path: &str,
-) -> Result<String, String> {
-    let resp = http
-        .get(format!("http://{ingress}{path}"))
-        .header("host", format!("{app}.localhost"))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = resp.status();
-    let text = resp.text().await.map_err(|e| e.to_string())?;
-    if status.is_success() {
-        Ok(text)
-    } else {
-        Err(format!("{status}: {text}"))
-    }
-}
-
 // ---------------------------------------------------------------- GET /api/apps
 
 #[tokio::test]

@@ -187,8 +187,18 @@ pub async fn app_get(
     ingress: std::net::SocketAddr,
     app: &str,
 ) -> Result<String, String> {
+    ingress_get(http, ingress, app, "/").await
+}
+
+/// GET `path` of `app` through the ingress: the body of a 2xx, else the error.
+pub async fn ingress_get(
+    http: &reqwest::Client,
+    ingress: std::net::SocketAddr,
+    app: &str,
+    path: &str,
+) -> Result<String, String> {
     let resp = http
-        .get(format!("http://{ingress}/"))
+        .get(format!("http://{ingress}{path}"))
         .header("host", format!("{app}.localhost"))
         .timeout(Duration::from_secs(5))
         .send()
