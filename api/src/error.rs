@@ -17,6 +17,8 @@ pub enum ApiError {
     /// The request is valid but the resource is not in a state to accept it.
     Conflict(String),
     Unavailable(String),
+    /// 413: the body is larger than the route accepts.
+    TooLarge { limit: usize },
     /// 429 with `Retry-After` (seconds).
     TooMany {
         message: String,
@@ -66,6 +68,10 @@ impl IntoResponse for ApiError {
             ),
             ApiError::NotFound(what) => (StatusCode::NOT_FOUND, json!({ "error": what })),
             ApiError::Conflict(what) => (StatusCode::CONFLICT, json!({ "error": what })),
+            ApiError::TooLarge { limit } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({ "error": format!("the request body exceeds this route's limit of {limit} bytes") }),
+            ),
             ApiError::Unavailable(what) => {
                 (StatusCode::SERVICE_UNAVAILABLE, json!({ "error": what }))
             }

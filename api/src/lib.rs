@@ -1,6 +1,7 @@
 //! norn-api: the HTTP API, `/ws` live events and the app ingress.
 
 pub mod auth;
+pub mod body;
 pub mod error;
 pub mod ingress;
 pub mod listener;
@@ -38,6 +39,7 @@ pub async fn serve(
     ingress: Option<TcpListener>,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    auth::check_exposure(&config, api.local_addr()?)?;
     match routes::apps::register_dir(&pool, &config.apps_dir).await {
         Ok(n) => {
             tracing::info!(count = n, dir = %config.apps_dir.display(), "registered apps from NORN_APPS_DIR")
@@ -45,14 +47,12 @@ pub async fn serve(
         Err(e) => tracing::warn!(error = %e, "could not register apps from NORN_APPS_DIR"),
     }
     let membership = norn_shared::registry::join(pool.clone(), &config, "api", shutdown.clone());
-    let docker = bollard::Docker::connect_with_local_defaults().ok();
     let (events, _) = broadcast::channel(1024);
     let state = AppState {
         pool: pool.clone(),
         config: Arc::new(config),
         events: events.clone(),
         routes: ingress::RouteTable::default(),
-        docker,
     };
     let listener_task = tokio::spawn(listener::run(pool, events, state.routes.clone()));
     tracing::info!(addr = %api.local_addr()?, "api listening");

@@ -13,5 +13,4 @@ pub struct AppState {
     /// Live events from `LISTEN norn_events`, as JSON text.
     pub events: broadcast::Sender<String>,
     pub routes: RouteTable,
-    pub docker: Option<bollard::Docker>,
 }

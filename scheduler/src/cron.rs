@@ -27,8 +27,11 @@ pub struct Plan {
 /// Ticks later than the grace period were missed (no scheduler ran); the
 /// policy decides how many of those still run. Ticks within grace run, each.
 pub fn plan(expr: &CronExpr, policy: &CronPolicy, last: DateTime<Utc>, now: DateTime<Utc>) -> Plan {
-    let grace = chrono::Duration::from_std(policy.grace).unwrap_or_default();
-    let edge = now - grace;
+    // Checked: a grace beyond what a date can hold means "every tick is on time".
+    let edge = chrono::Duration::from_std(policy.grace)
+        .ok()
+        .and_then(|grace| now.checked_sub_signed(grace))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
     let keep = match policy.missed {
         Missed::Coalesce => 1,
         Missed::CatchUp => policy.catch_up_limit as usize,
@@ -155,7 +158,7 @@ async fn policy_of(
     conn: &mut sqlx::PgConnection,
     app: &str,
 ) -> Result<Option<CronPolicy>, SchedulerError> {
-    let Some(app) = norn_shared::db::apps::get(conn, app).await? else {
+    let Some(app) = crate::incidents::valid_app(conn, app).await? else {
         return Ok(None);
     };
     Ok(app

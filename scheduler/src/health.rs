@@ -15,7 +15,14 @@ pub async fn enqueue_checks(pool: &PgPool, interval: Duration) -> Result<usize, 
     let mut tx = pool.begin().await?;
     let routed = routes::all(&mut tx).await?;
     let mut apps_to_check: Vec<String> = Vec::new();
-    for app in apps::list(&mut tx).await? {
+    for listed in apps::list(&mut tx).await? {
+        let app = match listed {
+            Ok(app) => app,
+            Err(invalid) => {
+                crate::incidents::invalid_spec(&mut tx, &invalid.id, &invalid.error).await?;
+                continue;
+            }
+        };
         let probed = routed.iter().any(|r| {
             r.app == app.id
                 && app

@@ -10,6 +10,7 @@
 
 pub mod cron;
 pub mod health;
+mod incidents;
 mod leader;
 pub mod recovery;
 pub mod sweep;

@@ -35,7 +35,7 @@ async fn report_late_ticks(pool: &PgPool) -> Result<(), SchedulerError> {
     .await?;
     let now = chrono::Utc::now();
     for (app, process, at) in queued {
-        let grace = match norn_shared::db::apps::get(&mut tx, &app).await? {
+        let grace = match crate::incidents::valid_app(&mut tx, &app).await? {
             Some(a) => a
                 .spec
                 .processes
@@ -45,7 +45,7 @@ async fn report_late_ticks(pool: &PgPool) -> Result<(), SchedulerError> {
                 .unwrap_or_default(),
             None => Default::default(),
         };
-        if now - at < chrono::Duration::from_std(grace).unwrap_or_default() {
+        if (now - at).to_std().unwrap_or_default() < grace {
             continue;
         }
         sqlx::query(

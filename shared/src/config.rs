@@ -56,6 +56,10 @@ pub struct Config {
     pub snapshots_dir: PathBuf,
     /// `NORN_API_TOKEN`
     pub api_token: Option<Secret>,
+    /// `NORN_ALLOW_NO_AUTH`: serve the API on a non-loopback address without a token.
+    pub allow_no_auth: bool,
+    /// `NORN_STEP_LOG_MAX`: bytes of output kept per step (the rest is elided, with a marker).
+    pub step_log_max: usize,
     /// `NORN_WORK_DIR`: where checkouts are made.
     pub work_dir: PathBuf,
     /// `NORN_WORKER_CONCURRENCY`: jobs one worker runs at once per queue.
@@ -170,6 +174,8 @@ impl Config {
                 .unwrap_or_else(|| "snapshots".into())
                 .into(),
             api_token: var("NORN_API_TOKEN").map(Secret::new),
+            allow_no_auth: parsed("NORN_ALLOW_NO_AUTH", false)?,
+            step_log_max: parsed("NORN_STEP_LOG_MAX", 16usize << 20)?.max(64 << 10),
             work_dir: var("NORN_WORK_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| std::env::temp_dir().join("norn-work")),

@@ -11,6 +11,7 @@ pub mod queue;
 pub mod registry;
 pub mod shutdown;
 pub mod snapshots;
+pub mod text;
 pub mod testing;
 
 pub use config::Config;

@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use futures::future::BoxFuture;
+
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -45,8 +47,11 @@ pub fn join(
     role: &'static str,
     shutdown: watch::Receiver<bool>,
 ) -> Membership {
-    join_counting(pool, config, role, shutdown, Arc::default())
+    join_counting(pool, config, role, shutdown, Arc::default(), None)
 }
+
+/// Checks the container engine for the heartbeat (workers only).
+pub type EngineProbe = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
 /// [`join`] reporting `running` as this process's running jobs (a role that
 /// must finish setting up before it registers as ready creates it first).
@@ -56,6 +61,7 @@ pub fn join_counting(
     role: &'static str,
     shutdown: watch::Receiver<bool>,
     running: Arc<AtomicUsize>,
+    engine: Option<EngineProbe>,
 ) -> Membership {
     let id = uuid::Uuid::now_v7().to_string();
     let (drain_tx, draining) = watch::channel(false);
@@ -65,6 +71,7 @@ pub fn join_counting(
         name: config.node_name.clone(),
         role,
         running: running.clone(),
+        engine,
         drain_tx,
         shutdown,
     }));
@@ -89,6 +96,7 @@ struct Beat {
     name: String,
     role: &'static str,
     running: Arc<AtomicUsize>,
+    engine: Option<EngineProbe>,
     drain_tx: watch::Sender<bool>,
     shutdown: watch::Receiver<bool>,
 }
@@ -128,7 +136,11 @@ async fn beat(mut b: Beat) {
             continue;
         }
         let running = b.running.load(Ordering::SeqCst) as i32;
-        match nodes::heartbeat(&b.pool, &b.id, running).await {
+        let engine = match &b.engine {
+            Some(probe) => Some(probe().await),
+            None => None,
+        };
+        match nodes::heartbeat(&b.pool, &b.id, running, engine).await {
             Ok(Some(status)) if status == "draining" => {
                 if !*b.drain_tx.borrow() {
                     tracing::warn!(node = %b.name, "asked to drain: no new jobs will be claimed");

@@ -42,8 +42,14 @@ pub async fn run(
     let running = Arc::default();
     let state = state::WorkerState::new(pool.clone(), config.clone(), Arc::clone(&running)).await?;
     let state = Arc::new(state);
-    let membership =
-        norn_shared::registry::join_counting(pool, &config, "worker", shutdown.clone(), running);
+    let membership = norn_shared::registry::join_counting(
+        pool,
+        &config,
+        "worker",
+        shutdown.clone(),
+        running,
+        Some(state.engine_probe.clone()),
+    );
     tracing::info!(token = %state.token, node.id = %membership.id, "worker ready");
     // Draining stops the queue workers (no new claims); handlers already
     // running are on their own tasks and finish.

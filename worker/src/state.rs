@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
 use norn_shared::Config;
+use norn_shared::registry::EngineProbe;
 use sqlx::PgPool;
 
 use crate::adapters::Source;
@@ -24,6 +25,8 @@ pub struct WorkerState {
     pub token: String,
     /// Jobs running in this process, reported in the cluster heartbeat.
     pub running: Arc<AtomicUsize>,
+    /// The engine's state for the heartbeat (the API reports it from there).
+    pub engine_probe: EngineProbe,
 }
 
 impl WorkerState {
@@ -41,6 +44,18 @@ impl WorkerState {
         docker.ping().await?;
         // At start, so a host's first deploy never races its workers to create it.
         docker.ensure_network().await?;
+        let engine_probe: EngineProbe = {
+            let docker = docker.clone();
+            Arc::new(move || {
+                let docker = docker.clone();
+                Box::pin(async move {
+                    match tokio::time::timeout(std::time::Duration::from_secs(3), docker.ping()).await {
+                        Ok(answer) => answer.map_err(|e| e.to_string()),
+                        Err(_) => Err("the Docker engine did not answer within 3 s".into()),
+                    }
+                })
+            })
+        };
         let app_db = config
             .app_database_url
             .clone()
@@ -69,6 +84,7 @@ impl WorkerState {
             pool,
             config,
             running,
+            engine_probe,
         })
     }
 }

@@ -4,9 +4,11 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use norn_shared::db::{apps, deployments, routes};
 use norn_shared::domain::AppName;
+use norn_shared::infraspec::document::Format;
 use norn_shared::infraspec::{InfraSpec, SpecErrors};
 use serde_json::{Value, json};
 
+use crate::body::{Body, SPEC_LIMIT};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -28,31 +30,34 @@ fn spec_error(errors: SpecErrors) -> ApiError {
     }
 }
 
-/// Decodes a spec sent as JSON or YAML into the stored document and the typed spec.
-pub fn decode(headers: &HeaderMap, body: &[u8]) -> ApiResult<(Value, InfraSpec)> {
-    let is_json = headers
+/// Decodes a spec sent as JSON or YAML into the stored document and the typed
+/// spec. Decoding is bounded (see `infraspec::document`) but CPU-bound, so it
+/// runs on the blocking pool: a hostile spec never stalls the threads that
+/// serve the API and the ingress.
+pub async fn decode(headers: &HeaderMap, body: Bytes) -> ApiResult<(Value, InfraSpec)> {
+    let format = if headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("json"));
-    let text =
-        std::str::from_utf8(body).map_err(|_| ApiError::bad("the body must be UTF-8 text"))?;
-    let document: Value = if is_json {
-        serde_json::from_str(text).map_err(|e| ApiError::bad(format!("invalid JSON: {e}")))?
+        .is_some_and(|v| v.contains("json"))
+    {
+        Format::Json
     } else {
-        let yaml: serde_yaml::Value =
-            serde_yaml::from_str(text).map_err(|e| ApiError::bad(format!("invalid YAML: {e}")))?;
-        serde_json::to_value(yaml).map_err(|e| ApiError::bad(format!("unsupported YAML: {e}")))?
+        Format::Yaml
     };
-    let spec = InfraSpec::from_json(document.clone()).map_err(spec_error)?;
-    Ok((document, spec))
+    tokio::task::spawn_blocking(move || {
+        let text =
+            std::str::from_utf8(&body).map_err(|_| ApiError::bad("the body must be UTF-8 text"))?;
+        InfraSpec::decode(text, format).map_err(spec_error)
+    })
+    .await?
 }
 
 pub async fn register(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    Body(body): Body<SPEC_LIMIT>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let (document, spec) = decode(&headers, &body)?;
+    let (document, spec) = decode(&headers, body).await?;
     let mut conn = state.pool.acquire().await?;
     let created = apps::upsert(&mut conn, &spec, &document, "api", None).await?;
     let status = if created {
@@ -68,15 +73,40 @@ pub async fn register(
 
 pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let mut conn = state.pool.acquire().await?;
-    let list = apps::list(&mut conn).await?;
+    // An app whose stored spec no longer validates is listed with its error
+    // (`valid: false`) instead of failing the whole list.
+    let list: Vec<Value> = apps::list(&mut conn)
+        .await?
+        .into_iter()
+        .map(|listed| match listed {
+            Ok(app) => json!(app),
+            Err(invalid) => {
+                let mut v = json!(invalid);
+                v["valid"] = json!(false);
+                v
+            }
+        })
+        .collect();
     Ok(Json(json!(list)))
+}
+
+/// A stored spec that no longer validates is the user's to fix (register it
+/// again), not a server fault.
+pub fn invalid_spec(e: apps::AppError) -> ApiError {
+    match e {
+        apps::AppError::Invalid { .. } => {
+            ApiError::Conflict(format!("{e}; register the app again with a valid spec"))
+        }
+        apps::AppError::Db(e) => e.into(),
+    }
 }
 
 pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let id = app_id(&id)?;
     let mut conn = state.pool.acquire().await?;
     let app = apps::get(&mut conn, id.as_str())
-        .await?
+        .await
+        .map_err(invalid_spec)?
         .ok_or_else(|| ApiError::NotFound(format!("app {id} is not registered")))?;
     let recent = deployments::list(
         &mut conn,
@@ -113,14 +143,7 @@ pub async fn register_dir(
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
         };
-        let parsed = serde_yaml::from_str::<serde_yaml::Value>(&text)
-            .map_err(|e| e.to_string())
-            .and_then(|y| serde_json::to_value(y).map_err(|e| e.to_string()))
-            .and_then(|doc| {
-                InfraSpec::from_json(doc.clone())
-                    .map(|s| (doc, s))
-                    .map_err(|e| e.to_string())
-            });
+        let parsed = InfraSpec::decode(&text, Format::Yaml);
         match parsed {
             Ok((doc, spec)) => {
                 let dir = entry.path().canonicalize().unwrap_or(entry.path());

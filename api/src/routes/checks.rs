@@ -41,7 +41,11 @@ pub async fn list(
     let id = app_id(&id)?;
     let range = range(q.range.as_deref())?;
     let mut conn = state.pool.acquire().await?;
-    if apps::get(&mut conn, id.as_str()).await?.is_none() {
+    if apps::get(&mut conn, id.as_str())
+        .await
+        .map_err(super::apps::invalid_spec)?
+        .is_none()
+    {
         return Err(ApiError::NotFound(format!("app {id} not found")));
     }
     let summary = health::summary(&mut conn, id.as_str(), range).await?;

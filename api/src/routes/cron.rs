@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use sqlx::PgConnection;
 
 use super::apps::app_id;
+use crate::body::{Body, SMALL_LIMIT};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -22,7 +23,8 @@ use crate::state::AppState;
 async fn scheduled(conn: &mut PgConnection, raw_id: &str) -> ApiResult<(String, String, Schedule)> {
     let id = app_id(raw_id)?;
     let app = apps::get(conn, id.as_str())
-        .await?
+        .await
+        .map_err(super::apps::invalid_spec)?
         .ok_or_else(|| ApiError::NotFound(format!("app {id} not found")))?;
     app.spec
         .processes
@@ -130,9 +132,10 @@ pub struct ScheduleBody {
 pub async fn set_schedule(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    body: Result<Json<ScheduleBody>, axum::extract::rejection::JsonRejection>,
+    Body(body): Body<SMALL_LIMIT>,
 ) -> ApiResult<Json<Value>> {
-    let Json(body) = body.map_err(|e| ApiError::bad(format!("invalid body: {}", e.body_text())))?;
+    let body: ScheduleBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad(format!("invalid body: {e}")))?;
     let mut tx = state.pool.begin().await?;
     let (app, process, schedule) = scheduled(&mut tx, &id).await?;
     let expr = match body.schedule.as_deref().map(str::trim) {

@@ -1,5 +1,4 @@
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use norn_shared::db::deployments::{self, ListFilter, NewDeployment};
@@ -11,6 +10,7 @@ use serde_json::{Value, json};
 
 use super::apps::app_id;
 use super::queueing;
+use crate::body::{Body, SMALL_LIMIT, optional_json};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -26,10 +26,10 @@ pub async fn deploy(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    Body(body): Body<SMALL_LIMIT>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let app = app_id(&id)?;
-    let body: DeployBody = super::optional_json(&body)?;
+    let body: DeployBody = optional_json(&body)?;
     let git_ref = GitRef::parse(body.git_ref.as_deref().unwrap_or("HEAD"))
         .map_err(|e| ApiError::field("ref", e))?;
     let key = match headers.get("idempotency-key") {
@@ -136,7 +136,7 @@ pub async fn list(
     Ok(Json(json!(list)))
 }
 
-fn deployment_id(raw: &str) -> ApiResult<&str> {
+pub(crate) fn deployment_id(raw: &str) -> ApiResult<&str> {
     uuid::Uuid::parse_str(raw)
         .map(|_| raw)
         .map_err(|_| ApiError::field("id", "deployment ids are UUIDs"))

@@ -1,36 +1,58 @@
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
 use crate::state::AppState;
 
-/// Postgres, the Docker engine and queue depth. 503 when a dependency is down,
-/// so load balancers take this replica out.
-pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+/// Postgres, the workers' container engines and queue depth. 503 when
+/// Postgres is down, so load balancers take this replica out. The API holds
+/// no Docker socket: the engine's state is what live workers reported in
+/// their last heartbeat. Without the token (when one is set) the answer is
+/// only `ok` or `degraded`.
+pub async fn health(State(state): State<AppState>, headers: HeaderMap) -> (StatusCode, Json<Value>) {
     let postgres = sqlx::query("SELECT 1").execute(&state.pool).await;
-    let depth = norn_shared::queue::depth(&state.pool).await;
-    let docker = match &state.docker {
-        Some(d) => d.ping().await.map(|_| ()).map_err(|e| e.to_string()),
-        None => Err("not connected".to_owned()),
-    };
-    let queues: serde_json::Map<String, Value> = depth
-        .as_ref()
-        .map(|rows| rows.iter().map(|(q, n)| (q.clone(), json!(n))).collect())
-        .unwrap_or_default();
     let pg_up = postgres.is_ok();
-    let body = json!({
-        "status": if pg_up && docker.is_ok() { "ok" } else { "degraded" },
-        "services": {
-            "postgres": if pg_up { json!({"status": "up"}) } else { json!({"status": "down"}) },
-            "docker": match &docker { Ok(()) => json!({"status": "up"}), Err(e) => json!({"status": "down", "details": e}) },
-        },
-        "queues": queues,
-    });
+    let engines = norn_shared::db::nodes::engine_states(&state.pool).await;
+    let docker = match &engines {
+        Err(_) => json!({"status": "unknown"}),
+        Ok(rows) if rows.is_empty() => {
+            json!({"status": "down", "details": "no live worker reports a container engine"})
+        }
+        Ok(rows) => {
+            let down: Vec<Value> = rows
+                .iter()
+                .filter(|(_, ok, _)| !ok)
+                .map(|(node, _, e)| json!({"node": node, "error": e}))
+                .collect();
+            if down.is_empty() {
+                json!({"status": "up", "workers": rows.len()})
+            } else {
+                json!({"status": "down", "workers": rows.len(), "failing": down})
+            }
+        }
+    };
+    let ok = pg_up && docker["status"] == "up";
     let code = if pg_up {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let status = if ok { "ok" } else { "degraded" };
+    if !crate::auth::authorized(&state.config, &headers, None) {
+        return (code, Json(json!({ "status": status })));
+    }
+    let queues: serde_json::Map<String, Value> = norn_shared::queue::depth(&state.pool)
+        .await
+        .map(|rows| rows.into_iter().map(|(q, n)| (q, json!(n))).collect())
+        .unwrap_or_default();
+    let body = json!({
+        "status": status,
+        "services": {
+            "postgres": json!({"status": if pg_up { "up" } else { "down" }}),
+            "docker": docker,
+        },
+        "queues": queues,
+    });
     (code, Json(body))
 }

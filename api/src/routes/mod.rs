@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod cron;
 pub mod deployments;
 pub mod health;
+pub mod logs;
 pub mod queueing;
 pub mod rollback;
 pub mod snapshots;
@@ -39,6 +40,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/deployments", get(deployments::list))
         .route("/api/deployments/{id}", get(deployments::get))
         .route("/api/deployments/{id}/events", get(deployments::events))
+        .route("/api/deployments/{id}/logs", get(logs::logs))
         .route("/api/deployments/{id}/cancel", post(deployments::cancel))
         .route("/ws", get(ws::upgrade))
         .fallback(|| async { crate::error::ApiError::NotFound("no such route".into()) })
@@ -56,15 +58,4 @@ pub(crate) fn actor(state: &AppState) -> &'static str {
     } else {
         "api"
     }
-}
-
-/// A JSON body that may be empty (then `T::default()`); malformed → 400.
-pub(crate) fn optional_json<T: serde::de::DeserializeOwned + Default>(
-    body: &[u8],
-) -> crate::error::ApiResult<T> {
-    if body.iter().all(|b| b.is_ascii_whitespace()) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(body)
-        .map_err(|e| crate::error::ApiError::bad(format!("invalid JSON body: {e}")))
 }

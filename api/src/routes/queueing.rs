@@ -20,7 +20,10 @@ pub async fn lock_app(conn: &mut PgConnection, app: &str) -> ApiResult<App> {
     if !apps::lock(conn, app).await? {
         return Err(unknown());
     }
-    apps::get(conn, app).await?.ok_or_else(unknown)
+    apps::get(conn, app)
+        .await
+        .map_err(super::apps::invalid_spec)?
+        .ok_or_else(unknown)
 }
 
 /// Called with the app locked ([`lock_app`]) and the new deployment `id`

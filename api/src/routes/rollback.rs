@@ -2,7 +2,6 @@
 //! puts an earlier release's image back, with no build and no migration.
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use norn_shared::db::deployments::{self, Deployment};
@@ -15,6 +14,7 @@ use sqlx::PgConnection;
 
 use super::apps::app_id;
 use super::queueing;
+use crate::body::{Body, SMALL_LIMIT, optional_json};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -27,10 +27,10 @@ struct RollbackBody {
 pub async fn rollback(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    body: Bytes,
+    Body(body): Body<SMALL_LIMIT>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let app = app_id(&id)?;
-    let body: RollbackBody = super::optional_json(&body)?;
+    let body: RollbackBody = optional_json(&body)?;
     let actor = super::actor(&state);
     let mut tx = state.pool.begin().await?;
     let registered = queueing::lock_app(&mut tx, app.as_str()).await?;

@@ -22,7 +22,8 @@ use crate::state::AppState;
 async fn database_of(conn: &mut PgConnection, id: &str) -> ApiResult<(App, String)> {
     let app = app_id(id)?;
     let registered = apps::get(conn, app.as_str())
-        .await?
+        .await
+        .map_err(super::apps::invalid_spec)?
         .ok_or_else(|| ApiError::NotFound(format!("app {app} is not registered")))?;
     let database = registered
         .spec

@@ -38,21 +38,29 @@ pub enum AppError {
     Invalid { app: String, errors: SpecErrors },
 }
 
-impl TryFrom<Row> for App {
-    type Error = AppError;
-    fn try_from(row: Row) -> Result<Self, AppError> {
-        let spec = InfraSpec::from_json(row.spec.0).map_err(|errors| AppError::Invalid {
-            app: row.id.clone(),
-            errors,
-        })?;
-        Ok(App {
+impl App {
+    fn with_spec(row: Row, spec: InfraSpec) -> Self {
+        App {
             id: row.id,
             spec,
             source: row.source,
             source_dir: row.source_dir,
             created_at: row.created_at,
             updated_at: row.updated_at,
-        })
+        }
+    }
+}
+
+impl TryFrom<Row> for App {
+    type Error = AppError;
+    fn try_from(row: Row) -> Result<Self, AppError> {
+        match InfraSpec::from_json(row.spec.0.clone()) {
+            Ok(spec) => Ok(App::with_spec(row, spec)),
+            Err(errors) => Err(AppError::Invalid {
+                app: row.id,
+                errors,
+            }),
+        }
     }
 }
 
@@ -67,7 +75,8 @@ pub async fn upsert(
     let (created,): (bool,) = sqlx::query_as(
         "INSERT INTO apps (id, spec, source, source_dir) VALUES ($1, $2, $3, $4)
          ON CONFLICT (id) DO UPDATE SET spec = excluded.spec, source = excluded.source,
-                                        source_dir = excluded.source_dir, updated_at = now()
+                                        source_dir = excluded.source_dir, updated_at = now(),
+                                        spec_error = NULL, spec_error_at = NULL
          RETURNING (xmax = 0)",
     )
     .bind(spec.name.as_str())
@@ -100,11 +109,56 @@ pub async fn lock(conn: &mut PgConnection, id: &str) -> Result<bool, AppError> {
     Ok(row.is_some())
 }
 
-pub async fn list(conn: &mut PgConnection) -> Result<Vec<App>, AppError> {
+/// A registered app whose stored spec no longer validates.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InvalidApp {
+    pub id: String,
+    pub error: String,
+    pub source: String,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Every app, each either valid or listed with its validation error: one
+/// app's stale spec never hides the others.
+pub async fn list(conn: &mut PgConnection) -> Result<Vec<Result<App, InvalidApp>>, sqlx::Error> {
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT id, spec, source, source_dir, created_at, updated_at FROM apps ORDER BY id",
     )
     .fetch_all(conn)
     .await?;
-    rows.into_iter().map(App::try_from).collect()
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let invalid = |errors: SpecErrors, row: &Row| InvalidApp {
+                id: row.id.clone(),
+                error: errors.to_string(),
+                source: row.source.clone(),
+                updated_at: row.updated_at,
+            };
+            match InfraSpec::from_json(row.spec.0.clone()) {
+                Ok(spec) => Ok(App::with_spec(row, spec)),
+                Err(errors) => Err(invalid(errors, &row)),
+            }
+        })
+        .collect())
+}
+
+/// Records that `app`'s stored spec does not validate. `true` the first
+/// time this error is recorded (so the caller reports it once, not on every
+/// pass).
+pub async fn record_spec_error(
+    conn: &mut PgConnection,
+    app: &str,
+    error: &str,
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE apps SET spec_error = $2, spec_error_at = now()
+         WHERE id = $1 AND spec_error IS DISTINCT FROM $2",
+    )
+    .bind(app)
+    .bind(error)
+    .execute(conn)
+    .await?;
+    Ok(updated.rows_affected() > 0)
 }

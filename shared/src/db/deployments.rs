@@ -34,6 +34,18 @@ pub struct Deployment {
 }
 
 impl Deployment {
+    /// The row without step output: lists stay small however much a build
+    /// printed (the output tail is in the single-deployment read, the full
+    /// log in `step_logs`).
+    fn without_output(mut self) -> Self {
+        if let Some(steps) = self.steps.0.as_array_mut() {
+            for entry in steps.iter_mut().filter_map(|e| e.as_object_mut()) {
+                entry.remove("output");
+            }
+        }
+        self
+    }
+
     pub fn status(&self) -> DeploymentStatus {
         // The column's CHECK constraint admits only known values.
         self.status.parse().unwrap_or(DeploymentStatus::Failed)
@@ -124,7 +136,10 @@ pub async fn list(
     .bind(filter.status.map(|s| s.as_str()))
     .bind(filter.limit)
     .fetch_all(conn)
-    .await?)
+    .await?
+    .into_iter()
+    .map(Deployment::without_output)
+    .collect())
 }
 
 /// The newest deployed release of an app: what is serving now.

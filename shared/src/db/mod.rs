@@ -6,6 +6,7 @@ pub mod deployments;
 pub mod health;
 pub mod lease;
 pub mod locks;
+pub mod logs;
 pub mod nodes;
 pub mod restores;
 pub mod routes;

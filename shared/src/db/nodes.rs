@@ -53,17 +53,28 @@ pub async fn register(pool: &PgPool, n: &NewNode<'_>) -> Result<(), sqlx::Error>
 
 /// Writes a heartbeat; returns the node's status (`draining` tells a worker
 /// to stop claiming), or `None` if its row is gone.
+/// `engine` is the container engine's state as this node sees it (`None`
+/// for roles that use no engine).
 pub async fn heartbeat(
     pool: &PgPool,
     id: &str,
     running_jobs: i32,
+    engine: Option<Result<(), String>>,
 ) -> Result<Option<String>, sqlx::Error> {
+    let (engine_ok, engine_error) = match engine {
+        None => (None, None),
+        Some(Ok(())) => (Some(true), None),
+        Some(Err(e)) => (Some(false), Some(e)),
+    };
     let row: Option<(String,)> = sqlx::query_as(
-        "UPDATE cluster_nodes SET last_heartbeat_at = now(), running_jobs = $2, updated_at = now()
+        "UPDATE cluster_nodes SET last_heartbeat_at = now(), running_jobs = $2, updated_at = now(),
+                                  engine_ok = $3, engine_error = $4
          WHERE id = $1 RETURNING status",
     )
     .bind(id)
     .bind(running_jobs)
+    .bind(engine_ok)
+    .bind(engine_error)
     .fetch_optional(pool)
     .await?;
     Ok(row.map(|(s,)| s))
@@ -124,4 +135,20 @@ pub async fn drain(conn: &mut PgConnection, id: &str) -> Result<bool, sqlx::Erro
     .await?
     .rows_affected();
     Ok(n == 1)
+}
+
+/// What live workers last reported of their container engine: (node name,
+/// ok, error). Empty when no worker is live.
+pub async fn engine_states(
+    pool: &PgPool,
+) -> Result<Vec<(String, bool, Option<String>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT name, engine_ok, engine_error FROM cluster_nodes
+         WHERE role = 'worker' AND status IN ('ready', 'draining') AND engine_ok IS NOT NULL
+           AND last_heartbeat_at > now() - make_interval(secs => $1)
+         ORDER BY name",
+    )
+    .bind(LOST_AFTER.as_secs_f64())
+    .fetch_all(pool)
+    .await
 }

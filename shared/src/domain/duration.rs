@@ -21,10 +21,12 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
             ));
         }
     };
-    if !seconds.is_finite() || seconds < 0.0 {
+    // `try_from` refuses what does not fit a `Duration` (2^64 s and more)
+    // instead of panicking like `from_secs_f64`.
+    if seconds < 0.0 {
         return Err(format!("{raw:?} is not a valid duration"));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{raw:?} is not a valid duration"))
 }
 
 #[cfg(test)]
@@ -40,5 +42,9 @@ mod tests {
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
+        assert!(parse_duration("-5s").is_err());
+        assert!(parse_duration("18446744073709551616s").is_err());
+        assert!(parse_duration("1e300s").is_err());
+        assert!(parse_duration("inf").is_err());
     }
 }

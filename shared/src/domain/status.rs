@@ -151,6 +151,32 @@ impl Step {
     }
 }
 
+impl Step {
+    pub const ALL: [Step; 8] = [
+        Self::Clone,
+        Self::Build,
+        Self::Test,
+        Self::Snapshot,
+        Self::Migrate,
+        Self::Deploy,
+        Self::Healthy,
+        Self::Cleanup,
+    ];
+}
+
+impl FromStr for Step {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                let all: Vec<_> = Self::ALL.iter().map(|s| s.as_str()).collect();
+                format!("unknown step {s:?}; expected one of {}", all.join(", "))
+            })
+    }
+}
+
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

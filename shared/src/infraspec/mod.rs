@@ -2,6 +2,8 @@
 //! names the field path it is about.
 
 mod cron;
+pub mod document;
+pub mod limits;
 mod policy;
 mod raw;
 mod validate;
@@ -153,19 +155,20 @@ pub(crate) mod secs {
 impl InfraSpec {
     /// Parses YAML (JSON is YAML too).
     pub fn parse(text: &str) -> Result<Self, SpecErrors> {
-        let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
-            SpecErrors(vec![FieldError {
-                field: String::new(),
-                message: format!("not valid YAML: {e}"),
-            }])
-        })?;
-        let json = serde_json::to_value(value).map_err(|e| {
-            SpecErrors(vec![FieldError {
-                field: String::new(),
-                message: format!("unsupported YAML (keys must be strings): {e}"),
-            }])
-        })?;
-        Self::from_json(json)
+        Self::decode(text, document::Format::Yaml).map(|(_, spec)| spec)
+    }
+
+    /// Decodes a document under the node and depth budget of [`document`]
+    /// and validates it: the stored document (as JSON) and the typed spec.
+    /// CPU-bound for up to [`document::MAX_NODES`] nodes: async callers run
+    /// it off their runtime's threads.
+    pub fn decode(
+        text: &str,
+        format: document::Format,
+    ) -> Result<(serde_json::Value, Self), SpecErrors> {
+        let value = document::decode(text, format).map_err(|e| SpecErrors(vec![e]))?;
+        let spec = Self::from_json(value.clone())?;
+        Ok((value, spec))
     }
 
     /// Parses an already-decoded document (the API's JSON body, or a stored spec).

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use super::limits::{self, MAX_COMMAND_BYTES, MAX_TEXT_BYTES};
 use super::raw::{RawMigrations, RawProcess, RawServices, RawSpec, Scalar};
 use super::*;
 use crate::domain::{AppName, parse_duration};
@@ -50,6 +51,10 @@ pub(super) fn duration(
 ) -> Duration {
     let Some(value) = value else { return default };
     match parse_duration(&value.into_string()) {
+        Ok(d) if d > limits::MAX_DURATION => {
+            errors.push(field, "must be at most 24h");
+            default
+        }
         Ok(d) if !d.is_zero() => d,
         Ok(_) => {
             errors.push(field, "must be greater than zero");
@@ -59,6 +64,13 @@ pub(super) fn duration(
             errors.push(field, e);
             default
         }
+    }
+}
+
+/// Pushes an error when `value` is longer than `max` bytes.
+pub(super) fn bounded(value: &str, max: usize, field: &str, errors: &mut Errors) {
+    if let Err(e) = limits::text(value, max) {
+        errors.push(field, e);
     }
 }
 
@@ -79,6 +91,7 @@ pub(super) fn validate(raw: RawSpec) -> Result<InfraSpec, SpecErrors> {
 
     let repo = raw.repo.and_then(|r| {
         let url = non_empty(r.url, "repo.url", &mut errors)?;
+        bounded(&url, MAX_TEXT_BYTES, "repo.url", &mut errors);
         let looks_like_repo = ["https://", "http://", "ssh://", "git://", "file://", "/"]
             .iter()
             .any(|p| url.starts_with(p))
@@ -106,6 +119,7 @@ pub(super) fn validate(raw: RawSpec) -> Result<InfraSpec, SpecErrors> {
             .as_ref()
             .and_then(|b| b.dockerfile.clone())
             .unwrap_or_else(|| "Dockerfile".into());
+        bounded(&dockerfile, MAX_TEXT_BYTES, "build.dockerfile", &mut errors);
         if dockerfile.starts_with('/') || dockerfile.split('/').any(|part| part == "..") {
             errors.push(
                 "build.dockerfile",
@@ -113,11 +127,26 @@ pub(super) fn validate(raw: RawSpec) -> Result<InfraSpec, SpecErrors> {
             );
         }
         let test = b.and_then(|b| b.test).filter(|t| !t.trim().is_empty());
+        if let Some(test) = &test {
+            bounded(test, MAX_COMMAND_BYTES, "build.test", &mut errors);
+        }
         Build { dockerfile, test }
     };
 
     if raw.processes.is_empty() {
         errors.push("processes", "at least one process is required");
+    }
+    if raw.processes.len() > limits::MAX_PROCESSES {
+        // Validating each of thousands of processes would only repeat this.
+        errors.push(
+            "processes",
+            format!(
+                "at most {} processes per app (got {})",
+                limits::MAX_PROCESSES,
+                raw.processes.len()
+            ),
+        );
+        return Err(SpecErrors(errors.0));
     }
     let mut processes = BTreeMap::new();
     for (pname, p) in raw.processes {
@@ -153,6 +182,7 @@ pub(super) fn validate(raw: RawSpec) -> Result<InfraSpec, SpecErrors> {
             RawMigrations::Table { command, database } => (command, database),
         };
         let command = non_empty(command, "migrations.command", &mut errors)?;
+        bounded(&command, MAX_COMMAND_BYTES, "migrations.command", &mut errors);
         if let Some(db) = database {
             let declared = services.postgres.as_ref().map(|p| p.database.as_str());
             if declared != Some(db.as_str()) {
@@ -170,6 +200,12 @@ pub(super) fn validate(raw: RawSpec) -> Result<InfraSpec, SpecErrors> {
         Some(Migrations { command })
     });
 
+    if raw.env.len() > limits::MAX_ENV_ENTRIES {
+        errors.push(
+            "env",
+            format!("at most {} variables (got {})", limits::MAX_ENV_ENTRIES, raw.env.len()),
+        );
+    }
     let mut env = BTreeMap::new();
     for (key, value) in raw.env {
         if !is_env_name(&key) {
@@ -179,6 +215,22 @@ pub(super) fn validate(raw: RawSpec) -> Result<InfraSpec, SpecErrors> {
             );
         }
         env.insert(key, value.into_string());
+    }
+    let env_bytes: usize = env.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if env_bytes > limits::MAX_ENV_BYTES {
+        errors.push(
+            "env",
+            format!(
+                "names and values together must be at most {} bytes (got {env_bytes})",
+                limits::MAX_ENV_BYTES
+            ),
+        );
+    }
+    if raw.secrets.len() > limits::MAX_SECRETS {
+        errors.push(
+            "secrets",
+            format!("at most {} secrets (got {})", limits::MAX_SECRETS, raw.secrets.len()),
+        );
     }
 
     let mut seen = BTreeSet::new();
@@ -231,7 +283,7 @@ fn process(p: RawProcess, path: &str, errors: &mut Errors) -> Option<Process> {
     };
     let replicas = match p.replicas {
         None => 1,
-        Some(n) if (1..=100).contains(&n) => n as u32,
+        Some(n) if (1..=limits::MAX_REPLICAS).contains(&n) => n as u32,
         Some(_) => {
             errors.push(format!("{path}.replicas"), "must be 1..100");
             1
@@ -240,6 +292,7 @@ fn process(p: RawProcess, path: &str, errors: &mut Errors) -> Option<Process> {
     let health = p.health.and_then(|h| {
         let hp = format!("{path}.health");
         let hpath = non_empty(h.path, &format!("{hp}.path"), errors)?;
+        bounded(&hpath, MAX_TEXT_BYTES, &format!("{hp}.path"), errors);
         if !hpath.starts_with('/') {
             errors.push(format!("{hp}.path"), "must start with '/'");
         }
@@ -267,6 +320,10 @@ fn process(p: RawProcess, path: &str, errors: &mut Errors) -> Option<Process> {
         .map(|c| super::cron::policy(c, &format!("{path}.cron"), errors));
     let schedule = p.schedule.and_then(|expr| {
         let field = format!("{path}.schedule");
+        if expr.len() > 256 {
+            errors.push(field, "must be at most 256 bytes");
+            return None;
+        }
         match cron_schedule(&expr) {
             Ok(()) => Some(Schedule {
                 expression: expr.trim().to_owned(),
@@ -286,7 +343,9 @@ fn process(p: RawProcess, path: &str, errors: &mut Errors) -> Option<Process> {
         );
     }
     if let Some(tz) = &p.timezone {
-        if tz.parse::<chrono_tz::Tz>().is_err() {
+        if tz.len() > 64 {
+            errors.push(format!("{path}.timezone"), "must be at most 64 bytes");
+        } else if tz.parse::<chrono_tz::Tz>().is_err() {
             errors.push(
                 format!("{path}.timezone"),
                 format!("{tz:?} is not an IANA timezone (e.g. Europe/Berlin)"),
@@ -328,6 +387,9 @@ fn process(p: RawProcess, path: &str, errors: &mut Errors) -> Option<Process> {
         );
     }
     let command = p.command.filter(|c| !c.trim().is_empty());
+    if let Some(command) = &command {
+        bounded(command, MAX_COMMAND_BYTES, &format!("{path}.command"), errors);
+    }
     (errors.0.len() == before).then_some(Process {
         port,
         command,
@@ -381,7 +443,12 @@ fn services(
     });
     let kv = raw.kv.and_then(|k| {
         let namespace = non_empty(k.namespace, &format!("{prefix}.kv.namespace"), errors)?;
-        if namespace.contains(|c: char| c.is_whitespace() || c == '*' || c == ':') {
+        if namespace.len() > 63 {
+            errors.push(
+                format!("{prefix}.kv.namespace"),
+                "must be at most 63 bytes",
+            );
+        } else if namespace.contains(|c: char| c.is_whitespace() || c == '*' || c == ':') {
             errors.push(
                 format!("{prefix}.kv.namespace"),
                 "must not contain whitespace, '*' or ':'",
@@ -390,6 +457,13 @@ fn services(
         Some(Kv { namespace })
     });
     let events = raw.events.map(|e| {
+        if e.topics.len() > limits::MAX_TOPICS {
+            errors.push(
+                format!("{prefix}.events.topics"),
+                format!("at most {} topics (got {})", limits::MAX_TOPICS, e.topics.len()),
+            );
+            return Events { topics: Vec::new() };
+        }
         let mut seen = BTreeSet::new();
         for (i, topic) in e.topics.iter().enumerate() {
             let field = format!("{prefix}.events.topics[{i}]");

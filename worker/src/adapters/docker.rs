@@ -13,7 +13,7 @@ use bollard::query_parameters::{
 };
 use futures::StreamExt;
 
-use super::{Finished, Instance, InstanceSpec, OneOff, OneOffResult};
+use super::{Finished, Instance, InstanceSpec, OneOff, Output};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -28,38 +28,44 @@ pub enum RuntimeError {
 /// Builds images from a checkout.
 #[async_trait::async_trait]
 pub trait ImageBuilder: Send + Sync {
-    /// Builds `tag` from `context`; build output is appended to `log`.
+    /// Builds `tag` from `context`; build output goes to `out` as it comes.
     async fn build(
         &self,
         context: &Path,
         dockerfile: &str,
         tag: &str,
-        log: &mut String,
+        out: &mut dyn Output,
     ) -> Result<(), RuntimeError>;
     /// Pushes `tag` to `registry` and returns the pushed reference.
     async fn push(
         &self,
         tag: &str,
         registry: &str,
-        log: &mut String,
+        out: &mut dyn Output,
     ) -> Result<String, RuntimeError>;
 }
 
 /// Runs containers: one-off jobs and long-running release instances.
 #[async_trait::async_trait]
 pub trait Runtime: Send + Sync {
-    async fn run_once(&self, job: &OneOff) -> Result<OneOffResult, RuntimeError> {
+    /// Runs a one-off to its end; its output goes to `out`. The exit code.
+    async fn run_once(&self, job: &OneOff, out: &mut dyn Output) -> Result<i64, RuntimeError> {
         self.start_once(job).await?;
-        match self.finish_once(&job.name, job.timeout).await? {
-            Finished::Exited { exit_code, output } => Ok(OneOffResult { exit_code, output }),
-            Finished::TimedOut { .. } => Err(RuntimeError::TimedOut(job.timeout)),
+        match self.finish_once(&job.name, job.timeout, out).await? {
+            Finished::Exited { exit_code } => Ok(exit_code),
+            Finished::TimedOut => Err(RuntimeError::TimedOut(job.timeout)),
         }
     }
     /// Creates and starts a one-off container (replacing a leftover of the same name).
     async fn start_once(&self, job: &OneOff) -> Result<(), RuntimeError>;
-    /// Waits up to `timeout` for a started one-off, kills it past that, collects
-    /// its output and removes it.
-    async fn finish_once(&self, name: &str, timeout: Duration) -> Result<Finished, RuntimeError>;
+    /// Waits up to `timeout` for a started one-off while streaming its output
+    /// to `out`, kills it past that, and removes it.
+    async fn finish_once(
+        &self,
+        name: &str,
+        timeout: Duration,
+        out: &mut dyn Output,
+    ) -> Result<Finished, RuntimeError>;
     /// Starts (or restarts, when re-run) one instance and returns its address.
     async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError>;
     async fn is_running(&self, name: &str) -> Result<bool, RuntimeError>;
@@ -103,17 +109,17 @@ impl DockerEngine {
         Ok(())
     }
 
-    async fn logs(&self, name: &str) -> String {
+    /// Streams a container's stdout and stderr to `out` until it stops.
+    async fn follow_logs(&self, name: &str, out: &mut dyn Output) {
         let opts = LogsOptionsBuilder::default()
             .stdout(true)
             .stderr(true)
+            .follow(true)
             .build();
         let mut stream = self.client.logs(name, Some(opts));
-        let mut out = String::new();
         while let Some(Ok(chunk)) = stream.next().await {
-            out.push_str(&chunk.to_string());
+            out.write(&String::from_utf8_lossy(&chunk.into_bytes())).await;
         }
-        out
     }
 
     async fn wait_exit(&self, name: &str) -> Result<i64, RuntimeError> {
@@ -154,7 +160,7 @@ impl ImageBuilder for DockerEngine {
         context: &Path,
         dockerfile: &str,
         tag: &str,
-        log: &mut String,
+        out: &mut dyn Output,
     ) -> Result<(), RuntimeError> {
         let dir = context.to_owned();
         let archive = tokio::task::spawn_blocking(move || tar_dir(&dir))
@@ -177,7 +183,7 @@ impl ImageBuilder for DockerEngine {
                 other => other.into(),
             })?;
             if let Some(s) = info.stream {
-                log.push_str(&s);
+                out.write(&s).await;
             }
             if let Some(detail) = info.error_detail {
                 return Err(RuntimeError::Failed(
@@ -192,7 +198,7 @@ impl ImageBuilder for DockerEngine {
         &self,
         tag: &str,
         registry: &str,
-        log: &mut String,
+        out: &mut dyn Output,
     ) -> Result<String, RuntimeError> {
         let (name, version) = tag.split_once(':').unwrap_or((tag, "latest"));
         let repo = format!("{}/{name}", registry.trim_end_matches('/'));
@@ -215,8 +221,7 @@ impl ImageBuilder for DockerEngine {
         while let Some(item) = stream.next().await {
             let info = item?;
             if let Some(status) = info.status {
-                log.push_str(&status);
-                log.push('\n');
+                out.write(&format!("{status}\n")).await;
             }
             if let Some(detail) = info.error_detail {
                 return Err(RuntimeError::Failed(
@@ -261,10 +266,18 @@ impl Runtime for DockerEngine {
         Ok(())
     }
 
-    async fn finish_once(&self, name: &str, timeout: Duration) -> Result<Finished, RuntimeError> {
-        let exit = tokio::time::timeout(timeout, self.wait_exit(name)).await;
+    async fn finish_once(
+        &self,
+        name: &str,
+        timeout: Duration,
+        out: &mut dyn Output,
+    ) -> Result<Finished, RuntimeError> {
+        let run = async {
+            let (code, ()) = tokio::join!(self.wait_exit(name), self.follow_logs(name, out));
+            code
+        };
+        let exit = tokio::time::timeout(timeout, run).await;
         if exit.is_err() {
-            // Stop it before reading logs so the output is final.
             let _ = self
                 .client
                 .kill_container(
@@ -273,14 +286,10 @@ impl Runtime for DockerEngine {
                 )
                 .await;
         }
-        let output = self.logs(name).await;
         self.remove(name).await?;
         match exit {
-            Ok(code) => Ok(Finished::Exited {
-                exit_code: code?,
-                output,
-            }),
-            Err(_) => Ok(Finished::TimedOut { output }),
+            Ok(code) => Ok(Finished::Exited { exit_code: code? }),
+            Err(_) => Ok(Finished::TimedOut),
         }
     }
 

@@ -32,6 +32,20 @@ pub struct Checkout {
     pub description: String,
 }
 
+/// Where a tool's output goes as it is produced (a step log, a bounded tail):
+/// never collected whole, so a noisy build costs bounded memory.
+#[async_trait::async_trait]
+pub trait Output: Send {
+    async fn write(&mut self, text: &str);
+}
+
+#[async_trait::async_trait]
+impl Output for norn_shared::text::Tail {
+    async fn write(&mut self, text: &str) {
+        self.push(text);
+    }
+}
+
 /// Fetches code at a ref into a directory. Blocking (git2 is); callers run it
 /// on a blocking thread.
 pub trait Source: Send + Sync {
@@ -58,23 +72,12 @@ pub struct Limits {
     pub pids: i64,
 }
 
-#[derive(Debug, Clone)]
-pub struct OneOffResult {
-    pub exit_code: i64,
-    pub output: String,
-}
-
-/// How a started one-off container ended.
-#[derive(Debug, Clone)]
+/// How a started one-off container ended (its output went to an [`Output`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Finished {
-    Exited {
-        exit_code: i64,
-        output: String,
-    },
-    /// Killed at its deadline; `output` is what it wrote until then.
-    TimedOut {
-        output: String,
-    },
+    Exited { exit_code: i64 },
+    /// Killed at its deadline.
+    TimedOut,
 }
 
 /// One long-running container of a release.

@@ -18,6 +18,7 @@ use sqlx::PgConnection;
 
 use crate::WorkerError;
 use crate::adapters::{Finished, Limits, OneOff};
+use norn_shared::text::Tail;
 use crate::state::WorkerState;
 
 /// Output kept per execution (the end, where errors are).
@@ -44,6 +45,8 @@ async fn execute(job: &CronJob, state: &WorkerState) -> Result<(), WorkerError> 
     let Some(start) = claim(job, state).await? else {
         return Ok(());
     };
+    // Only the end of the output is kept (in bounded memory, NUL replaced).
+    let mut output = Tail::new(MAX_OUTPUT);
     let finished = match state.runtime.start_once(&start.oneoff).await {
         Err(e) => Err(format!("could not start the container: {e}")),
         Ok(()) => {
@@ -58,12 +61,12 @@ async fn execute(job: &CronJob, state: &WorkerState) -> Result<(), WorkerError> 
                 .unwrap_or(Duration::ZERO);
             state
                 .runtime
-                .finish_once(&start.oneoff.name, left)
+                .finish_once(&start.oneoff.name, left, &mut output)
                 .await
                 .map_err(|e| format!("lost the container: {e}"))
         }
     };
-    record_end(job, state, &start, finished).await
+    record_end(job, state, &start, finished, output.finish()).await
 }
 
 fn saga_id(job: &CronJob) -> String {
@@ -146,13 +149,19 @@ async fn claim(job: &CronJob, state: &WorkerState) -> Result<Option<Start>, Work
         }
         _ => {}
     }
+    // `_` separates: app and process names cannot contain it, so app `a-b`
+    // process `c` and app `a` process `b-c` never share a container name.
     let name = format!(
-        "{}-{}-cron-{}",
+        "{}_{}_cron_{}",
         job.app,
         job.process,
         job.scheduled_at.timestamp_micros()
     );
-    let deadline = Utc::now() + chrono::Duration::from_std(policy.timeout).unwrap_or_default();
+    // Checked: the spec bounds the timeout, but a date must never panic.
+    let deadline = chrono::Duration::from_std(policy.timeout)
+        .ok()
+        .and_then(|t| Utc::now().checked_add_signed(t))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
     let (id,): (i64,) = sqlx::query_as(
         "INSERT INTO cron_executions (app, process, scheduled_at, trigger, image_tag, status, container, worker, deadline_at, started_at)
          SELECT $1, $2, $3, trigger, $4, 'running', $5, $6, $7, clock_timestamp() FROM cron_ticks
@@ -301,27 +310,23 @@ async fn record_end(
     state: &WorkerState,
     start: &Start,
     finished: Result<Finished, String>,
+    output: String,
 ) -> Result<(), WorkerError> {
     let timeout = start.oneoff.timeout;
-    let (status, exit_code, output, reason) = match finished {
-        Ok(Finished::Exited { exit_code, output }) if exit_code == 0 => {
-            ("completed", Some(exit_code), output, None)
-        }
-        Ok(Finished::Exited { exit_code, output }) => (
+    let (status, exit_code, reason) = match finished {
+        Ok(Finished::Exited { exit_code }) if exit_code == 0 => ("completed", Some(exit_code), None),
+        Ok(Finished::Exited { exit_code }) => (
             "failed",
             Some(exit_code),
-            output,
             Some(format!("exited with {exit_code}")),
         ),
-        Ok(Finished::TimedOut { output }) => (
+        Ok(Finished::TimedOut) => (
             "timed_out",
             None,
-            output,
             Some(format!("timed out after {timeout:?}")),
         ),
-        Err(reason) => ("failed", None, String::new(), Some(reason)),
+        Err(reason) => ("failed", None, Some(reason)),
     };
-    let output = events::tail(&output, MAX_OUTPUT).to_owned();
     let mut tx = state.pool.begin().await?;
     // Conditional: an execution already ended by `replace` or the scheduler's
     // sweep keeps that outcome.

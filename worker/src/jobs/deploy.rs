@@ -102,6 +102,8 @@ async fn execute(job: &DeployJob, state: &WorkerState) -> Result<(), WorkerError
         token,
         abort: watchers.receiver(),
         snapshot: None,
+        attempt: 0,
+        log: crate::pipeline::log::StepLog::detached(),
     };
     let result = attempt(&mut ctx).await;
     drop(watchers);
@@ -124,6 +126,7 @@ async fn attempt(ctx: &mut DeployCtx<'_>) -> Result<(), WorkerError> {
     };
     // Ended (canceled, superseded) while it waited for the lease.
     let Some(dep) = claimed else { return Ok(()) };
+    ctx.attempt = dep.attempts;
     let (mut done, mut kept) = completed_steps(&dep);
     if dep.kind == "rollback" {
         skip_build_steps(&dep, &mut done, &mut kept);

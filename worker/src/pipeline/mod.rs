@@ -3,6 +3,7 @@
 //! only sequences them and records what happened.
 
 pub mod abort;
+pub mod log;
 pub mod record;
 
 use std::collections::BTreeSet;
@@ -13,7 +14,7 @@ use norn_shared::db::apps::App;
 use norn_shared::domain::{GitRef, Step, StepStatus};
 
 use crate::WorkerError;
-use crate::adapters::Instance;
+use crate::adapters::{Instance, Output};
 use crate::state::WorkerState;
 use crate::steps;
 use abort::Abort;
@@ -95,6 +96,10 @@ pub struct DeployCtx<'a> {
     pub abort: watch::Receiver<Option<Abort>>,
     /// The dump the snapshot step took (restored if the migration fails).
     pub snapshot: Option<PathBuf>,
+    /// This attempt's number (`deployments.attempts`), for its step logs.
+    pub attempt: i32,
+    /// The running step's output (see `log.rs`).
+    pub log: log::StepLog,
 }
 
 impl DeployCtx<'_> {
@@ -223,8 +228,26 @@ pub async fn run(
     for step in STEPS.into_iter().filter(|s| !done.contains(s)) {
         rec.step_started(step).await?;
         let began = Instant::now();
+        ctx.log = log::StepLog::start(log::LogTarget {
+            pool: ctx.state.pool.clone(),
+            app: ctx.app.id.clone(),
+            deployment_id: ctx.deployment_id.clone(),
+            step: step.as_str(),
+            attempt: ctx.attempt,
+            cap: ctx.state.config.step_log_max,
+        });
         let ended = run_bounded(step, ctx).await;
         let took = began.elapsed();
+        // What the step returned goes after what it streamed; the row keeps
+        // the end of both.
+        let mut step_log = std::mem::replace(&mut ctx.log, log::StepLog::detached());
+        let returned = match &ended {
+            Ended::Done(out) => out.output.as_str(),
+            Ended::Failed(f) => f.output.as_str(),
+            Ended::Aborted(_) => "",
+        };
+        step_log.write(returned).await;
+        let tail = step_log.finish().await;
         let (reason, output) = match ended {
             Ended::Done(out) => {
                 let status = if out.skipped {
@@ -237,8 +260,7 @@ pub async fn run(
                     Step::Build => (None, ctx.image.as_deref()),
                     _ => (None, None),
                 };
-                rec.step_finished(step, status, &out.output, took, found)
-                    .await?;
+                rec.step_finished(step, status, &tail, took, found).await?;
                 test_hook::after_step(step).await;
                 continue;
             }
@@ -246,8 +268,8 @@ pub async fn run(
                 // Leave everything as it is: the retried job resumes here.
                 return Err(WorkerError::Interrupted(format!("{step}: {}", f.reason)));
             }
-            Ended::Failed(f) => (f.reason, f.output),
-            Ended::Aborted(Abort::Canceled { by }) => (format!("canceled by {by}"), String::new()),
+            Ended::Failed(f) => (f.reason, tail),
+            Ended::Aborted(Abort::Canceled { by }) => (format!("canceled by {by}"), tail),
             Ended::Aborted(Abort::LeaseLost) => {
                 steps::deploy::discard_attempt(ctx, step).await;
                 return Err(WorkerError::Fenced);

@@ -1,5 +1,6 @@
 use norn_shared::domain::GitRef;
 
+use crate::adapters::Output;
 use crate::pipeline::{DeployCtx, StepFailure, StepOutput};
 
 pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
@@ -20,28 +21,22 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
         )));
     }
     let tag = format!("{}:{}", ctx.app.id, ctx.sha12());
-    if let Err(e) = ctx
-        .state
-        .builder
-        .build(&ctx.workdir, &dockerfile, &tag, &mut log)
+    ctx.log.write(&log).await;
+    // The build's output streams into the step log as it comes.
+    let builder = ctx.state.builder.clone();
+    if let Err(e) = builder
+        .build(&ctx.workdir, &dockerfile, &tag, &mut ctx.log)
         .await
     {
-        return Err(StepFailure::with_output(
-            format!("docker build failed: {e}"),
-            log,
-        ));
+        return Err(StepFailure::new(format!("docker build failed: {e}")));
     }
-    let image = match &ctx.state.config.registry_url {
-        Some(registry) => ctx
-            .state
-            .builder
-            .push(&tag, registry, &mut log)
+    let image = match ctx.state.config.registry_url.clone() {
+        Some(registry) => builder
+            .push(&tag, &registry, &mut ctx.log)
             .await
-            .map_err(|e| {
-                StepFailure::with_output(format!("pushing {tag} to {registry}: {e}"), log.clone())
-            })?,
+            .map_err(|e| StepFailure::new(format!("pushing {tag} to {registry}: {e}")))?,
         None => tag,
     };
     ctx.image = Some(image);
-    Ok(StepOutput::done(log))
+    Ok(StepOutput::done(""))
 }

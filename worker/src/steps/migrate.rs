@@ -1,7 +1,7 @@
 use norn_shared::domain::Step;
 use std::collections::BTreeMap;
 
-use crate::adapters::OneOff;
+use crate::adapters::{OneOff, Output};
 use crate::pipeline::{DeployCtx, StepFailure, StepOutput};
 
 pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
@@ -38,24 +38,23 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
         limits: None,
         timeout: ctx.deadline(Step::Migrate),
     };
-    let result = ctx
-        .state
-        .runtime
-        .run_once(&job)
+    if created {
+        ctx.log
+            .write(&format!("created database {}\n", pg.database))
+            .await;
+    }
+    let runtime = ctx.state.runtime.clone();
+    let exit_code = runtime
+        .run_once(&job, &mut ctx.log)
         .await
         .map_err(|e| StepFailure::new(format!("running {:?}: {e}", migrations.command)))?;
-    let mut output = String::new();
-    if created {
-        output.push_str(&format!("created database {}\n", pg.database));
+    if exit_code != 0 {
+        return Err(StepFailure::new(format!(
+            "{:?} exited with {exit_code}",
+            migrations.command
+        )));
     }
-    output.push_str(&result.output);
-    if result.exit_code != 0 {
-        return Err(StepFailure::with_output(
-            format!("{:?} exited with {}", migrations.command, result.exit_code),
-            output,
-        ));
-    }
-    Ok(StepOutput::done(output))
+    Ok(StepOutput::done(""))
 }
 
 /// After a failed migration: restores the dump the snapshot step took before

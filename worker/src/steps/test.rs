@@ -21,17 +21,15 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
         limits: None,
         timeout: ctx.deadline(Step::Test),
     };
-    let result = ctx
-        .state
-        .runtime
-        .run_once(&job)
+    let runtime = ctx.state.runtime.clone();
+    let exit_code = runtime
+        .run_once(&job, &mut ctx.log)
         .await
         .map_err(|e| StepFailure::new(format!("running {command:?}: {e}")))?;
-    if result.exit_code != 0 {
-        return Err(StepFailure::with_output(
-            format!("{command:?} exited with {}", result.exit_code),
-            result.output,
-        ));
+    if exit_code != 0 {
+        return Err(StepFailure::new(format!(
+            "{command:?} exited with {exit_code}"
+        )));
     }
-    Ok(StepOutput::done(result.output))
+    Ok(StepOutput::done(""))
 }
