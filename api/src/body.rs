@@ -37,9 +37,7 @@ impl<S: Send + Sync, const MAX: usize> FromRequest<S> for Body<MAX> {
 }
 
 /// The body as JSON of `T` (empty → `T::default()`); malformed → 400.
-pub fn optional_json<T: serde::de::DeserializeOwned + Default>(
-    body: &[u8],
-) -> Result<T, ApiError> {
+pub fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(T::default());
     }

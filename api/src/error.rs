@@ -18,7 +18,9 @@ pub enum ApiError {
     Conflict(String),
     Unavailable(String),
     /// 413: the body is larger than the route accepts.
-    TooLarge { limit: usize },
+    TooLarge {
+        limit: usize,
+    },
     /// 429 with `Retry-After` (seconds).
     TooMany {
         message: String,

@@ -12,6 +12,9 @@ use tokio::sync::broadcast;
 
 use crate::ingress::RouteTable;
 
+/// How often the route table is reloaded even without a NOTIFY.
+const RELOAD_EVERY: Duration = Duration::from_secs(10);
+
 pub async fn run(pool: sqlx::PgPool, events_tx: broadcast::Sender<String>, table: RouteTable) {
     loop {
         if let Err(e) = session(&pool, &events_tx, &table).await {
@@ -31,16 +34,22 @@ async fn session(
         .listen_all([events::CHANNEL, routes::CHANGED_CHANNEL])
         .await?;
     table.reload(pool).await?;
+    // A reload on a timer, whatever the event traffic: a lost NOTIFY is
+    // repaired within RELOAD_EVERY even while events keep arriving (a
+    // timeout on the next event never fired under steady traffic).
+    let mut reload = tokio::time::interval(RELOAD_EVERY);
+    reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        // A timed wake-up reloads routes even if a NOTIFY was lost.
-        match tokio::time::timeout(Duration::from_secs(10), listener.try_recv()).await {
-            Err(_) => table.reload(pool).await?,
-            Ok(Ok(Some(n))) if n.channel() == routes::CHANGED_CHANNEL => table.reload(pool).await?,
-            Ok(Ok(Some(n))) => {
-                let _ = events_tx.send(n.payload().to_owned());
-            }
-            Ok(Ok(None)) => return Ok(()),
-            Ok(Err(e)) => return Err(e),
+        tokio::select! {
+            _ = reload.tick() => table.reload(pool).await?,
+            received = listener.try_recv() => match received {
+                Ok(Some(n)) if n.channel() == routes::CHANGED_CHANNEL => table.reload(pool).await?,
+                Ok(Some(n)) => {
+                    let _ = events_tx.send(n.payload().to_owned());
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(e),
+            },
         }
     }
 }

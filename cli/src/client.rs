@@ -58,6 +58,29 @@ impl Api {
             .await
     }
 
+    /// GETs `path` and copies the response body to stdout as it arrives
+    /// (`norn logs`, which may follow a running step).
+    pub async fn stream_to_stdout(&self, path: &str) -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut resp = self
+            .req(reqwest::Method::GET, path)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the Norn API at {}", self.base))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            let msg = body["error"].as_str().unwrap_or("request failed");
+            bail!("{msg} (HTTP {})", status.as_u16());
+        }
+        let mut out = std::io::stdout().lock();
+        while let Some(chunk) = resp.chunk().await? {
+            out.write_all(&chunk)?;
+            out.flush()?;
+        }
+        Ok(())
+    }
+
     fn ws_url(&self, app: &str) -> String {
         let mut url = format!("{}/ws?app={app}", self.base.replacen("http", "ws", 1));
         if let Some(t) = &self.token {
@@ -91,13 +114,45 @@ fn print_step(payload: &Value) {
     }
 }
 
-/// Queues a deploy and follows it live. Returns whether it ended `deployed`.
-pub async fn deploy(api: &Api, app: &str, git_ref: Option<&str>) -> anyhow::Result<bool> {
+/// Output lines of a running step, as `deploy.log` events carry them: the
+/// end of each batch, and a note of what was not sent live.
+fn print_log(payload: &Value, id: &str) {
+    let not_sent = payload["notSent"].as_u64().unwrap_or(0);
+    if not_sent > 0 {
+        println!("    │ [… {not_sent} bytes not shown live; `norn logs {id}` has them …]");
+    }
+    for line in payload["text"].as_str().unwrap_or("").lines() {
+        println!("    │ {line}");
+    }
+}
+
+/// Queues a deploy and follows it live (with the steps' output unless
+/// `quiet`). Returns whether it ended `deployed`.
+pub async fn deploy(
+    api: &Api,
+    app: &str,
+    git_ref: Option<&str>,
+    quiet: bool,
+) -> anyhow::Result<bool> {
     let body = match git_ref {
         Some(r) => json!({ "ref": r }),
         None => json!({}),
     };
-    queue_and_follow(api, app, &format!("/api/apps/{app}/deploy"), &body).await
+    queue_and_follow(api, app, &format!("/api/apps/{app}/deploy"), &body, quiet).await
+}
+
+/// A deployment's full step output; `follow` keeps printing until it ends.
+pub async fn logs(
+    api: &Api,
+    deployment: &str,
+    step: Option<&str>,
+    follow: bool,
+) -> anyhow::Result<()> {
+    let mut path = format!("/api/deployments/{deployment}/logs?follow={follow}");
+    if let Some(step) = step {
+        path.push_str(&format!("&step={step}"));
+    }
+    api.stream_to_stdout(&path).await
 }
 
 pub async fn rollback(api: &Api, app: &str, to: Option<&str>) -> anyhow::Result<bool> {
@@ -105,12 +160,18 @@ pub async fn rollback(api: &Api, app: &str, to: Option<&str>) -> anyhow::Result<
         Some(id) => json!({ "deploymentId": id }),
         None => json!({}),
     };
-    queue_and_follow(api, app, &format!("/api/apps/{app}/rollback"), &body).await
+    queue_and_follow(api, app, &format!("/api/apps/{app}/rollback"), &body, false).await
 }
 
 /// POSTs `body` to `path` (which queues a deployment) and follows that
 /// deployment until it ends; `true` when it ends deployed.
-async fn queue_and_follow(api: &Api, app: &str, path: &str, body: &Value) -> anyhow::Result<bool> {
+async fn queue_and_follow(
+    api: &Api,
+    app: &str,
+    path: &str,
+    body: &Value,
+    quiet: bool,
+) -> anyhow::Result<bool> {
     // Subscribe before queueing so no step event is missed.
     let ws = tokio_tungstenite::connect_async(api.ws_url(app))
         .await
@@ -139,6 +200,7 @@ async fn queue_and_follow(api: &Api, app: &str, path: &str, body: &Value) -> any
                     if payload["deploymentId"].as_str() != Some(id.as_str()) { continue; }
                     match ev["type"].as_str() {
                         Some("deploy.step") => print_step(payload),
+                        Some("deploy.log") if !quiet => print_log(payload, &id),
                         Some("deploy.completed") => {
                             println!("deployed {}", payload["imageTag"].as_str().unwrap_or(""));
                             return Ok(true);
@@ -209,8 +271,12 @@ pub async fn status(api: &Api) -> anyhow::Result<()> {
     let deployments = api.get("/api/deployments?limit=20").await?;
     println!("{:<24} {:<10}", "APP", "SOURCE");
     for app in apps.as_array().into_iter().flatten() {
+        let invalid = match app["error"].as_str() {
+            Some(e) if app["valid"] == false => format!("  INVALID SPEC: {e}"),
+            _ => String::new(),
+        };
         println!(
-            "{:<24} {:<10}",
+            "{:<24} {:<10}{invalid}",
             app["id"].as_str().unwrap_or(""),
             app["source"].as_str().unwrap_or("")
         );

@@ -34,8 +34,25 @@ struct Cli {
 enum Command {
     /// Start api, worker and scheduler in this process (and a private Postgres if DATABASE_URL is unset).
     Up,
-    /// Deploy an app at a ref (branch, tag or SHA; default HEAD) and follow it.
-    Deploy { app: String, r#ref: Option<String> },
+    /// Deploy an app at a ref (branch, tag or SHA; default HEAD) and follow it,
+    /// printing each step's output live.
+    Deploy {
+        app: String,
+        r#ref: Option<String>,
+        /// Only the steps, not their output.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// A deployment's full step output (up to NORN_STEP_LOG_MAX per step).
+    Logs {
+        deployment: String,
+        /// Only this step (clone, build, test, snapshot, migrate, deploy, healthy, cleanup).
+        #[arg(long)]
+        step: Option<String>,
+        /// Keep printing until the step (or the deployment) ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
     /// Registered apps and recent deployments.
     Status,
     /// Cancel a deployment: a queued one ends at once, a running one stops
@@ -110,7 +127,16 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             up::run(norn_shared::Config::from_env()?).await?;
             Ok(true)
         }
-        Command::Deploy { app, r#ref } => client::deploy(&api, &app, r#ref.as_deref()).await,
+        Command::Deploy { app, r#ref, quiet } => {
+            client::deploy(&api, &app, r#ref.as_deref(), quiet).await
+        }
+        Command::Logs {
+            deployment,
+            step,
+            follow,
+        } => client::logs(&api, &deployment, step.as_deref(), follow)
+            .await
+            .map(|_| true),
         Command::Status => client::status(&api).await.map(|_| true),
         Command::Rollback { app, to } => client::rollback(&api, &app, to.as_deref()).await,
         Command::Nodes { action: None } => client::nodes(&api).await.map(|_| true),

@@ -15,7 +15,11 @@ pub async fn invalid_spec(
     error: &str,
 ) -> Result<(), SchedulerError> {
     if apps::record_spec_error(conn, app, error).await? {
-        tracing::warn!(app, error, "stored spec no longer validates; the scheduler skips this app until it is registered again");
+        tracing::warn!(
+            app,
+            error,
+            "stored spec no longer validates; the scheduler skips this app until it is registered again"
+        );
     }
     Ok(())
 }

@@ -66,7 +66,11 @@ pub(crate) async fn lead(
         // Pruning can take a while on a big table; it must not delay ticks.
         if now >= next_prune && pruning.as_ref().is_none_or(|h| h.is_finished()) {
             next_prune = now + PRUNE_EVERY;
-            pruning = Some(tokio::spawn(prune(pool.clone(), config.job_retention)));
+            pruning = Some(tokio::spawn(prune(
+                pool.clone(),
+                config.job_retention,
+                config.log_retention,
+            )));
         }
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => {
@@ -92,7 +96,7 @@ async fn changed(listener: &mut Option<PgListener>) {
     }
 }
 
-async fn prune(pool: PgPool, retention: Duration) {
+async fn prune(pool: PgPool, retention: Duration, log_retention: Duration) {
     match norn_shared::queue::prune(&pool, retention).await {
         Ok(n) if n > 0 => tracing::info!(rows = n, "pruned finished jobs"),
         Ok(_) => {}
@@ -102,5 +106,12 @@ async fn prune(pool: PgPool, retention: Duration) {
         Ok(n) if n > 0 => tracing::info!(rows = n, "pruned health checks older than 24h"),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "pruning health checks failed"),
+    }
+    match norn_shared::db::logs::prune(&pool, log_retention).await {
+        Ok(n) if n > 0 => {
+            tracing::info!(rows = n, "pruned step log chunks past NORN_LOG_RETENTION")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "pruning step logs failed"),
     }
 }

@@ -101,6 +101,9 @@ mod tests {
     #[test]
     fn a_small_event_is_unchanged() {
         let event = Event::new("deploy.step", "app", serde_json::json!({"step": "build"}));
-        assert_eq!(encode(&event).unwrap(), serde_json::to_string(&event).unwrap());
+        assert_eq!(
+            encode(&event).unwrap(),
+            serde_json::to_string(&event).unwrap()
+        );
     }
 }

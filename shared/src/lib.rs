@@ -11,7 +11,7 @@ pub mod queue;
 pub mod registry;
 pub mod shutdown;
 pub mod snapshots;
-pub mod text;
 pub mod testing;
+pub mod text;
 
 pub use config::Config;

@@ -49,7 +49,9 @@ impl WorkerState {
             Arc::new(move || {
                 let docker = docker.clone();
                 Box::pin(async move {
-                    match tokio::time::timeout(std::time::Duration::from_secs(3), docker.ping()).await {
+                    match tokio::time::timeout(std::time::Duration::from_secs(3), docker.ping())
+                        .await
+                    {
                         Ok(answer) => answer.map_err(|e| e.to_string()),
                         Err(_) => Err("the Docker engine did not answer within 3 s".into()),
                     }

@@ -134,8 +134,8 @@ pub async fn set_schedule(
     Path(id): Path<String>,
     Body(body): Body<SMALL_LIMIT>,
 ) -> ApiResult<Json<Value>> {
-    let body: ScheduleBody = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad(format!("invalid body: {e}")))?;
+    let body: ScheduleBody =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("invalid body: {e}")))?;
     let mut tx = state.pool.begin().await?;
     let (app, process, schedule) = scheduled(&mut tx, &id).await?;
     let expr = match body.schedule.as_deref().map(str::trim) {

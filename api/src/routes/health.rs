@@ -10,7 +10,10 @@ use crate::state::AppState;
 /// no Docker socket: the engine's state is what live workers reported in
 /// their last heartbeat. Without the token (when one is set) the answer is
 /// only `ok` or `degraded`.
-pub async fn health(State(state): State<AppState>, headers: HeaderMap) -> (StatusCode, Json<Value>) {
+pub async fn health(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> (StatusCode, Json<Value>) {
     let postgres = sqlx::query("SELECT 1").execute(&state.pool).await;
     let pg_up = postgres.is_ok();
     let engines = norn_shared::db::nodes::engine_states(&state.pool).await;

@@ -40,9 +40,7 @@ pub async fn logs(
     let step = q
         .step
         .as_deref()
-        .map(|s| {
-            s.parse::<Step>().map_err(|e| ApiError::field("step", e))
-        })
+        .map(|s| s.parse::<Step>().map_err(|e| ApiError::field("step", e)))
         .transpose()?;
     let mut conn = state.pool.acquire().await?;
     if deployments::get(&mut conn, &id).await?.is_none() {

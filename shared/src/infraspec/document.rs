@@ -35,15 +35,17 @@ pub fn decode(text: &str, format: Format) -> Result<Value, FieldError> {
         depth: 0,
     };
     let result = match format {
-        Format::Yaml => seed.deserialize(serde_yaml::Deserializer::from_str(text)).map_err(|e| {
-            let message = e.to_string();
-            // serde_yaml has its own, looser guard against alias repetition.
-            if message.contains("repetition limit") {
-                too_many_nodes()
-            } else {
-                FieldError::root(format!("invalid YAML: {message}"))
-            }
-        }),
+        Format::Yaml => seed
+            .deserialize(serde_yaml::Deserializer::from_str(text))
+            .map_err(|e| {
+                let message = e.to_string();
+                // serde_yaml has its own, looser guard against alias repetition.
+                if message.contains("repetition limit") {
+                    too_many_nodes()
+                } else {
+                    FieldError::root(format!("invalid YAML: {message}"))
+                }
+            }),
         Format::Json => {
             let mut de = serde_json::Deserializer::from_str(text);
             seed.deserialize(&mut de)
@@ -241,13 +243,19 @@ impl<'de> Visitor<'de> for Key<'_, '_> {
         self.visit_str(&v)
     }
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
-        Err(self.0.error(format!("keys must be strings (quote it: \"{v}\")")))
+        Err(self
+            .0
+            .error(format!("keys must be strings (quote it: \"{v}\")")))
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
-        Err(self.0.error(format!("keys must be strings (quote it: \"{v}\")")))
+        Err(self
+            .0
+            .error(format!("keys must be strings (quote it: \"{v}\")")))
     }
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<String, E> {
-        Err(self.0.error(format!("keys must be strings (quote it: \"{v}\")")))
+        Err(self
+            .0
+            .error(format!("keys must be strings (quote it: \"{v}\")")))
     }
     fn visit_f64<E: de::Error>(self, _: f64) -> Result<String, E> {
         Err(self.0.error("keys must be strings"))
@@ -310,7 +318,10 @@ mod tests {
     #[test]
     fn nul_bytes_non_string_keys_duplicates_and_tags_are_refused() {
         let e = decode("{\"env\": {\"A\": \"x\\u0000y\"}}", Format::Json).unwrap_err();
-        assert_eq!((e.field.as_str(), e.message.contains("NUL")), ("env.A", true));
+        assert_eq!(
+            (e.field.as_str(), e.message.contains("NUL")),
+            ("env.A", true)
+        );
         let e = decode("? [a, b]\n: c\n", Format::Yaml).unwrap_err();
         assert!(e.message.contains("keys must be strings"), "{e}");
         let e = decode("{\"a\": 1, \"a\": 2}", Format::Json).unwrap_err();
@@ -319,6 +330,9 @@ mod tests {
         assert!(e.message.contains("tags"), "{e}");
         let e = decode("8080: web\n", Format::Yaml).unwrap_err();
         assert!(e.message.contains("quote it"), "{e}");
-        assert_eq!(decode("\"8080\": web\n", Format::Yaml).unwrap()["8080"], "web");
+        assert_eq!(
+            decode("\"8080\": web\n", Format::Yaml).unwrap()["8080"],
+            "web"
+        );
     }
 }

@@ -182,7 +182,12 @@ pub(super) fn validate(raw: RawSpec) -> Result<InfraSpec, SpecErrors> {
             RawMigrations::Table { command, database } => (command, database),
         };
         let command = non_empty(command, "migrations.command", &mut errors)?;
-        bounded(&command, MAX_COMMAND_BYTES, "migrations.command", &mut errors);
+        bounded(
+            &command,
+            MAX_COMMAND_BYTES,
+            "migrations.command",
+            &mut errors,
+        );
         if let Some(db) = database {
             let declared = services.postgres.as_ref().map(|p| p.database.as_str());
             if declared != Some(db.as_str()) {
@@ -203,7 +208,11 @@ pub(super) fn validate(raw: RawSpec) -> Result<InfraSpec, SpecErrors> {
     if raw.env.len() > limits::MAX_ENV_ENTRIES {
         errors.push(
             "env",
-            format!("at most {} variables (got {})", limits::MAX_ENV_ENTRIES, raw.env.len()),
+            format!(
+                "at most {} variables (got {})",
+                limits::MAX_ENV_ENTRIES,
+                raw.env.len()
+            ),
         );
     }
     let mut env = BTreeMap::new();
@@ -229,7 +238,11 @@ pub(super) fn validate(raw: RawSpec) -> Result<InfraSpec, SpecErrors> {
     if raw.secrets.len() > limits::MAX_SECRETS {
         errors.push(
             "secrets",
-            format!("at most {} secrets (got {})", limits::MAX_SECRETS, raw.secrets.len()),
+            format!(
+                "at most {} secrets (got {})",
+                limits::MAX_SECRETS,
+                raw.secrets.len()
+            ),
         );
     }
 
@@ -388,7 +401,12 @@ fn process(p: RawProcess, path: &str, errors: &mut Errors) -> Option<Process> {
     }
     let command = p.command.filter(|c| !c.trim().is_empty());
     if let Some(command) = &command {
-        bounded(command, MAX_COMMAND_BYTES, &format!("{path}.command"), errors);
+        bounded(
+            command,
+            MAX_COMMAND_BYTES,
+            &format!("{path}.command"),
+            errors,
+        );
     }
     (errors.0.len() == before).then_some(Process {
         port,
@@ -444,10 +462,7 @@ fn services(
     let kv = raw.kv.and_then(|k| {
         let namespace = non_empty(k.namespace, &format!("{prefix}.kv.namespace"), errors)?;
         if namespace.len() > 63 {
-            errors.push(
-                format!("{prefix}.kv.namespace"),
-                "must be at most 63 bytes",
-            );
+            errors.push(format!("{prefix}.kv.namespace"), "must be at most 63 bytes");
         } else if namespace.contains(|c: char| c.is_whitespace() || c == '*' || c == ':') {
             errors.push(
                 format!("{prefix}.kv.namespace"),
@@ -460,7 +475,11 @@ fn services(
         if e.topics.len() > limits::MAX_TOPICS {
             errors.push(
                 format!("{prefix}.events.topics"),
-                format!("at most {} topics (got {})", limits::MAX_TOPICS, e.topics.len()),
+                format!(
+                    "at most {} topics (got {})",
+                    limits::MAX_TOPICS,
+                    e.topics.len()
+                ),
             );
             return Events { topics: Vec::new() };
         }

@@ -118,7 +118,8 @@ impl DockerEngine {
             .build();
         let mut stream = self.client.logs(name, Some(opts));
         while let Some(Ok(chunk)) = stream.next().await {
-            out.write(&String::from_utf8_lossy(&chunk.into_bytes())).await;
+            out.write(&String::from_utf8_lossy(&chunk.into_bytes()))
+                .await;
         }
     }
 

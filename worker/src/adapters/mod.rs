@@ -75,7 +75,9 @@ pub struct Limits {
 /// How a started one-off container ended (its output went to an [`Output`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Finished {
-    Exited { exit_code: i64 },
+    Exited {
+        exit_code: i64,
+    },
     /// Killed at its deadline.
     TimedOut,
 }

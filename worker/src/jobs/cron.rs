@@ -18,8 +18,8 @@ use sqlx::PgConnection;
 
 use crate::WorkerError;
 use crate::adapters::{Finished, Limits, OneOff};
-use norn_shared::text::Tail;
 use crate::state::WorkerState;
+use norn_shared::text::Tail;
 
 /// Output kept per execution (the end, where errors are).
 const MAX_OUTPUT: usize = 64 * 1024;
@@ -314,7 +314,9 @@ async fn record_end(
 ) -> Result<(), WorkerError> {
     let timeout = start.oneoff.timeout;
     let (status, exit_code, reason) = match finished {
-        Ok(Finished::Exited { exit_code }) if exit_code == 0 => ("completed", Some(exit_code), None),
+        Ok(Finished::Exited { exit_code }) if exit_code == 0 => {
+            ("completed", Some(exit_code), None)
+        }
         Ok(Finished::Exited { exit_code }) => (
             "failed",
             Some(exit_code),
