@@ -454,3 +454,58 @@ fn started_id(output: &str) -> Option<String> {
         .find_map(|l| l.strip_prefix("started "))
         .map(|id| id.trim().to_owned())
 }
+
+/// App `<p>-x` with process `y` and app `<p>` with process `x-y` once had the
+/// same cron container name at every tick, and each start force-removed the
+/// other's container. Both run at the same ticks now, and every run reaches
+/// its end (reported to the witness after a second of work).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cron_apps_whose_names_would_have_collided_both_run_at_the_same_tick() {
+    let h = Harness::start().await;
+    h.spawn_scheduler();
+    let witness = Witness::start().await;
+    let short = unique_app("coll");
+    let long = format!("{short}-x");
+    norn_shared::testing::track(norn_shared::testing::Leftover::App(long.clone()));
+    for (app, process) in [(&long, "y"), (&short, "x-y")] {
+        let repo = AppRepo::create(h.tmp.path(), app);
+        let command = format!("busybox sleep 1 && {}", witness.get(&format!("done/{app}")));
+        h.register_and_deploy(json!({
+            "name": app,
+            "repo": {"url": repo.url()},
+            "processes": {process: {"schedule": "* * * * * *", "command": command}},
+        }))
+        .await;
+    }
+    let both_completed = || async {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM cron_executions a JOIN cron_executions b
+               ON a.scheduled_at = b.scheduled_at
+             WHERE a.app = $1 AND b.app = $2 AND a.status = 'completed' AND b.status = 'completed'",
+        )
+        .bind(&long)
+        .bind(&short)
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+        n
+    };
+    eventually(Duration::from_secs(90), "both apps completing one tick", || async {
+        (both_completed().await >= 3).then_some(())
+    })
+    .await;
+    let failed: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT app, reason FROM cron_executions WHERE app IN ($1, $2) AND status <> 'completed'
+           AND status <> 'running'",
+    )
+    .bind(&long)
+    .bind(&short)
+    .fetch_all(&h.pool)
+    .await
+    .unwrap();
+    assert!(failed.is_empty(), "runs that did not complete: {failed:?}");
+    for app in [&long, &short] {
+        let reported = witness.counts("done").get(app.as_str()).copied().unwrap_or(0);
+        assert!(reported >= 3, "{app} reported {reported} finished runs");
+    }
+}

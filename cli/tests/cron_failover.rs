@@ -68,6 +68,20 @@ async fn every_tick_runs_once_while_the_leader_is_killed() {
         json!({"overlap": "allow"}),
     ))
     .await;
+    // Beside it, a cron app at the largest grace and timeout a spec may
+    // give (an absurd one used to panic the leader in date arithmetic, and
+    // every replica taking over met the same row): planning it on every
+    // leader must not stop the other app's ticks.
+    let patient = unique_app("patient");
+    let patient_repo = AppRepo::create(h.tmp.path(), &patient);
+    h.register_and_deploy(cron_spec(
+        &patient,
+        &patient_repo,
+        "*/2 * * * * *",
+        "true",
+        json!({"grace": "24h", "timeout": "24h", "overlap": "allow"}),
+    ))
+    .await;
 
     let nodes = ["sched-a", "sched-b", "sched-c"];
     let mut procs: Vec<Proc> = nodes
