@@ -333,7 +333,8 @@ async fn ws_streams_queued_every_step_in_order_and_completed_and_filters_by_app(
             .collect();
         assert!(
             logs.iter()
-                .any(|e| e["payload"]["step"] == "build" && e["payload"]["deploymentId"] == id.as_str()),
+                .any(|e| e["payload"]["step"] == "build"
+                    && e["payload"]["deploymentId"] == id.as_str()),
             "no deploy.log of the build of {app}: {logs:#?}"
         );
         let mine: Vec<&Value> = seen
@@ -359,11 +360,7 @@ async fn ws_streams_queued_every_step_in_order_and_completed_and_filters_by_app(
         filtered.iter().all(|e| e["app"] == a.as_str()),
         "?app={a} let another app's events through: {filtered:#?}"
     );
-    let shapes: Vec<_> = filtered
-        .iter()
-        .filter(|e| !is_log(e))
-        .map(shape)
-        .collect();
+    let shapes: Vec<_> = filtered.iter().filter(|e| !is_log(e)).map(shape).collect();
     assert_eq!(shapes, want, "{filtered:#?}");
 
     remove_containers(&a).await;

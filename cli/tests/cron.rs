@@ -490,9 +490,11 @@ async fn cron_apps_whose_names_would_have_collided_both_run_at_the_same_tick() {
         .unwrap();
         n
     };
-    eventually(Duration::from_secs(90), "both apps completing one tick", || async {
-        (both_completed().await >= 3).then_some(())
-    })
+    eventually(
+        Duration::from_secs(90),
+        "both apps completing one tick",
+        || async { (both_completed().await >= 3).then_some(()) },
+    )
     .await;
     let failed: Vec<(String, Option<String>)> = sqlx::query_as(
         "SELECT app, reason FROM cron_executions WHERE app IN ($1, $2) AND status <> 'completed'
@@ -505,7 +507,11 @@ async fn cron_apps_whose_names_would_have_collided_both_run_at_the_same_tick() {
     .unwrap();
     assert!(failed.is_empty(), "runs that did not complete: {failed:?}");
     for app in [&long, &short] {
-        let reported = witness.counts("done").get(app.as_str()).copied().unwrap_or(0);
+        let reported = witness
+            .counts("done")
+            .get(app.as_str())
+            .copied()
+            .unwrap_or(0);
         assert!(reported >= 3, "{app} reported {reported} finished runs");
     }
 }

@@ -77,12 +77,21 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
 /// the deployment over, since every name carries this attempt's token.
 pub async fn discard_attempt(ctx: &mut DeployCtx<'_>, step: Step) {
     let mut names: Vec<String> = ctx.started.drain(..).map(|n| n.instance.name).collect();
-    match step {
-        Step::Test => names.push(ctx.one_off_name("test")),
-        Step::Migrate => names.push(ctx.one_off_name("migrate")),
-        _ => {}
-    }
+    let one_off = match step {
+        Step::Test => Some(ctx.one_off_name("test")),
+        Step::Migrate => Some(ctx.one_off_name("migrate")),
+        _ => None,
+    };
+    names.extend(one_off.clone());
     for name in names {
+        if let Err(e) = ctx.state.runtime.remove(&name).await {
+            tracing::warn!(container = %name, error = %e, "could not remove a container of this attempt");
+        }
+    }
+    // A step dropped while its create request was in flight: the engine may
+    // still create the one-off after the removal above found nothing.
+    if let Some(name) = one_off {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         if let Err(e) = ctx.state.runtime.remove(&name).await {
             tracing::warn!(container = %name, error = %e, "could not remove a container of this attempt");
         }
