@@ -158,6 +158,12 @@ async fn attempt(ctx: &mut DeployCtx<'_>) -> Result<(), WorkerError> {
     };
     if let Some((reason, actor)) = stop {
         tracing::warn!(attempts = dep.attempts, reason = %reason, "ending the deployment");
+        // Traffic first, then the failed row: whoever sees the deployment
+        // failed must never find a route still on it. If it cannot be taken
+        // back, the job is retried and the instances are kept meanwhile.
+        steps::healthy::take_back_traffic(ctx)
+            .await
+            .map_err(|f| WorkerError::Interrupted(f.reason))?;
         rec.ended(&reason, &actor).await?;
         steps::deploy::discard_deployment(ctx).await;
         steps::cleanup::remove_workdir(&ctx.workdir).await;
