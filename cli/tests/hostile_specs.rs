@@ -10,11 +10,10 @@ mod common;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::procs::{Proc, free_port, spawn, wait_api};
+use common::rss::{RssSampler, mib, vm_rss};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -92,74 +91,6 @@ fn content_type(file: &str) -> &'static str {
     } else {
         "application/yaml"
     }
-}
-
-/// VmRSS of `pid` in bytes; `None` once the process is gone.
-fn vm_rss(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
-/// A thread that reads the API's VmRSS every 20 ms and keeps the maximum, so
-/// a spike between two requests counts; it kills the API past `kill_above`.
-struct RssSampler {
-    peak: Arc<AtomicU64>,
-    killed: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl RssSampler {
-    fn start(pid: u32, kill_above: u64) -> Self {
-        let peak = Arc::new(AtomicU64::new(vm_rss(pid).unwrap_or(0)));
-        let killed = Arc::new(AtomicBool::new(false));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (p, k, s) = (peak.clone(), killed.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                if let Some(rss) = vm_rss(pid) {
-                    p.fetch_max(rss, Ordering::Relaxed);
-                    // The child is not reaped until `Proc` drops it, so `pid`
-                    // is still the API here.
-                    if rss > kill_above && !k.swap(true, Ordering::Relaxed) {
-                        let _ = std::process::Command::new("kill")
-                            .args(["-KILL", &pid.to_string()])
-                            .status();
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        });
-        RssSampler {
-            peak,
-            killed,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn peak(&self) -> u64 {
-        self.peak.load(Ordering::Relaxed)
-    }
-
-    fn killed(&self) -> bool {
-        self.killed.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for RssSampler {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
 }
 
 /// The real API on a fresh database, with its RSS watched.

@@ -6,11 +6,10 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::procs::{self, Proc, free_port, wait_api};
+use common::rss::{RssSampler, mib, vm_rss};
 use common::{AppRepo, Harness, cron_spec, eventually, spec, unique_app};
 use serde_json::json;
 
@@ -22,48 +21,8 @@ const NOISE: u64 = 100 * 1024 * 1024;
 /// (a deploy of a quiet app grows it by a few MiB).
 const RSS_GROWTH: u64 = 30 * 1024 * 1024;
 
-fn vm_rss(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
-/// Samples a process's VmRSS every 20 ms; the peak so far.
-struct RssSampler {
-    peak: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-}
-
-impl RssSampler {
-    fn start(pid: u32) -> Self {
-        let peak = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (p, s) = (peak.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                if let Some(rss) = vm_rss(pid) {
-                    p.fetch_max(rss, Ordering::Relaxed);
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        });
-        Self { peak, stop }
-    }
-
-    fn peak(&self) -> u64 {
-        self.peak.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for RssSampler {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
+async fn get_text(http: &reqwest::Client, url: &str) -> String {
+    http.get(url).send().await.unwrap().text().await.unwrap()
 }
 
 /// An app repo whose build prints `script`'s output in a RUN step.
@@ -126,7 +85,8 @@ async fn a_build_printing_100_mb_deploys_in_bounded_memory_with_its_log_retrieva
     assert_eq!(registered.status().as_u16(), 201);
     let pid = up.0.id();
     let baseline = vm_rss(pid).expect("norn up's VmRSS");
-    let sampler = RssSampler::start(pid);
+    // Killed past 1 GiB: a regression must fail the test, not the machine.
+    let sampler = RssSampler::start(pid, baseline + (1 << 30));
 
     // `norn deploy`, as a user runs it, printing the build live.
     let cli = tokio::process::Command::new(procs::bin("norn"))
@@ -139,6 +99,7 @@ async fn a_build_printing_100_mb_deploys_in_bounded_memory_with_its_log_retrieva
         .expect("norn deploy finished within 10 minutes")
         .unwrap();
     let peak = sampler.peak();
+    assert!(!sampler.killed(), "norn up passed 1 GiB and was killed");
     drop(sampler);
     let stdout = String::from_utf8_lossy(&cli.stdout);
     assert!(
@@ -176,40 +137,21 @@ async fn a_build_printing_100_mb_deploys_in_bounded_memory_with_its_log_retrieva
         .find_map(|l| l.strip_prefix("deployment ")?.strip_suffix(" queued"))
         .expect("norn deploy printed the deployment id")
         .to_owned();
-    let one = http
-        .get(format!("{api}/api/deployments/{deployment_id}"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let one = get_text(&http, &format!("{api}/api/deployments/{deployment_id}")).await;
     println!("GET /api/deployments/{{id}}: {} bytes", one.len());
     assert!(
         one.len() < 64 * 1024,
         "deployment JSON is {} bytes",
         one.len()
     );
-    let list = http
-        .get(format!("{api}/api/deployments?app={app}"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let list = get_text(&http, &format!("{api}/api/deployments?app={app}")).await;
     assert!(!list.contains("\"output\""), "the list returns step output");
 
-    let log = http
-        .get(format!(
-            "{api}/api/deployments/{deployment_id}/logs?step=build"
-        ))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let log = get_text(
+        &http,
+        &format!("{api}/api/deployments/{deployment_id}/logs?step=build"),
+    )
+    .await;
     let cap = 16 * 1024 * 1024;
     println!("build log through the logs route: {} bytes", log.len());
     assert!(
@@ -253,15 +195,11 @@ async fn output_with_nul_bytes_and_control_characters_is_stored_for_a_deploy_and
             "{step}: {out:?}"
         );
     }
-    let log = h
-        .http
-        .get(format!("{}/api/deployments/{id}/logs?step=test", h.api))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let log = get_text(
+        &h.http,
+        &format!("{}/api/deployments/{id}/logs?step=test", h.api),
+    )
+    .await;
     assert!(log.contains("before\u{FFFD}after"), "{log:?}");
 
     let cron_app = unique_app("nulcron");

@@ -23,6 +23,14 @@ fn api_command(db: &str, bind: &str, port: u16) -> Command {
     cmd
 }
 
+async fn health(http: &reqwest::Client, base: &str, token: Option<&str>) -> serde_json::Value {
+    let mut req = http.get(format!("{base}/api/health"));
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    req.send().await.unwrap().json().await.unwrap()
+}
+
 #[tokio::test]
 async fn the_api_refuses_to_serve_all_interfaces_without_a_token() {
     let db = norn_shared::testing::fresh_database().await;
@@ -71,27 +79,12 @@ async fn without_the_token_health_says_only_up_or_degraded() {
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     wait_api(&http, &base).await;
-    let anonymous: serde_json::Value = http
-        .get(format!("{base}/api/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let anonymous = health(&http, &base, None).await;
     let keys: Vec<&String> = anonymous.as_object().unwrap().keys().collect();
     assert_eq!(keys, ["status"], "{anonymous}");
     // No worker runs here: the engine state is unknown, so degraded.
     assert_eq!(anonymous["status"], "degraded");
-    let detailed: serde_json::Value = http
-        .get(format!("{base}/api/health"))
-        .bearer_auth("s3cret-token")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let detailed = health(&http, &base, Some("s3cret-token")).await;
     assert_eq!(
         detailed["services"]["postgres"]["status"], "up",
         "{detailed}"

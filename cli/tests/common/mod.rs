@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod procs;
+pub mod rss;
 pub mod witness;
 
 use std::path::{Path, PathBuf};

@@ -98,16 +98,23 @@ impl fmt::Display for DeploymentStatus {
     }
 }
 
+/// The member of `all` whose name is `s`, or an error listing the names.
+fn by_name<T: Copy>(
+    s: &str,
+    all: &[T],
+    name: fn(T) -> &'static str,
+    what: &str,
+) -> Result<T, String> {
+    all.iter().copied().find(|v| name(*v) == s).ok_or_else(|| {
+        let names: Vec<_> = all.iter().map(|v| name(*v)).collect();
+        format!("unknown {what} {s:?}; expected one of {}", names.join(", "))
+    })
+}
+
 impl FromStr for DeploymentStatus {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| {
-                let all: Vec<_> = Self::ALL.iter().map(|s| s.as_str()).collect();
-                format!("unknown status {s:?}; expected one of {}", all.join(", "))
-            })
+        by_name(s, &Self::ALL, Self::as_str, "status")
     }
 }
 
@@ -152,6 +159,7 @@ impl Step {
 }
 
 impl Step {
+    /// In pipeline order.
     pub const ALL: [Step; 8] = [
         Self::Clone,
         Self::Build,
@@ -167,13 +175,7 @@ impl Step {
 impl FromStr for Step {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| {
-                let all: Vec<_> = Self::ALL.iter().map(|s| s.as_str()).collect();
-                format!("unknown step {s:?}; expected one of {}", all.join(", "))
-            })
+        by_name(s, &Self::ALL, Self::as_str, "step")
     }
 }
 

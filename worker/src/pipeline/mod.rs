@@ -145,16 +145,7 @@ impl DeployCtx<'_> {
 
 const CLEANUP_DEADLINE: Duration = Duration::from_secs(120);
 
-pub const STEPS: [Step; 8] = [
-    Step::Clone,
-    Step::Build,
-    Step::Test,
-    Step::Snapshot,
-    Step::Migrate,
-    Step::Deploy,
-    Step::Healthy,
-    Step::Cleanup,
-];
+pub const STEPS: [Step; 8] = Step::ALL;
 
 async fn run_step(step: Step, ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
     match step {
