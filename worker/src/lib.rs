@@ -3,6 +3,7 @@
 pub mod adapters;
 pub mod jobs;
 pub mod pipeline;
+mod route_refresh;
 pub mod state;
 pub mod steps;
 pub mod supervisor;
@@ -58,7 +59,8 @@ pub async fn run(
         supervisor::deploy_queue(state.clone(), stop.clone()),
         supervisor::cron_queue(state.clone(), stop.clone()),
         supervisor::snapshot_queue(state.clone(), stop.clone()),
-        supervisor::health_queue(state, stop),
+        supervisor::health_queue(state.clone(), stop.clone()),
+        route_refresh::run(state, stop),
     );
     let mut shutdown = shutdown;
     let _ = shutdown.wait_for(|s| *s).await;

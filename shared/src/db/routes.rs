@@ -92,3 +92,36 @@ pub async fn previous_of(
             .await?;
     Ok(row.and_then(|(r,)| r).map(|j| j.0))
 }
+
+/// Points `route` at `upstream` when it still names the same deployment and
+/// upstream it was read with (a switch in between wins), and tells the
+/// ingress. `true` when it changed.
+pub async fn replace_upstream(
+    pool: &sqlx::PgPool,
+    route: &Route,
+    upstream: &str,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let updated = sqlx::query(
+        "UPDATE app_routes SET upstream = $5, updated_at = now()
+         WHERE app = $1 AND process = $2 AND deployment_id = $3 AND upstream = $4",
+    )
+    .bind(&route.app)
+    .bind(&route.process)
+    .bind(&route.deployment_id)
+    .bind(&route.upstream)
+    .bind(upstream)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        > 0;
+    if updated {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANGED_CHANNEL)
+            .bind(&route.app)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(updated)
+}

@@ -13,7 +13,7 @@ use bollard::query_parameters::{
 };
 use futures::StreamExt;
 
-use super::{Finished, Instance, InstanceSpec, OneOff, Output};
+use super::{Finished, Instance, InstanceSpec, OneOff, Output, Running};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -73,6 +73,9 @@ pub trait Runtime: Send + Sync {
     async fn remove(&self, name: &str) -> Result<(), RuntimeError>;
     /// Instances of `app`, as (name, deployment id).
     async fn instances(&self, app: &str) -> Result<Vec<(String, String)>, RuntimeError>;
+    /// Every running release instance of every app on this engine, with its
+    /// current address.
+    async fn running(&self) -> Result<Vec<Running>, RuntimeError>;
 }
 
 #[derive(Clone)]
@@ -393,6 +396,31 @@ impl Runtime for DockerEngine {
                 let name = c.names?.first()?.trim_start_matches('/').to_owned();
                 let dep = c.labels?.get("norn.deployment")?.clone();
                 Some((name, dep))
+            })
+            .collect())
+    }
+
+    async fn running(&self) -> Result<Vec<Running>, RuntimeError> {
+        let filters = HashMap::from([("label".to_string(), vec!["norn.process".to_string()])]);
+        let opts = ListContainersOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let list = self.client.list_containers(Some(opts)).await?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let labels = c.labels?;
+                let ip = c
+                    .network_settings?
+                    .networks?
+                    .remove(&self.network)?
+                    .ip_address
+                    .filter(|ip| !ip.is_empty())?;
+                Some(Running {
+                    deployment: labels.get("norn.deployment")?.clone(),
+                    process: labels.get("norn.process")?.clone(),
+                    ip,
+                })
             })
             .collect())
     }

@@ -92,6 +92,15 @@ pub struct InstanceSpec {
     pub labels: BTreeMap<String, String>,
 }
 
+/// A running release instance as the engine sees it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Running {
+    pub deployment: String,
+    pub process: String,
+    /// Its address on the app network now (a restart may have changed it).
+    pub ip: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct Instance {
     pub name: String,
