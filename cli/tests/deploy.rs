@@ -341,6 +341,18 @@ async fn bad_input_gets_a_clear_400() {
         "status filter",
     );
     clear(h.get("/api/deployments/not-a-uuid").await, "deployment id");
+    // Malformed query strings get the same JSON error as everything else.
+    let body = clear(h.get("/api/deployments?limit=ten").await, "limit");
+    assert!(
+        body["error"].as_str().unwrap().contains("invalid query"),
+        "{body}"
+    );
+    let body = clear(
+        h.get("/api/deployments/01900000-0000-7000-8000-000000000000/logs?step=nope")
+            .await,
+        "log step",
+    );
+    assert_eq!(body["field"], "step", "{body}");
     let (status, body) = h.get("/api/health").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["services"]["postgres"]["status"], "up");

@@ -4,13 +4,14 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use norn_shared::db::{apps, health};
 use norn_shared::domain::parse_duration;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::apps::app_id;
+use crate::body::Query;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 

@@ -1,5 +1,5 @@
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use norn_shared::db::deployments::{self, ListFilter, NewDeployment};
 use norn_shared::db::saga::{self, NewSagaEvent};
@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::apps::app_id;
 use super::queueing;
-use crate::body::{Body, SMALL_LIMIT, optional_json};
+use crate::body::{Body, Query, SMALL_LIMIT, optional_json};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 

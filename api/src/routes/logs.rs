@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use futures::stream::{self, Stream};
@@ -16,6 +16,7 @@ use serde::Deserialize;
 use sqlx::PgPool;
 
 use super::deployments::deployment_id;
+use crate::body::Query;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 

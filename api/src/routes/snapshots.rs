@@ -4,7 +4,7 @@
 //! (one host, or a shared volume).
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use norn_shared::db::apps::{self, App};
 use norn_shared::db::restores::{self, NewRestore};
@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use sqlx::PgConnection;
 
 use super::apps::app_id;
+use crate::body::Query;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 

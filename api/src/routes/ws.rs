@@ -2,12 +2,13 @@
 //! Clients may filter with `?app=<id>`. A client that falls behind is told so
 //! and disconnected rather than silently missing events.
 
+use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
 use axum::response::Response;
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::body::Query;
 use crate::state::AppState;
 
 #[derive(Deserialize)]
