@@ -473,7 +473,12 @@ async fn cron_apps_whose_names_would_have_collided_both_run_at_the_same_tick() {
         h.register_and_deploy(json!({
             "name": app,
             "repo": {"url": repo.url()},
-            "processes": {process: {"schedule": "* * * * * *", "command": command}},
+            // Every tick runs (`allow`), so both apps run at the same ticks
+            // (with `forbid` each skips ticks while it runs, and under load
+            // their ticks may never coincide).
+            "processes": {process: {
+                "schedule": "*/2 * * * * *", "command": command, "cron": {"overlap": "allow"},
+            }},
         }))
         .await;
     }
