@@ -88,7 +88,10 @@ async fn only_the_old_release_is_left(h: &Harness, app: &str, failed: &str, expe
     }
 }
 
-#[tokio::test]
+// Multi-threaded, as the API runs in production (`#[tokio::main]`): on a
+// current-thread runtime the in-process API, its ingress and this test's
+// own polling share one thread, and a probe waits for whatever else it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deploys_end_to_end_and_switches_without_downtime() {
     let h = Harness::start().await;
     let app = unique_app("e2e");
