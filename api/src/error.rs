@@ -16,6 +16,11 @@ pub enum ApiError {
     NotFound(String),
     /// The request is valid but the resource is not in a state to accept it.
     Conflict(String),
+    /// 409 about one field of the request (another app owns the name).
+    ConflictOn {
+        message: String,
+        field: String,
+    },
     Unavailable(String),
     /// 413: the body is larger than the route accepts.
     TooLarge {
@@ -70,6 +75,10 @@ impl IntoResponse for ApiError {
             ),
             ApiError::NotFound(what) => (StatusCode::NOT_FOUND, json!({ "error": what })),
             ApiError::Conflict(what) => (StatusCode::CONFLICT, json!({ "error": what })),
+            ApiError::ConflictOn { message, field } => (
+                StatusCode::CONFLICT,
+                json!({ "error": message, "field": field }),
+            ),
             ApiError::TooLarge { limit } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 json!({ "error": format!("the request body exceeds this route's limit of {limit} bytes") }),

@@ -3,9 +3,13 @@
 //!
 //! The state directory (`.norn/` in the working directory) holds a lock file:
 //! one `norn up` per directory, so two never initialise or start the same
-//! cluster at once. The cluster listens on 127.0.0.1 only and has no Unix
-//! socket (a socket path is resolved relative to the data directory and is
-//! limited to ~100 bytes; TCP avoids both).
+//! cluster at once. The cluster has no Unix socket (a socket path is
+//! resolved relative to the data directory and is limited to ~100 bytes;
+//! TCP avoids both). It listens on 127.0.0.1, where Norn connects (trusted:
+//! only this machine's own processes reach it), and on the app network's
+//! gateway, where app containers reach their databases: there only an app's
+//! own role may log in, with its password, to the database named like it
+//! (`samerole`), and everything else is rejected.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -192,18 +196,38 @@ impl LocalPg {
             .success())
     }
 
-    /// Initialises (first time) and starts the cluster. A cluster left running
-    /// by a `norn up` that was killed is restarted with this run's settings.
-    pub fn start(&self) -> anyhow::Result<()> {
+    /// Who may connect from where (rewritten at every start, so a cluster
+    /// made by an older Norn gets these rules too).
+    fn write_hba(&self) -> anyhow::Result<()> {
+        let hba = "# Written by norn up at every start.\n\
+                   host    all       all   127.0.0.1/32  trust\n\
+                   host    all       norn,norn_provisioner  0.0.0.0/0  reject\n\
+                   host    norn,postgres,template0,template1  all  0.0.0.0/0  reject\n\
+                   host    samerole  all   0.0.0.0/0     scram-sha-256\n\
+                   host    all       all   0.0.0.0/0     reject\n";
+        std::fs::write(self.data.join("pg_hba.conf"), hba)
+            .with_context(|| format!("writing {}/pg_hba.conf", self.data_str()))
+    }
+
+    /// Initialises (first time) and starts the cluster, listening on
+    /// loopback and on `app_gateway` (the app network's side of the host). A
+    /// cluster left running by a `norn up` that was killed is restarted with
+    /// this run's settings.
+    pub fn start(&self, app_gateway: Option<&str>) -> anyhow::Result<()> {
         let data = self.data_str();
         if !self.data.join("PG_VERSION").exists() {
             self.init()?;
         } else if self.is_running()? {
             self.stop();
         }
-        // listen on loopback only; no Unix socket (see the module comment).
+        self.write_hba()?;
+        // No Unix socket (see the module comment).
+        let listen = match app_gateway {
+            Some(gateway) => format!("127.0.0.1,{gateway}"),
+            None => "127.0.0.1".into(),
+        };
         let opts = format!(
-            "-c listen_addresses=127.0.0.1 -p {} -c unix_socket_directories=''",
+            "-c listen_addresses={listen} -p {} -c unix_socket_directories=''",
             self.port
         );
         let log = format!("{data}/server.log");
@@ -259,7 +283,41 @@ impl LocalPg {
                 bail!("createdb failed: {}", text(&out));
             }
         }
+        // App databases are made by a role that may create databases and
+        // roles but is no superuser (NORN_APP_DATABASE_URL).
+        let out = self.client(
+            "psql",
+            &[
+                "-d",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-tAc",
+                "SELECT 1 FROM pg_roles WHERE rolname = 'norn_provisioner'",
+            ],
+        )?;
+        if String::from_utf8_lossy(&out.stdout).trim() != "1" {
+            let out = self.client(
+                "psql",
+                &[
+                    "-d",
+                    "postgres",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-c",
+                    "CREATE ROLE norn_provisioner LOGIN CREATEDB CREATEROLE",
+                ],
+            )?;
+            if !out.status.success() {
+                bail!("creating the provisioning role failed: {}", text(&out));
+            }
+        }
         Ok(())
+    }
+
+    /// `NORN_APP_DATABASE_URL` for this cluster: the provisioning role.
+    pub fn provisioner_url(&self) -> String {
+        format!("postgres://norn_provisioner@127.0.0.1:{}/postgres", self.port)
     }
 
     pub fn stop(&self) {

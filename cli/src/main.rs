@@ -2,6 +2,7 @@
 
 mod client;
 mod cron;
+mod keyfile;
 mod localpg;
 mod snapshots;
 mod up;

@@ -20,17 +20,28 @@ impl Drop for ClusterGuard {
 pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let _cluster = if config.database_url.is_none() {
         let pg = LocalPg::prepare(config.pg_bin_dir(), &config.state_dir, config.local_pg_port)?;
-        pg.start()?;
+        let gateway = app_gateway(&config).await;
+        pg.start(gateway.as_deref())?;
         eprintln!(
-            "norn: private Postgres at 127.0.0.1:{} (data in {})",
+            "norn: private Postgres at 127.0.0.1:{} (data in {}){}",
             config.local_pg_port,
-            pg.data().display()
+            pg.data().display(),
+            gateway
+                .as_deref()
+                .map(|g| format!("; app containers reach their databases at {g}"))
+                .unwrap_or_default()
         );
         config.database_url = Some(Secret::new(pg.url()));
+        if config.app_database_url.is_none() {
+            config.app_database_url = Some(Secret::new(pg.provisioner_url()));
+        }
         Some(ClusterGuard(pg))
     } else {
         None
     };
+    if config.secret_key.is_none() {
+        config.secret_key = Some(crate::keyfile::load_or_create(&config.state_dir)?);
+    }
     let pool = norn_shared::bootstrap::database(&config, 30).await?;
     let (stop_tx, stop) = watch::channel(false);
     let signal = norn_shared::shutdown::on_signal();
@@ -75,6 +86,29 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     worker?;
     s??;
     Ok(())
+}
+
+/// The app network's gateway (made if missing): where the private Postgres
+/// must listen for app containers. `None` (and a warning) without Docker;
+/// the worker then fails with the engine's error.
+async fn app_gateway(config: &Config) -> Option<String> {
+    let defaults = norn_worker::adapters::docker::Defaults {
+        memory_mb: config.container_memory_mb,
+        pids: config.container_pids,
+    };
+    let found = async {
+        let docker =
+            norn_worker::adapters::docker::DockerEngine::connect(&config.docker_network, None, defaults)
+                .await?;
+        docker.gateway().await
+    };
+    match found.await {
+        Ok(gateway) => Some(gateway),
+        Err(e) => {
+            eprintln!("norn: could not reach the Docker engine ({e}); app containers will not reach their databases");
+            None
+        }
+    }
 }
 
 fn announce(config: &Config) {

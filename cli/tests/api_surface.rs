@@ -116,6 +116,7 @@ fn shape(event: &Value) -> (String, String, String) {
 fn expected_deploy_events() -> Vec<(String, String, String)> {
     let mut want = vec![("deploy.queued".into(), String::new(), "queued".into())];
     for (step, end) in [
+        ("forge", "skipped"),
         ("clone", "complete"),
         ("build", "complete"),
         ("test", "skipped"),

@@ -1,6 +1,6 @@
 //! Crash-resume: a worker process SIGKILLed between any two steps of a deploy.
 //! Seven workers each stop after a different step (the test hook
-//! `NORN_TEST_PAUSE_AFTER_STEP`), all seven are killed, and one fresh worker
+//! `NORN_TEST_PAUSE_AFTER_STEP`), all eight are killed, and one fresh worker
 //! finishes every deploy from where it stopped. Real Postgres, Docker, git.
 
 mod common;
@@ -14,8 +14,8 @@ use common::*;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const BOUNDARIES: [&str; 7] = [
-    "clone", "build", "test", "snapshot", "migrate", "deploy", "healthy",
+const BOUNDARIES: [&str; 8] = [
+    "forge", "clone", "build", "test", "snapshot", "migrate", "deploy", "healthy",
 ];
 
 /// Counts HTTP requests per path: each app's migration command calls it once
@@ -52,13 +52,14 @@ async fn migration_counter() -> (u16, Arc<Mutex<HashMap<String, u32>>>) {
 /// Each app's test command and migration command call the counter once per
 /// run, at `/test/<app>` and `/<app>`.
 fn resumable_spec(app: &str, repo: &AppRepo, counter: u16) -> Value {
+    let host = common::host_from_containers();
     json!({
         "name": app,
         "repo": {"url": repo.url()},
-        "build": {"test": format!("busybox wget -q -O- http://127.0.0.1:{counter}/test/{app}")},
+        "build": {"test": format!("busybox wget -q -O- http://{host}:{counter}/test/{app}")},
         "processes": {"web": {"port": 8080, "health": {"path": "/health", "timeout": "2s"}}},
         "services": {"postgres": {"database": app.replace('-', "_")}},
-        "migrations": {"command": format!("busybox wget -q -O- http://127.0.0.1:{counter}/{app}")},
+        "migrations": {"command": format!("busybox wget -q -O- http://{host}:{counter}/{app}")},
     })
 }
 
@@ -144,7 +145,7 @@ async fn a_worker_killed_at_any_step_boundary_is_resumed_there() {
         },
     )
     .await;
-    drop(paused); // SIGKILL, all seven
+    drop(paused); // SIGKILL, all eight
 
     let _rescuer = spawn_with(
         "norn-worker",
@@ -152,7 +153,7 @@ async fn a_worker_killed_at_any_step_boundary_is_resumed_there() {
         tmp.path(),
         "rescuer",
         0,
-        &[("NORN_WORKER_CONCURRENCY", "7"), ("NORN_LEASE_TTL", "3s")],
+        &[("NORN_WORKER_CONCURRENCY", "8"), ("NORN_LEASE_TTL", "3s")],
     );
     for id in &ids {
         let d = h.wait_terminal(id, Duration::from_secs(240)).await;
@@ -187,7 +188,7 @@ async fn a_worker_killed_at_any_step_boundary_is_resumed_there() {
                 "{app} (stopped after {stopped}): {step} finished {n}×"
             );
         }
-        assert_eq!(finished.len(), 8, "{app}: {finished:?}");
+        assert_eq!(finished.len(), 9, "{app}: {finished:?}");
         let resumed: Vec<_> = rows
             .iter()
             .filter(|(a, _, _)| a == "deploy.resumed")

@@ -122,7 +122,8 @@ async fn deploys_end_to_end_and_switches_without_downtime() {
     assert_eq!(
         steps,
         [
-            "clone", "build", "test", "snapshot", "migrate", "deploy", "healthy", "cleanup"
+            "forge", "clone", "build", "test", "snapshot", "migrate", "deploy", "healthy",
+            "cleanup"
         ]
     );
     assert_eq!(h.fetch(&app).await.unwrap(), "v1");

@@ -439,10 +439,13 @@ async fn cancel_during_the_snapshot_kills_pg_dump_and_keeps_the_previous_release
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&app_db)
         .await
         .unwrap();
-    sqlx::query("CREATE TABLE held (x int)")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    // Made as the app's own role (the forge made it; pg_dump runs as it).
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET ROLE {database}; CREATE TABLE held (x int); RESET ROLE"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
     let mut lock = sqlx::Connection::begin(&mut conn).await.unwrap();
     sqlx::query("LOCK TABLE held IN ACCESS EXCLUSIVE MODE")
         .execute(&mut *lock)

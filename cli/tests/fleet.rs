@@ -86,9 +86,10 @@ async fn hit_counter() -> (u16, Hits) {
 /// (`www/index.html`, which is also what the release serves) to the counter,
 /// once on entry and once on exit.
 fn counted_spec(app: &str, repo: &AppRepo, counter: u16) -> Value {
+    let host = common::host_from_containers();
     let hit = |what: &str| {
         format!(
-            "busybox wget -q -O- http://127.0.0.1:{counter}/{what}/$(busybox cat /www/index.html)"
+            "busybox wget -q -O- http://{host}:{counter}/{what}/$(busybox cat /www/index.html)"
         )
     };
     let mut spec = spec(

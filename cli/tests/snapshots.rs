@@ -8,51 +8,15 @@ use std::time::Duration;
 
 use common::{AppRepo, Harness, unique_app};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Plays the app's migration tool: `GET /<ok|fail>/<version>` inserts
-/// `version` into the app database's `items` table (as a migration would,
-/// before it fails), then answers 200 or 500 (so `wget` exits non-zero).
-async fn migration_server(database_url: String) -> u16 {
-    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                return;
-            };
-            let url = database_url.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 2048];
-                let n = sock.read(&mut buf).await.unwrap_or(0);
-                let req = String::from_utf8_lossy(&buf[..n]).to_string();
-                let path = req.split_whitespace().nth(1).unwrap_or("/").to_owned();
-                let mut parts = path.trim_start_matches('/').splitn(2, '/');
-                let (outcome, version) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-                let pool = sqlx::PgPool::connect(&url).await.unwrap();
-                sqlx::query("CREATE TABLE IF NOT EXISTS items (v TEXT)")
-                    .execute(&pool)
-                    .await
-                    .unwrap();
-                sqlx::query("INSERT INTO items VALUES ($1)")
-                    .bind(version)
-                    .execute(&pool)
-                    .await
-                    .unwrap();
-                pool.close().await;
-                let status = if outcome == "ok" {
-                    "200 OK"
-                } else {
-                    "500 Internal Server Error"
-                };
-                let reply =
-                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-                let _ = sock.write_all(reply.as_bytes()).await;
-            });
-        }
-    });
-    port
-}
+/// The app's migration, run by Norn in the migrate container as the app's
+/// own role: inserts the version named in `www/migrate` (`ok/<v>` or
+/// `fail/<v>`) into `items`, then exits 0 or 1 (a failing migration that
+/// wrote before it failed).
+const MIGRATION: &str = "v=$(busybox cat /www/migrate) && \
+    psql -X -v ON_ERROR_STOP=1 \"$DATABASE_URL\" -c 'CREATE TABLE IF NOT EXISTS items (v TEXT)' \
+      -c \"INSERT INTO items VALUES ('${v#*/}')\" && \
+    case $v in ok/*) exit 0;; *) echo migration failed; exit 1;; esac";
 
 async fn items(url: &str) -> Vec<String> {
     let pool = sqlx::PgPool::connect(url).await.unwrap();
@@ -75,15 +39,14 @@ async fn a_failed_migration_restores_the_pre_migration_snapshot() {
     let app = unique_app("snap");
     let database = app.replace('-', "_");
     let app_db = norn_shared::db::with_database(&h.db_url, &database);
-    let port = migration_server(app_db.clone()).await;
-    let repo = AppRepo::create(h.tmp.path(), &app);
+    let repo = AppRepo::create_with_psql(h.tmp.path(), &app);
     release(&repo, "ok/v1", "v1");
     let spec = json!({
         "name": app,
         "repo": {"url": repo.url()},
         "processes": {"web": {"port": 8080, "health": {"path": "/health", "timeout": "2s"}}},
         "services": {"postgres": {"database": database}},
-        "migrations": {"command": format!("busybox wget -q -O- http://127.0.0.1:{port}/$(busybox cat /www/migrate)")},
+        "migrations": {"command": MIGRATION},
         "snapshots": {"keep": 1},
     });
     let (code, body) = h.post("/api/apps", spec).await;

@@ -97,6 +97,18 @@ pub struct Config {
     pub health_check_interval: Duration,
     /// `NORN_HEALTH_CHECK_TIMEOUT`: how long one probe may take.
     pub health_check_timeout: Duration,
+    /// `NORN_SECRET_KEY` (32 bytes, base64 or hex) or the file `NORN_SECRET_KEY_FILE`:
+    /// seals service passwords and secrets at rest. `None`: nothing can be forged.
+    pub secret_key: Option<crate::crypto::SecretKey>,
+    /// `NORN_APP_DATABASE_HOST`: the host app containers reach the app database
+    /// server at. Default: the server's own host, or the app network's gateway
+    /// when that host is a loopback address.
+    pub app_database_host: Option<String>,
+    /// `NORN_CONTAINER_MEMORY`: MiB of memory an app container may use when its
+    /// process sets no `memory` (no swap beyond it).
+    pub container_memory_mb: u32,
+    /// `NORN_CONTAINER_PIDS`: how many processes an app container may run.
+    pub container_pids: i64,
 }
 
 /// How long each deploy step may run before it is killed and fails.
@@ -152,6 +164,26 @@ fn duration(name: &'static str, default: Duration) -> Result<Duration, ConfigErr
     }
 }
 
+fn secret_key() -> Result<Option<crate::crypto::SecretKey>, ConfigError> {
+    let (var_name, text) = match (var("NORN_SECRET_KEY"), var("NORN_SECRET_KEY_FILE")) {
+        (Some(key), _) => ("NORN_SECRET_KEY", key),
+        (None, Some(path)) => (
+            "NORN_SECRET_KEY_FILE",
+            std::fs::read_to_string(&path).map_err(|e| ConfigError {
+                var: "NORN_SECRET_KEY_FILE",
+                message: format!("reading {path}: {e}"),
+            })?,
+        ),
+        (None, None) => return Ok(None),
+    };
+    crate::crypto::SecretKey::parse(&text)
+        .map(Some)
+        .map_err(|e| ConfigError {
+            var: var_name,
+            message: e.to_string(),
+        })
+}
+
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
         let worker_concurrency = parsed("NORN_WORKER_CONCURRENCY", 4usize)?;
@@ -200,6 +232,10 @@ impl Config {
             node_name: var("NORN_NODE_NAME").unwrap_or(host),
             health_check_interval: duration("NORN_HEALTH_CHECK_INTERVAL", Duration::from_secs(30))?,
             health_check_timeout: duration("NORN_HEALTH_CHECK_TIMEOUT", Duration::from_secs(5))?,
+            secret_key: secret_key()?,
+            app_database_host: var("NORN_APP_DATABASE_HOST"),
+            container_memory_mb: parsed("NORN_CONTAINER_MEMORY", 512u32)?.max(16),
+            container_pids: parsed("NORN_CONTAINER_PIDS", 512i64)?.max(16),
         })
     }
 

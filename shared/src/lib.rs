@@ -2,6 +2,7 @@
 
 pub mod bootstrap;
 pub mod config;
+pub mod crypto;
 pub mod db;
 pub mod domain;
 pub mod events;

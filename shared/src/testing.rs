@@ -53,6 +53,19 @@ pub async fn fresh_database() -> String {
         crate::db::migrate(&pool).await.expect("migrate template");
         pool.close().await;
     }
+    let provisioner: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM pg_roles WHERE rolname = $1")
+        .bind(PROVISIONER)
+        .fetch_optional(&mut conn)
+        .await
+        .expect("query roles");
+    if provisioner.is_none() {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE ROLE {PROVISIONER} LOGIN CREATEDB CREATEROLE"
+        )))
+        .execute(&mut conn)
+        .await
+        .expect("create the provisioning role");
+    }
     let name = format!("norn_test_{}", uuid::Uuid::new_v4().simple());
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "CREATE DATABASE {name} TEMPLATE {template}"
@@ -67,6 +80,24 @@ pub async fn fresh_database() -> String {
         .expect("unlock");
     with_database(&admin, &name)
 }
+
+/// The secret key tests seal service passwords with (never a real one).
+pub const TEST_SECRET_KEY: &str =
+    "6e6f726e2d746573742d6b65792d6e6f742d666f722d70726f64756374696f6e";
+
+/// A URL on the test server as Norn's provisioning role: CREATEDB and
+/// CREATEROLE, not a superuser (what `NORN_APP_DATABASE_URL` must be).
+/// [`fresh_database`] makes the role.
+pub fn provisioner_url() -> String {
+    let url: sqlx::postgres::PgConnectOptions = admin_url().parse().expect("test server URL");
+    format!(
+        "postgres://{PROVISIONER}@{}:{}/postgres",
+        url.get_host(),
+        url.get_port()
+    )
+}
+
+const PROVISIONER: &str = "norn_provisioner";
 
 /// A pool on a fresh database.
 pub async fn fresh_pool() -> (PgPool, String) {
@@ -123,18 +154,25 @@ extern "C" fn remove_leftovers() {
                 stop_cluster(data);
             }
         }
-        let dbs: Vec<&str> = items
+        let mut dbs: Vec<String> = items
             .iter()
             .filter_map(|i| match i {
-                Leftover::Database(d) => Some(d.as_str()),
+                Leftover::Database(d) => Some(d.clone()),
                 _ => None,
             })
             .collect();
+        // The database a test app declares is named after the app (and so is
+        // the role the forge made for it).
+        let app_dbs: Vec<String> = apps.iter().map(|a| a.replace('-', "_")).collect();
+        dbs.extend(app_dbs.iter().cloned());
         if let (false, Ok(admin)) = (dbs.is_empty(), std::env::var("NORN_TEST_DATABASE_URL")) {
             let mut psql = std::process::Command::new("psql");
             psql.arg(&admin).args(["-q", "-v", "ON_ERROR_STOP=0"]);
             for db in dbs {
                 psql.args(["-c", &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")]);
+            }
+            for role in app_dbs {
+                psql.args(["-c", &format!("DROP ROLE IF EXISTS {role}")]);
             }
             let _ = psql
                 .stdout(std::process::Stdio::null())

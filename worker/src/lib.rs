@@ -1,9 +1,11 @@
 //! norn-worker: claims jobs from the Postgres queues and runs them.
 
 pub mod adapters;
+pub mod forge;
 pub mod jobs;
 pub mod pipeline;
 mod route_refresh;
+pub mod services;
 pub mod state;
 pub mod steps;
 pub mod supervisor;

@@ -7,7 +7,7 @@ use norn_shared::Config;
 use norn_shared::registry::EngineProbe;
 use sqlx::PgPool;
 
-use crate::adapters::Source;
+use crate::adapters::{Provisioner, Source};
 use crate::adapters::docker::{DockerEngine, ImageBuilder, Runtime};
 use crate::adapters::git::GitSource;
 use crate::adapters::postgres::PgTools;
@@ -18,7 +18,9 @@ pub struct WorkerState {
     pub source: Arc<dyn Source>,
     pub builder: Arc<dyn ImageBuilder>,
     pub runtime: Arc<dyn Runtime>,
-    pub pg: PgTools,
+    pub pg: Arc<PgTools>,
+    /// Makes apps' services (the same server as `pg`, as the provisioning role).
+    pub provisioner: Arc<dyn Provisioner>,
     pub http: reqwest::Client,
     /// Unique to this process and start (`node:pid:nanos`): the lease holder
     /// identity, never reused by a restarted worker.
@@ -40,7 +42,12 @@ impl WorkerState {
         config: Config,
         running: Arc<AtomicUsize>,
     ) -> Result<Self, crate::WorkerError> {
-        let docker = DockerEngine::connect(&config.docker_network, Some(pool.clone())).await?;
+        let defaults = crate::adapters::docker::Defaults {
+            memory_mb: config.container_memory_mb,
+            pids: config.container_pids,
+        };
+        let docker =
+            DockerEngine::connect(&config.docker_network, Some(pool.clone()), defaults).await?;
         docker.ping().await?;
         // At start, so a host's first deploy never races its workers to create it.
         docker.ensure_network().await?;
@@ -64,6 +71,12 @@ impl WorkerState {
             .or_else(|| config.database_url.clone())
             .map(|s| s.expose().to_owned())
             .unwrap_or_default();
+        let container_host = container_host(&config, &app_db, &docker).await?;
+        let pg = Arc::new(PgTools {
+            bin_dir: config.pg_bin_dir(),
+            server_url: app_db,
+            container_host,
+        });
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -76,10 +89,8 @@ impl WorkerState {
             }),
             builder: Arc::new(docker.clone()),
             runtime: Arc::new(docker),
-            pg: PgTools {
-                bin_dir: config.pg_bin_dir(),
-                server_url: app_db,
-            },
+            provisioner: pg.clone(),
+            pg,
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()?,
@@ -88,5 +99,33 @@ impl WorkerState {
             running,
             engine_probe,
         })
+    }
+}
+
+/// Where app containers reach the app database server: configured, or the
+/// server's host, or — when that is a loopback address, which a container
+/// cannot reach — the app network's gateway (the server must listen there;
+/// `norn up` and `.ci/pg.sh` do).
+async fn container_host(
+    config: &Config,
+    server_url: &str,
+    docker: &DockerEngine,
+) -> Result<String, crate::WorkerError> {
+    if let Some(host) = &config.app_database_host {
+        return Ok(host.clone());
+    }
+    let host = server_url
+        .parse::<sqlx::postgres::PgConnectOptions>()
+        .map(|o| o.get_host().to_owned())
+        .unwrap_or_default();
+    let loopback = host == "localhost"
+        || host.starts_with('/')
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        Ok(docker.gateway().await?)
+    } else {
+        Ok(host)
     }
 }

@@ -58,8 +58,11 @@ pub async fn register(
     Body(body): Body<SPEC_LIMIT>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let (document, spec) = decode(&headers, body).await?;
+    refuse_reserved_database(&state.config, &spec)?;
     let mut conn = state.pool.acquire().await?;
-    let created = apps::upsert(&mut conn, &spec, &document, "api", None).await?;
+    let created = apps::register(&mut conn, &spec, &document, "api", None)
+        .await
+        .map_err(register_error)?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -69,6 +72,44 @@ pub async fn register(
         status,
         Json(json!({ "id": spec.name, "created": created, "spec": spec })),
     ))
+}
+
+const DATABASE_FIELD: &str = "services.postgres.database";
+
+fn register_error(e: apps::RegisterError) -> ApiError {
+    match e {
+        apps::RegisterError::DatabaseTaken { .. } => ApiError::ConflictOn {
+            message: e.to_string(),
+            field: DATABASE_FIELD.into(),
+        },
+        apps::RegisterError::Db(e) => e.into(),
+    }
+}
+
+/// Norn's own databases can never be an app's (the infraspec already
+/// refuses `postgres` and the templates).
+fn refuse_reserved_database(config: &norn_shared::Config, spec: &InfraSpec) -> ApiResult<()> {
+    let Some(pg) = &spec.services.postgres else {
+        return Ok(());
+    };
+    let own = [&config.database_url, &config.app_database_url]
+        .into_iter()
+        .flatten()
+        .filter_map(|url| {
+            url.expose()
+                .parse::<sqlx::postgres::PgConnectOptions>()
+                .ok()
+                .and_then(|o| o.get_database().map(str::to_owned))
+        });
+    for name in own {
+        if name == pg.database {
+            return Err(ApiError::field(
+                DATABASE_FIELD,
+                format!("{name} is Norn's own database and cannot be an app's"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
@@ -148,8 +189,13 @@ pub async fn register_dir(
             Ok((doc, spec)) => {
                 let dir = entry.path().canonicalize().unwrap_or(entry.path());
                 let mut conn = pool.acquire().await?;
-                apps::upsert(&mut conn, &spec, &doc, "apps_dir", dir.to_str()).await?;
-                count += 1;
+                match apps::register(&mut conn, &spec, &doc, "apps_dir", dir.to_str()).await {
+                    Ok(_) => count += 1,
+                    Err(apps::RegisterError::Db(e)) => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(file = %path.display(), error = %e, "skipping app")
+                    }
+                }
             }
             Err(e) => {
                 tracing::warn!(file = %path.display(), error = %e, "skipping app with an invalid infraspec")

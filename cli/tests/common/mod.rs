@@ -28,7 +28,13 @@ pub struct Harness {
 pub fn test_config(db_url: &str, tmp: &Path) -> Config {
     let mut config = Config::from_env().expect("config");
     config.database_url = Some(norn_shared::config::Secret::new(db_url));
-    config.app_database_url = None;
+    config.app_database_url = Some(norn_shared::config::Secret::new(
+        norn_shared::testing::provisioner_url(),
+    ));
+    config.secret_key = Some(
+        norn_shared::crypto::SecretKey::parse(norn_shared::testing::TEST_SECRET_KEY)
+            .expect("test key"),
+    );
     config.apps_dir = tmp.join("apps");
     config.work_dir = tmp.join("work");
     config.snapshots_dir = tmp.join("snapshots");
@@ -232,16 +238,33 @@ pub struct AppRepo {
 
 impl AppRepo {
     pub fn create(root: &Path, name: &str) -> Self {
+        Self::create_with(root, name, false)
+    }
+
+    /// [`AppRepo::create`] with a working `psql` in the image (the host's,
+    /// with the shared libraries it loads), so tests can try connections
+    /// from inside the app's own containers.
+    pub fn create_with_psql(root: &Path, name: &str) -> Self {
+        Self::create_with(root, name, true)
+    }
+
+    fn create_with(root: &Path, name: &str, psql: bool) -> Self {
         let dir = root.join(format!("repo-{name}"));
         std::fs::create_dir_all(dir.join("www")).unwrap();
         std::fs::copy("/bin/busybox", dir.join("busybox"))
             .expect("busybox-static must be installed (/bin/busybox)");
-        std::fs::write(
-            dir.join("Dockerfile"),
-            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY busybox /bin/sh\nCOPY www /www\n\
-             CMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
-        )
-        .unwrap();
+        let mut dockerfile =
+            String::from("FROM scratch\nCOPY busybox /bin/busybox\nCOPY busybox /bin/sh\nCOPY www /www\n");
+        if psql {
+            copy_with_libraries(&psql_binary(), &dir.join("rootfs"));
+            std::fs::create_dir_all(dir.join("rootfs/etc")).unwrap();
+            std::fs::write(dir.join("rootfs/etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").unwrap();
+            dockerfile.push_str("COPY rootfs /\n");
+        }
+        dockerfile.push_str(
+            "CMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
+        );
+        std::fs::write(dir.join("Dockerfile"), dockerfile).unwrap();
         std::fs::write(dir.join("www/health"), "ok\n").unwrap();
         git2::Repository::init(&dir).unwrap();
         let repo = Self { dir };
@@ -271,6 +294,73 @@ impl AppRepo {
     pub fn url(&self) -> String {
         format!("file://{}", self.dir.display())
     }
+}
+
+/// The host's `psql` (the real binary; Debian's `/usr/bin/psql` is a wrapper).
+fn psql_binary() -> PathBuf {
+    let bin = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL is installed")
+        .flatten()
+        .map(|e| e.path().join("bin/psql"))
+        .filter(|p| p.exists())
+        .max()
+        .expect("psql");
+    bin
+}
+
+/// Copies `binary` to `<root>/usr/bin/` and every library `ldd` says it
+/// loads (with the loader) to the same path under `root`.
+fn copy_with_libraries(binary: &Path, root: &Path) {
+    let out = std::process::Command::new("ldd").arg(binary).output().expect("ldd");
+    let mut files: Vec<PathBuf> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let path = match l.split_once("=>") {
+                Some((_, rest)) => rest.split_whitespace().next()?,
+                None => l.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect();
+    files.push(PathBuf::from("/lib64/ld-linux-x86-64.so.2"));
+    for file in files {
+        let dest = root.join(file.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(&file, &dest).unwrap();
+    }
+    std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+    std::fs::copy(binary, root.join("usr/bin/psql")).unwrap();
+}
+
+/// The host's address as app containers can reach it (the default bridge's
+/// gateway): app containers never share the host's network, so a witness on
+/// the host listens on every address and is reached here.
+pub fn host_from_containers() -> String {
+    let out = std::process::Command::new("docker")
+        .args([
+            "network",
+            "inspect",
+            "bridge",
+            "--format",
+            "{{(index .IPAM.Config 0).Gateway}}",
+        ])
+        .output()
+        .expect("docker network inspect bridge");
+    let ip = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(!ip.is_empty(), "the default bridge has no gateway");
+    ip
+}
+
+/// Runs `script` with `sh -c` inside the running container `name`: its
+/// exit code and combined output.
+pub fn exec_in(name: &str, script: &str) -> (i32, String) {
+    let out = std::process::Command::new("docker")
+        .args(["exec", name, "/bin/sh", "-c", script])
+        .output()
+        .expect("docker exec");
+    let mut text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
 }
 
 pub fn spec(app: &str, repo: &AppRepo, test: Option<&str>) -> Value {

@@ -1,6 +1,7 @@
 //! A witness HTTP server on the host: cron commands report each run to it
-//! with `wget` (cron containers run on the host network), so runs are
-//! counted where they happen, not in Norn's own tables.
+//! with `wget` (at the host's address on the default bridge: app containers
+//! never share the host's network), so runs are counted where they happen,
+//! not in Norn's own tables.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,7 +21,7 @@ pub type Hit = (String, DateTime<Utc>);
 
 impl Witness {
     pub async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let hits = Arc::new(Mutex::new(Vec::new()));
         let seen = hits.clone();
@@ -54,7 +55,8 @@ impl Witness {
     /// A shell command that requests `path` (a shell word) from the witness.
     pub fn get(&self, path: &str) -> String {
         format!(
-            "busybox wget -q -O /dev/null http://127.0.0.1:{}/{path}",
+            "busybox wget -q -O /dev/null http://{}:{}/{path}",
+            super::host_from_containers(),
             self.port
         )
     }

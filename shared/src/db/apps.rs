@@ -64,6 +64,38 @@ impl TryFrom<Row> for App {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error("database {database} belongs to app {owner}; each app has a database of its own")]
+    DatabaseTaken { database: String, owner: String },
+}
+
+/// Registers or replaces an app and claims its database, in one
+/// transaction: a spec naming another app's database changes nothing.
+/// Returns `true` when the app was new.
+pub async fn register(
+    conn: &mut PgConnection,
+    spec: &InfraSpec,
+    document: &serde_json::Value,
+    source: &str,
+    source_dir: Option<&str>,
+) -> Result<bool, RegisterError> {
+    use sqlx::Connection;
+    let mut tx = conn.begin().await?;
+    let database = spec.services.postgres.as_ref().map(|p| p.database.as_str());
+    if let Some(owner) = claim_database(&mut tx, spec.name.as_str(), database).await? {
+        return Err(RegisterError::DatabaseTaken {
+            database: database.unwrap_or_default().to_owned(),
+            owner,
+        });
+    }
+    let created = upsert(&mut tx, spec, document, source, source_dir).await?;
+    tx.commit().await?;
+    Ok(created)
+}
+
 /// Registers or replaces an app. Returns `true` when it was new.
 pub async fn upsert(
     conn: &mut PgConnection,
@@ -161,4 +193,51 @@ pub async fn record_spec_error(
     .execute(conn)
     .await?;
     Ok(updated.rows_affected() > 0)
+}
+
+/// Claims `database` for `app` (one app per database), dropping the app's
+/// claim on any other name. Returns the app that owns the name when it is
+/// another one; the caller must then roll its transaction back.
+pub async fn claim_database(
+    conn: &mut PgConnection,
+    app: &str,
+    database: Option<&str>,
+) -> Result<Option<String>, sqlx::Error> {
+    if let Some(db) = database {
+        let owner: Option<(String,)> =
+            sqlx::query_as("SELECT app FROM app_databases WHERE database = $1 FOR UPDATE")
+                .bind(db)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if let Some((owner,)) = owner.filter(|(o,)| o != app) {
+            return Ok(Some(owner));
+        }
+    }
+    sqlx::query("DELETE FROM app_databases WHERE app = $1 AND database IS DISTINCT FROM $2")
+        .bind(app)
+        .bind(database)
+        .execute(&mut *conn)
+        .await?;
+    if let Some(db) = database {
+        // A concurrent claim of the same name waits on the primary key and
+        // then conflicts: the loser reads the winner as the owner.
+        let inserted = sqlx::query(
+            "INSERT INTO app_databases (database, app) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(db)
+        .bind(app)
+        .execute(&mut *conn)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            let (owner,): (String,) =
+                sqlx::query_as("SELECT app FROM app_databases WHERE database = $1")
+                    .bind(db)
+                    .fetch_one(&mut *conn)
+                    .await?;
+            if owner != app {
+                return Ok(Some(owner));
+            }
+        }
+    }
+    Ok(None)
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 pub const RELEASED_CHANNEL: &str = "norn_lease_released";
 
@@ -53,6 +53,23 @@ pub async fn fence(conn: &mut PgConnection, app: &str, token: i64) -> Result<boo
             .fetch_optional(conn)
             .await?;
     Ok(row.is_some())
+}
+
+/// The one way a lease holder writes: a transaction that has passed the
+/// [`fence`] for `token`, or `None` when the lease passed to someone else
+/// (the caller then writes nothing). Deploys, restores and forges all open
+/// their writes here.
+pub async fn fenced(
+    pool: &PgPool,
+    app: &str,
+    token: i64,
+) -> Result<Option<Transaction<'static, Postgres>>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    Ok(if fence(&mut tx, app, token).await? {
+        Some(tx)
+    } else {
+        None
+    })
 }
 
 /// Who holds the lease of `app` now, if anyone does and it has not expired.

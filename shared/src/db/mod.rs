@@ -1,8 +1,10 @@
 //! Database access. Every query lives here; callers never write SQL.
 
 pub mod apps;
+pub mod credentials;
 pub mod cron;
 pub mod deployments;
+pub mod forge;
 pub mod health;
 pub mod lease;
 pub mod locks;
@@ -54,6 +56,17 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
 pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     sqlx::migrate!("../migrations").run(pool).await?;
     apalis_postgres::PostgresStorage::<()>::setup(pool).await?;
+    // Norn's database is no app's: only its owner (and roles granted it by
+    // hand) may connect. Done at every start, since a database's grants are
+    // not copied from a template; a role that does not own it changes nothing.
+    sqlx::raw_sql(
+        "DO $$ BEGIN
+           EXECUTE format('REVOKE CONNECT, TEMPORARY ON DATABASE %I FROM PUBLIC', current_database());
+         EXCEPTION WHEN insufficient_privilege THEN NULL;
+         END $$",
+    )
+    .execute(pool)
+    .await?;
     Ok(())
 }
 

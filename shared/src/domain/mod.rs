@@ -3,12 +3,14 @@
 mod app_name;
 mod cron;
 mod duration;
+mod forge;
 mod git_ref;
 mod status;
 
 pub use app_name::AppName;
 pub use cron::CronExpr;
 pub use duration::parse_duration;
+pub use forge::{ForgeStatus, ForgeStep, IllegalForgeTransition};
 pub use git_ref::GitRef;
 pub use status::{DeploymentStatus, IllegalTransition, Step, StepStatus};
 

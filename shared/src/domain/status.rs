@@ -122,6 +122,9 @@ impl FromStr for DeploymentStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Step {
+    /// Provisions the app's services (`crate::domain::ForgeStatus`) when
+    /// they are not forged yet.
+    Forge,
     Clone,
     Build,
     Test,
@@ -135,6 +138,7 @@ pub enum Step {
 impl Step {
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Forge => "forge",
             Self::Clone => "clone",
             Self::Build => "build",
             Self::Test => "test",
@@ -149,7 +153,7 @@ impl Step {
     /// The deployment status while this step runs.
     pub fn status(self) -> DeploymentStatus {
         match self {
-            Self::Clone | Self::Build => DeploymentStatus::Building,
+            Self::Forge | Self::Clone | Self::Build => DeploymentStatus::Building,
             Self::Test => DeploymentStatus::Testing,
             Self::Snapshot => DeploymentStatus::Snapshotting,
             Self::Migrate => DeploymentStatus::Migrating,
@@ -160,7 +164,8 @@ impl Step {
 
 impl Step {
     /// In pipeline order.
-    pub const ALL: [Step; 8] = [
+    pub const ALL: [Step; 9] = [
+        Self::Forge,
         Self::Clone,
         Self::Build,
         Self::Test,

@@ -78,6 +78,8 @@ pub struct Process {
     pub replicas: u32,
     pub schedule: Option<Schedule>,
     pub function: Option<Function>,
+    /// `memory` (MiB): the container's memory cap; default `NORN_CONTAINER_MEMORY`.
+    pub memory_mb: Option<u32>,
 }
 
 impl Process {

@@ -79,6 +79,7 @@ pub(super) struct RawProcess {
     pub timezone: Option<String>,
     pub cron: Option<RawCron>,
     pub function: Option<RawFunction>,
+    pub memory: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -284,6 +284,10 @@ pub(super) fn validate(raw: RawSpec) -> Result<InfraSpec, SpecErrors> {
     }
 }
 
+/// Databases (and, since an app's role is named after its database, roles)
+/// that belong to the server itself.
+const RESERVED_DATABASES: [&str; 3] = ["postgres", "template0", "template1"];
+
 fn process(p: RawProcess, path: &str, errors: &mut Errors) -> Option<Process> {
     let before = errors.0.len();
     let port = match p.port {
@@ -408,6 +412,14 @@ fn process(p: RawProcess, path: &str, errors: &mut Errors) -> Option<Process> {
             errors,
         );
     }
+    let memory_mb = match p.memory {
+        None => None,
+        Some(mb) if (16..=65536).contains(&mb) => Some(mb as u32),
+        Some(_) => {
+            errors.push(format!("{path}.memory"), "must be 16..65536 (MiB)");
+            None
+        }
+    };
     (errors.0.len() == before).then_some(Process {
         port,
         command,
@@ -415,6 +427,7 @@ fn process(p: RawProcess, path: &str, errors: &mut Errors) -> Option<Process> {
         replicas,
         schedule,
         function,
+        memory_mb,
     })
 }
 
@@ -455,6 +468,11 @@ fn services(
             errors.push(
                 field,
                 "must match ^[a-z_][a-z0-9_]*$ and be at most 63 characters",
+            );
+        } else if RESERVED_DATABASES.contains(&database.as_str()) || database.starts_with("pg_") {
+            errors.push(
+                field,
+                format!("{database} is reserved for the server (postgres, template0, template1, pg_*)"),
             );
         }
         Some(Postgres { database })

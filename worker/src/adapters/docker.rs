@@ -88,12 +88,41 @@ pub struct DockerEngine {
     pub(super) engine_id: String,
     /// Where that lock is taken; `None` only where one process uses the engine.
     pub(super) lock_pool: Option<sqlx::PgPool>,
+    /// Caps every app container gets unless its spec sets its own.
+    pub(super) defaults: Defaults,
+}
+
+/// The default caps of an app container (`NORN_CONTAINER_MEMORY`,
+/// `NORN_CONTAINER_PIDS`).
+#[derive(Debug, Clone, Copy)]
+pub struct Defaults {
+    pub memory_mb: u32,
+    pub pids: i64,
+}
+
+/// What every app container runs with, whatever its spec says: someone
+/// else's code, so no privilege escalation (setuid binaries), no raw
+/// sockets (spoofing on the app network), bounded processes and memory, no
+/// swap beyond the memory cap, and never the host's network. The image's
+/// own `USER` is kept.
+fn hardened(network_id: String, memory_mb: u32, pids: i64) -> HostConfig {
+    let bytes = i64::from(memory_mb) * 1024 * 1024;
+    HostConfig {
+        network_mode: Some(network_id),
+        security_opt: Some(vec!["no-new-privileges:true".into()]),
+        cap_drop: Some(vec!["NET_RAW".into()]),
+        pids_limit: Some(pids),
+        memory: Some(bytes),
+        memory_swap: Some(bytes),
+        ..Default::default()
+    }
 }
 
 impl DockerEngine {
     pub async fn connect(
         network: &str,
         lock_pool: Option<sqlx::PgPool>,
+        defaults: Defaults,
     ) -> Result<Self, RuntimeError> {
         let client = Docker::connect_with_local_defaults()?
             .negotiate_version()
@@ -104,6 +133,7 @@ impl DockerEngine {
             network: network.to_owned(),
             engine_id,
             lock_pool,
+            defaults,
         })
     }
 
@@ -240,20 +270,17 @@ impl ImageBuilder for DockerEngine {
 #[async_trait::async_trait]
 impl Runtime for DockerEngine {
     async fn start_once(&self, job: &OneOff) -> Result<(), RuntimeError> {
+        // On the app network like the app's instances: a test, migration or
+        // cron run is the app's code too, and gets no more than they do.
+        let network_id = self.ensure_network().await?;
         self.remove(&job.name).await?;
-        let mut host_config = HostConfig {
-            // One-off jobs reach the databases the host reaches (migrations).
-            network_mode: Some("host".into()),
-            ..Default::default()
+        let host_config = match job.limits {
+            Some(l) => HostConfig {
+                nano_cpus: Some((l.cpus * 1e9) as i64),
+                ..hardened(network_id, l.memory_mb, l.pids)
+            },
+            None => hardened(network_id, self.defaults.memory_mb, self.defaults.pids),
         };
-        if let Some(l) = job.limits {
-            let bytes = i64::from(l.memory_mb) * 1024 * 1024;
-            host_config.memory = Some(bytes);
-            // No swap beyond the cap: a job over its memory is killed, not slowed.
-            host_config.memory_swap = Some(bytes);
-            host_config.nano_cpus = Some((l.cpus * 1e9) as i64);
-            host_config.pids_limit = Some(l.pids);
-        }
         let body = ContainerCreateBody {
             image: Some(job.image.clone()),
             cmd: Some(vec!["/bin/sh".into(), "-c".into(), job.command.clone()]),
@@ -309,13 +336,16 @@ impl Runtime for DockerEngine {
             env: Some(env(&spec.env)),
             labels: Some(labels(&spec.labels)),
             host_config: Some(HostConfig {
-                // By ID: a duplicate name (see network.rs) would be ambiguous.
-                network_mode: Some(network_id.clone()),
                 restart_policy: Some(RestartPolicy {
                     name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
                     maximum_retry_count: None,
                 }),
-                ..Default::default()
+                // By ID: a duplicate name (see network.rs) would be ambiguous.
+                ..hardened(
+                    network_id.clone(),
+                    spec.memory_mb.unwrap_or(self.defaults.memory_mb),
+                    self.defaults.pids,
+                )
             }),
             ..Default::default()
         };

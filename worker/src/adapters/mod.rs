@@ -61,7 +61,8 @@ pub struct OneOff {
     pub env: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
     pub timeout: Duration,
-    /// Resource caps; `None` leaves the engine's defaults (tests, migrations).
+    /// Resource caps; `None`: Norn's defaults (`NORN_CONTAINER_MEMORY`,
+    /// `NORN_CONTAINER_PIDS`), for tests and migrations.
     pub limits: Option<Limits>,
 }
 
@@ -89,6 +90,8 @@ pub struct InstanceSpec {
     pub image: String,
     pub command: Option<String>,
     pub env: BTreeMap<String, String>,
+    /// The process's `memory` (MiB); `None`: `NORN_CONTAINER_MEMORY`.
+    pub memory_mb: Option<u32>,
     pub labels: BTreeMap<String, String>,
 }
 
@@ -106,4 +109,35 @@ pub struct Instance {
     pub name: String,
     /// Reachable address on the app network, e.g. `172.18.0.5`.
     pub ip: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<postgres::SnapshotError> for ProvisionError {
+    fn from(e: postgres::SnapshotError) -> Self {
+        let postgres::SnapshotError::Failed(message) = e;
+        Self::Failed(message)
+    }
+}
+
+/// What an app's database needs: its own login role owning it, and no one
+/// else allowed in.
+pub struct DatabaseGrant<'a> {
+    pub app: &'a str,
+    pub database: &'a str,
+    pub role: &'a str,
+    pub password: &'a str,
+}
+
+/// Makes an app's services exist, each reachable by that app alone.
+/// Idempotent: a forge resumed after a failure runs it again.
+#[async_trait::async_trait]
+pub trait Provisioner: Send + Sync {
+    /// Creates (or takes back into shape) the app's role and database.
+    /// Returns what it did, for the forge's step log.
+    async fn database(&self, grant: &DatabaseGrant<'_>) -> Result<String, ProvisionError>;
 }

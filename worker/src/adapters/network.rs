@@ -53,6 +53,21 @@ impl DockerEngine {
         }
     }
 
+    /// The app network's gateway: the host's address as containers on it
+    /// see it (where a loopback-only service on the host is *not* reachable).
+    pub async fn gateway(&self) -> Result<String, RuntimeError> {
+        let id = self.ensure_network().await?;
+        let info = self.client.inspect_network(&id, None).await?;
+        info.ipam
+            .and_then(|ipam| ipam.config)
+            .into_iter()
+            .flatten()
+            .find_map(|c| c.gateway.filter(|g| !g.is_empty() && !g.contains(':')))
+            .ok_or_else(|| {
+                RuntimeError::Failed(format!("network {} has no IPv4 gateway", self.network))
+            })
+    }
+
     /// Networks whose name is exactly ours (the engine's name filter matches
     /// substrings), oldest first.
     async fn networks_named(&self) -> Result<Vec<Candidate>, RuntimeError> {

@@ -117,6 +117,15 @@ async fn claim(job: &CronJob, state: &WorkerState) -> Result<Option<Start>, Work
         return Ok(None);
     };
     let policy = schedule.policy.clone();
+    // The app's own credentials only; without them the run cannot start.
+    let env = match crate::services::app_env(state, &job.app, &app.spec).await {
+        Ok(env) => env,
+        Err(e) => {
+            skip(&mut tx, job, &e.to_string()).await?;
+            tx.commit().await?;
+            return Ok(None);
+        }
+    };
     let running: Vec<(i64, Option<String>)> = sqlx::query_as(
         "SELECT id, container FROM cron_executions WHERE app = $1 AND process = $2 AND status = 'running'",
     )
@@ -203,10 +212,6 @@ async fn claim(job: &CronJob, state: &WorkerState) -> Result<Option<Start>, Work
             tracing::warn!(app = %job.app, container = %container, error = %e,
                 "could not remove a replaced cron container");
         }
-    }
-    let mut env = app.spec.env.clone();
-    if let Some(pg) = &app.spec.services.postgres {
-        env.insert("DATABASE_URL".into(), state.pg.database_url(&pg.database));
     }
     Ok(Some(Start {
         id,

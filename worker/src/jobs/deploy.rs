@@ -116,10 +116,9 @@ async fn execute(job: &DeployJob, state: &WorkerState) -> Result<(), WorkerError
 async fn attempt(ctx: &mut DeployCtx<'_>) -> Result<(), WorkerError> {
     let state = ctx.state;
     let claimed = {
-        let mut tx = state.pool.begin().await?;
-        if !lease::fence(&mut tx, &ctx.app.id, ctx.token).await? {
-            return Err(WorkerError::Fenced);
-        }
+        let mut tx = lease::fenced(&state.pool, &ctx.app.id, ctx.token)
+            .await?
+            .ok_or(WorkerError::Fenced)?;
         let d = deployments::begin_attempt(&mut tx, &ctx.deployment_id, ctx.token).await?;
         tx.commit().await?;
         d

@@ -72,19 +72,25 @@ async fn restore(job: &RestoreJob, state: &WorkerState, token: i64) -> Result<()
         return Ok(());
     };
     {
-        let mut tx = state.pool.begin().await?;
-        if !lease::fence(&mut tx, &job.app, token).await? {
-            return Err(WorkerError::Fenced);
-        }
+        let mut tx = lease::fenced(&state.pool, &job.app, token)
+            .await?
+            .ok_or(WorkerError::Fenced)?;
         restores::set_running(&mut tx, &r.id).await?;
         tx.commit().await?;
     }
     let dir = &state.config.snapshots_dir;
+    let login = match crate::services::require_pg_login(state, &r.app, &r.database_name).await {
+        Ok(login) => login,
+        Err(e) => {
+            let error = Some(format!("nothing restored: {e}"));
+            return finish(state, &r, token, "", None, error).await;
+        }
+    };
     let mut output = String::new();
     let mut pre_file = None;
     let mut outcome: Result<(), String> = Ok(());
     if r.pre_restore {
-        match state.pg.dump(&r.database_name, "prerestore", dir).await {
+        match state.pg.dump(&r.database_name, &login, "prerestore", dir).await {
             Ok(file) => {
                 output.push_str(&format!("pre-restore dump: {}\n", file.display()));
                 pre_file = Some(file.display().to_string());
@@ -95,7 +101,7 @@ async fn restore(job: &RestoreJob, state: &WorkerState, token: i64) -> Result<()
     if outcome.is_ok() {
         match state
             .pg
-            .restore(&r.database_name, &dir.join(&r.snapshot))
+            .restore(&r.database_name, &login, &dir.join(&r.snapshot))
             .await
         {
             Ok(done) => output.push_str(&done),
@@ -121,10 +127,9 @@ async fn finish(
     pre_file: Option<&str>,
     error: Option<String>,
 ) -> Result<(), WorkerError> {
-    let mut tx = state.pool.begin().await?;
-    if !lease::fence(&mut tx, &r.app, token).await? {
-        return Err(WorkerError::Fenced);
-    }
+    let mut tx = lease::fenced(&state.pool, &r.app, token)
+        .await?
+        .ok_or(WorkerError::Fenced)?;
     restores::finish(&mut tx, &r.id, output, pre_file, error.as_deref()).await?;
     let (action, message) = match &error {
         None => (

@@ -1,4 +1,4 @@
-//! The deploy pipeline: clone → build → test → snapshot → migrate → deploy →
+//! The deploy pipeline: forge → clone → build → test → snapshot → migrate → deploy →
 //! healthy → cleanup. Each step is a function in `crate::steps`; this module
 //! only sequences them and records what happened.
 
@@ -131,6 +131,7 @@ impl DeployCtx<'_> {
         let global = &self.state.config.step_timeouts;
         let app = &self.app.spec.deploy_policy.timeouts;
         match step {
+            Step::Forge => FORGE_DEADLINE,
             Step::Clone => global.clone,
             Step::Build => app.build.unwrap_or(global.build),
             Step::Test => app.test.unwrap_or(global.test),
@@ -144,11 +145,13 @@ impl DeployCtx<'_> {
 }
 
 const CLEANUP_DEADLINE: Duration = Duration::from_secs(120);
+const FORGE_DEADLINE: Duration = Duration::from_secs(300);
 
-pub const STEPS: [Step; 8] = Step::ALL;
+pub const STEPS: [Step; 9] = Step::ALL;
 
 async fn run_step(step: Step, ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
     match step {
+        Step::Forge => steps::forge::run(ctx).await,
         Step::Clone => steps::clone::run(ctx).await,
         Step::Build => steps::build::run(ctx).await,
         Step::Test => steps::test::run(ctx).await,

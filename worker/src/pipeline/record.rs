@@ -46,11 +46,9 @@ impl Recorder {
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Postgres>, WorkerError> {
-        let mut tx = self.pool.begin().await?;
-        if !lease::fence(&mut tx, &self.app, self.token).await? {
-            return Err(WorkerError::Fenced);
-        }
-        Ok(tx)
+        lease::fenced(&self.pool, &self.app, self.token)
+            .await?
+            .ok_or(WorkerError::Fenced)
     }
 
     fn saga<'a>(
@@ -104,8 +102,22 @@ impl Recorder {
     }
 
     pub async fn step_started(&mut self, step: Step) -> Result<(), WorkerError> {
-        self.steps
-            .push(json!({"step": step.as_str(), "status": StepStatus::Running}));
+        // In pipeline order, whatever earlier attempts (or a rollback's
+        // skipped build steps) recorded already.
+        let at = self
+            .steps
+            .iter()
+            .position(|e| {
+                e["step"]
+                    .as_str()
+                    .and_then(|s| s.parse::<Step>().ok())
+                    .is_some_and(|s| s > step)
+            })
+            .unwrap_or(self.steps.len());
+        self.steps.insert(
+            at,
+            json!({"step": step.as_str(), "status": StepStatus::Running}),
+        );
         let mut tx = self.begin().await?;
         deployments::update(
             &mut tx,
@@ -142,9 +154,14 @@ impl Recorder {
             "durationMs": took.as_millis() as u64,
             "output": output,
         });
-        match self.steps.last_mut() {
-            Some(last) if last["step"] == step.as_str() => *last = entry,
-            _ => self.steps.push(entry),
+        match self
+            .steps
+            .iter_mut()
+            .rev()
+            .find(|e| e["step"] == step.as_str())
+        {
+            Some(found) => *found = entry,
+            None => self.steps.push(entry),
         }
     }
 

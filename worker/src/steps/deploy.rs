@@ -28,17 +28,14 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
     if processes.is_empty() {
         return Ok(StepOutput::skipped("no long-running processes"));
     }
+    let app_env = crate::services::app_env(ctx.state, &ctx.app.id, &ctx.app.spec)
+        .await
+        .map_err(|e| StepFailure::with_output(e.to_string(), output.clone()))?;
     for (process, spec) in processes {
         for replica in 0..spec.replicas {
-            let mut env = ctx.app.spec.env.clone();
+            let mut env = app_env.clone();
             if let Some(port) = spec.port {
                 env.insert("PORT".into(), port.to_string());
-            }
-            if let Some(pg) = &ctx.app.spec.services.postgres {
-                env.insert(
-                    "DATABASE_URL".into(),
-                    ctx.state.pg.database_url(&pg.database),
-                );
             }
             let instance = InstanceSpec {
                 name: format!(
@@ -50,6 +47,7 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
                 image: image.clone(),
                 command: spec.command.clone(),
                 env,
+                memory_mb: spec.memory_mb,
                 labels: BTreeMap::from([
                     ("norn.app".into(), ctx.app.id.clone()),
                     ("norn.process".into(), process.clone()),

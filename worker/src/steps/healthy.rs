@@ -125,14 +125,11 @@ async fn switch_routes(
                 .push(format!("{}:{port}", new.instance.ip));
         }
     }
-    let mut tx = ctx.state.pool.begin().await.map_err(db)?;
     // Only the attempt that still holds the lease may put its release live.
-    let ours = lease::fence(&mut tx, &ctx.app.id, ctx.token)
+    let mut tx = lease::fenced(&ctx.state.pool, &ctx.app.id, ctx.token)
         .await
-        .map_err(db)?;
-    if !ours {
-        return Err(StepFailure::new("the app lease passed to another worker"));
-    }
+        .map_err(db)?
+        .ok_or_else(|| StepFailure::new("the app lease passed to another worker"))?;
     routes::record_previous(&mut tx, &ctx.deployment_id, previous)
         .await
         .map_err(db)?;
@@ -196,13 +193,10 @@ async fn release_running(ctx: &DeployCtx<'_>, deployment: &str) -> bool {
 /// Puts the routes of `app` back to `previous` (none: the app had no release).
 /// Fenced like the switch. Returns what traffic went back to.
 async fn restore_routes(ctx: &DeployCtx<'_>, previous: &[Route]) -> Result<String, StepFailure> {
-    let mut tx = ctx.state.pool.begin().await.map_err(db)?;
-    if !lease::fence(&mut tx, &ctx.app.id, ctx.token)
+    let mut tx = lease::fenced(&ctx.state.pool, &ctx.app.id, ctx.token)
         .await
         .map_err(db)?
-    {
-        return Err(StepFailure::new("the app lease passed to another worker"));
-    }
+        .ok_or_else(|| StepFailure::new("the app lease passed to another worker"))?;
     routes::remove_app(&mut tx, &ctx.app.id).await.map_err(db)?;
     for route in previous {
         routes::set(&mut tx, route).await.map_err(db)?;

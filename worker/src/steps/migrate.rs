@@ -1,7 +1,7 @@
 use norn_shared::domain::Step;
 use std::collections::BTreeMap;
 
-use crate::adapters::{OneOff, Output};
+use crate::adapters::OneOff;
 use crate::pipeline::{DeployCtx, StepFailure, StepOutput};
 
 pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
@@ -9,22 +9,16 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
         return Ok(StepOutput::skipped("no migrations declared"));
     };
     // The infraspec guarantees a database whenever migrations are declared.
-    let Some(pg) = ctx.app.spec.services.postgres.clone() else {
+    if ctx.app.spec.services.postgres.is_none() {
         return Err(StepFailure::new(
             "migrations need services.postgres.database",
         ));
-    };
-    let created = ctx
-        .state
-        .pg
-        .ensure(&pg.database)
+    }
+    // The forge step made the database and the app's role; the migration
+    // runs as that role, like the app.
+    let env = crate::services::app_env(ctx.state, &ctx.app.id, &ctx.app.spec)
         .await
         .map_err(|e| StepFailure::new(e.to_string()))?;
-    let mut env = ctx.app.spec.env.clone();
-    env.insert(
-        "DATABASE_URL".into(),
-        ctx.state.pg.database_url(&pg.database),
-    );
     let job = OneOff {
         name: ctx.one_off_name("migrate"),
         image: ctx.image()?.to_owned(),
@@ -38,11 +32,6 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
         limits: None,
         timeout: ctx.deadline(Step::Migrate),
     };
-    if created {
-        ctx.log
-            .write(&format!("created database {}\n", pg.database))
-            .await;
-    }
     let runtime = ctx.state.runtime.clone();
     let exit_code = runtime
         .run_once(&job, &mut ctx.log)
@@ -70,7 +59,12 @@ pub async fn restore_after_failure(ctx: &DeployCtx<'_>) -> String {
     let Some(file) = &ctx.snapshot else {
         return "no pre-migration snapshot (the database did not exist before this deploy): nothing restored".into();
     };
-    match ctx.state.pg.restore(&pg.database, file).await {
+    let login = match crate::services::require_pg_login(ctx.state, &ctx.app.id, &pg.database).await
+    {
+        Ok(login) => login,
+        Err(e) => return format!("restoring the pre-migration snapshot FAILED: {e}"),
+    };
+    match ctx.state.pg.restore(&pg.database, &login, file).await {
         Ok(done) => format!("database restored to its pre-migration snapshot: {done}"),
         Err(e) => format!(
             "restoring the pre-migration snapshot {} FAILED: {e}",

@@ -5,6 +5,7 @@ pub mod build;
 pub mod cleanup;
 pub mod clone;
 pub mod deploy;
+pub mod forge;
 pub mod healthy;
 pub mod migrate;
 pub mod probe;

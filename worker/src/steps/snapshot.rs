@@ -19,8 +19,11 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
             pg.database
         )));
     }
+    let login = crate::services::require_pg_login(ctx.state, &ctx.app.id, &pg.database)
+        .await
+        .map_err(|e| StepFailure::new(e.to_string()))?;
     let file = tools
-        .dump(&pg.database, ctx.sha12(), &ctx.state.config.snapshots_dir)
+        .dump(&pg.database, &login, ctx.sha12(), &ctx.state.config.snapshots_dir)
         .await
         .map_err(|e| StepFailure::new(e.to_string()))?;
     let mut output = format!("pg_dump -Fc {} -> {}", pg.database, file.display());

@@ -8,11 +8,14 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
     let Some(command) = ctx.app.spec.build.test.clone() else {
         return Ok(StepOutput::skipped("no build.test command"));
     };
+    let env = crate::services::app_env(ctx.state, &ctx.app.id, &ctx.app.spec)
+        .await
+        .map_err(|e| StepFailure::new(e.to_string()))?;
     let job = OneOff {
         name: ctx.one_off_name("test"),
         image: ctx.image()?.to_owned(),
         command: command.clone(),
-        env: ctx.app.spec.env.clone(),
+        env,
         labels: BTreeMap::from([
             ("norn.app".into(), ctx.app.id.clone()),
             ("norn.deployment".into(), ctx.deployment_id.clone()),

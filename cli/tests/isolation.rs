@@ -1,0 +1,200 @@
+//! Tenant isolation, proved from inside the app's own containers (its
+//! running instance, its test and its migrate container): an app reaches its
+//! own database with its own role, and neither another app's database, nor
+//! Norn's database or role, nor Norn's API. Real Postgres, Docker and git.
+
+mod common;
+
+use common::{AppRepo, Harness, all_containers, exec_in, unique_app};
+use serde_json::{Value, json};
+
+/// What an app container tries, one `KEY=outcome` line per attempt. It
+/// always exits 0: the test reads the lines, so a missing tool or a typo
+/// shows as a missing line, never as a pass.
+fn probe_script(other_db: &str, norn_db: &str, api_port: u16) -> String {
+    format!(
+        r#"hp=${{DATABASE_URL#*@}}; hp=${{hp%%/*}}; host=${{hp%:*}}
+echo "OWN=$(psql -X -tAc 'select current_user' "$DATABASE_URL" 2>&1)"
+try() {{ if out=$(psql -X -w -tAc 'select 1' "$2" 2>&1); then echo "$1=REACHED"; else echo "$1=REFUSED $out"; fi; }}
+try OTHER "${{DATABASE_URL%/*}}/{other_db}"
+try NORNROLE "postgres://postgres@$hp/postgres"
+try NORNDB "${{DATABASE_URL%/*}}/{norn_db}"
+if busybox wget -q -T 3 -O /dev/null "http://$host:{api_port}/api/health" 2>/dev/null; then echo API=REACHED; else echo API=UNREACHABLE; fi
+busybox grep NoNewPrivs /proc/self/status
+echo "PIDS=$(busybox cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || busybox cat /sys/fs/cgroup/pids.max)"
+echo "NORNVARS=$(busybox env | busybox grep -c '^NORN_')"
+true"#
+    )
+}
+
+/// Asserts every line of the probe says the app was kept in its lane.
+fn assert_isolated(where_: &str, output: &str, own_role: &str) {
+    let line = |key: &str| {
+        output
+            .lines()
+            .find(|l| l.starts_with(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("{where_}: no {key} line in:\n{output}"))
+            .to_owned()
+    };
+    assert_eq!(line("OWN"), format!("OWN={own_role}"), "{where_}:\n{output}");
+    for key in ["OTHER", "NORNROLE", "NORNDB"] {
+        let l = line(key);
+        assert!(
+            l.starts_with(&format!("{key}=REFUSED")) && l.contains("pg_hba.conf rejects connection"),
+            "{where_}: {l}"
+        );
+    }
+    assert_eq!(line("API"), "API=UNREACHABLE", "{where_}");
+    assert!(
+        output.contains("NoNewPrivs:\t1"),
+        "{where_}: no-new-privileges is off:\n{output}"
+    );
+    assert_eq!(line("PIDS"), "PIDS=512", "{where_}");
+    assert_eq!(line("NORNVARS"), "NORNVARS=0", "{where_}");
+}
+
+fn db_spec(app: &str, repo: &AppRepo) -> Value {
+    json!({
+        "name": app,
+        "repo": {"url": repo.url()},
+        "processes": {"web": {"port": 8080, "health": {"path": "/health", "timeout": "2s"}}},
+        "services": {"postgres": {"database": app.replace('-', "_")}},
+    })
+}
+
+fn step_output(d: &Value, step: &str) -> String {
+    d["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == step)
+        .unwrap_or_else(|| panic!("no {step} step in {d}"))["output"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn app_containers_reach_their_own_database_and_nothing_of_other_apps_or_norn() {
+    let h = Harness::start().await;
+    let (a, b) = (unique_app("isoa"), unique_app("isob"));
+    let (a_db, b_db) = (a.replace('-', "_"), b.replace('-', "_"));
+    let norn_db = h.db_url.rsplit('/').next().unwrap().to_owned();
+    let api_port: u16 = h.api.rsplit(':').next().unwrap().parse().unwrap();
+
+    let b_repo = AppRepo::create_with_psql(h.tmp.path(), &b);
+    h.register_and_deploy(db_spec(&b, &b_repo)).await;
+
+    let a_repo = AppRepo::create_with_psql(h.tmp.path(), &a);
+    let probe = probe_script(&b_db, &norn_db, api_port);
+    let mut spec = db_spec(&a, &a_repo);
+    spec["build"] = json!({"test": probe});
+    spec["migrations"] = json!({"command": probe});
+    let (code, body) = h.post("/api/apps", spec).await;
+    assert_eq!(code, 201, "{body}");
+    let id = h.deploy(&a, "HEAD").await;
+    let d = h.wait_terminal(&id).await;
+    assert_eq!(d["status"], "deployed", "{d}");
+    let forge = step_output(&d, "forge");
+    assert!(forge.contains(&format!("created role {a_db}")), "{forge}");
+    assert_isolated("test container", &step_output(&d, "test"), &a_db);
+    assert_isolated("migrate container", &step_output(&d, "migrate"), &a_db);
+
+    let instance = all_containers()
+        .await
+        .into_iter()
+        .find(|c| {
+            c.labels.as_ref().is_some_and(|l| {
+                l.get("norn.app") == Some(&a) && l.contains_key("norn.process")
+            })
+        })
+        .expect("a running instance of A");
+    let name = instance.names.unwrap()[0].trim_start_matches('/').to_owned();
+    let (code, output) = exec_in(&name, &probe);
+    assert_eq!(code, 0, "{output}");
+    assert_isolated("running instance", &output, &a_db);
+
+    // The instance's host config, as the engine has it.
+    let docker = bollard::Docker::connect_with_local_defaults().unwrap();
+    let info = docker
+        .inspect_container(&name, None::<bollard::query_parameters::InspectContainerOptions>)
+        .await
+        .unwrap();
+    let hc = info.host_config.unwrap();
+    assert_ne!(hc.network_mode.as_deref(), Some("host"));
+    assert_eq!(hc.cap_drop, Some(vec!["NET_RAW".to_string()]));
+    assert_eq!(hc.memory, Some(512 * 1024 * 1024));
+    assert_eq!(hc.memory_swap, hc.memory);
+    assert_eq!(hc.privileged, Some(false));
+
+    // Inside Postgres, behind the network rule: even on loopback (trusted),
+    // A's role may not connect to B's database, and owns only its own.
+    let as_a_to_b = format!("postgres://{a_db}@127.0.0.1:{}/{b_db}", pg_port(&h.db_url));
+    let refused = sqlx::PgPool::connect(&as_a_to_b).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("permission denied for database"),
+        "{refused}"
+    );
+    let (superuser, createrole, createdb): (bool, bool, bool) = sqlx::query_as(
+        "SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = $1",
+    )
+    .bind(&a_db)
+    .fetch_one(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!((superuser, createrole, createdb), (false, false, false));
+
+    // The password is in A's containers and nowhere in Norn's database.
+    let (_, url) = exec_in(&name, "echo $DATABASE_URL");
+    let password = url.trim().split(':').nth(2).unwrap().split('@').next().unwrap().to_owned();
+    assert_eq!(password.len(), 32, "{url}");
+    let dump = std::process::Command::new("pg_dump")
+        .arg(&h.db_url)
+        .output()
+        .unwrap();
+    assert!(dump.status.success());
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    assert!(dump.contains("service_credentials"), "the dump is of Norn's database");
+    assert!(!dump.contains(&password), "the app's password is in Norn's database");
+}
+
+fn pg_port(url: &str) -> u16 {
+    url.parse::<sqlx::postgres::PgConnectOptions>()
+        .unwrap()
+        .get_port()
+}
+
+#[tokio::test]
+async fn a_database_belongs_to_one_app_and_servers_own_names_are_refused() {
+    let h = Harness::start().await;
+    let (a, b) = (unique_app("owna"), unique_app("ownb"));
+    let db = a.replace('-', "_");
+    let spec = |app: &str, database: &str| {
+        json!({"name": app, "processes": {"web": {"port": 8080}},
+               "services": {"postgres": {"database": database}}})
+    };
+    let (code, body) = h.post("/api/apps", spec(&a, &db)).await;
+    assert_eq!(code, 201, "{body}");
+    // Registering A again with the same database is fine.
+    assert_eq!(h.post("/api/apps", spec(&a, &db)).await.0, 200);
+
+    let (code, body) = h.post("/api/apps", spec(&b, &db)).await;
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(body["field"], "services.postgres.database", "{body}");
+    assert!(body["error"].as_str().unwrap().contains(&a), "{body}");
+    // Nothing of B was written.
+    assert_eq!(h.get(&format!("/api/apps/{b}")).await.0, 404);
+
+    let norn_db = h.db_url.rsplit('/').next().unwrap().to_owned();
+    for reserved in ["postgres", "template0", "template1", "pg_signal", norn_db.as_str()] {
+        let (code, body) = h.post("/api/apps", spec(&b, reserved)).await;
+        assert_eq!(code, 400, "{reserved}: {body}");
+        assert_eq!(body["field"], "services.postgres.database", "{body}");
+    }
+
+    // A moves to another database: its old name is free for B.
+    let (code, _) = h.post("/api/apps", spec(&a, &format!("{db}_v2"))).await;
+    assert_eq!(code, 200);
+    let (code, body) = h.post("/api/apps", spec(&b, &db)).await;
+    assert_eq!(code, 201, "{body}");
+}
