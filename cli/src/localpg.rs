@@ -317,7 +317,10 @@ impl LocalPg {
 
     /// `NORN_APP_DATABASE_URL` for this cluster: the provisioning role.
     pub fn provisioner_url(&self) -> String {
-        format!("postgres://norn_provisioner@127.0.0.1:{}/postgres", self.port)
+        format!(
+            "postgres://norn_provisioner@127.0.0.1:{}/postgres",
+            self.port
+        )
     }
 
     pub fn stop(&self) {

@@ -97,15 +97,20 @@ async fn app_gateway(config: &Config) -> Option<String> {
         pids: config.container_pids,
     };
     let found = async {
-        let docker =
-            norn_worker::adapters::docker::DockerEngine::connect(&config.docker_network, None, defaults)
-                .await?;
+        let docker = norn_worker::adapters::docker::DockerEngine::connect(
+            &config.docker_network,
+            None,
+            defaults,
+        )
+        .await?;
         docker.gateway().await
     };
     match found.await {
         Ok(gateway) => Some(gateway),
         Err(e) => {
-            eprintln!("norn: could not reach the Docker engine ({e}); app containers will not reach their databases");
+            eprintln!(
+                "norn: could not reach the Docker engine ({e}); app containers will not reach their databases"
+            );
             None
         }
     }

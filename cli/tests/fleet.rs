@@ -88,9 +88,7 @@ async fn hit_counter() -> (u16, Hits) {
 fn counted_spec(app: &str, repo: &AppRepo, counter: u16) -> Value {
     let host = common::host_from_containers();
     let hit = |what: &str| {
-        format!(
-            "busybox wget -q -O- http://{host}:{counter}/{what}/$(busybox cat /www/index.html)"
-        )
+        format!("busybox wget -q -O- http://{host}:{counter}/{what}/$(busybox cat /www/index.html)")
     };
     let mut spec = spec(
         app,

@@ -36,11 +36,16 @@ fn assert_isolated(where_: &str, output: &str, own_role: &str) {
             .unwrap_or_else(|| panic!("{where_}: no {key} line in:\n{output}"))
             .to_owned()
     };
-    assert_eq!(line("OWN"), format!("OWN={own_role}"), "{where_}:\n{output}");
+    assert_eq!(
+        line("OWN"),
+        format!("OWN={own_role}"),
+        "{where_}:\n{output}"
+    );
     for key in ["OTHER", "NORNROLE", "NORNDB"] {
         let l = line(key);
         assert!(
-            l.starts_with(&format!("{key}=REFUSED")) && l.contains("pg_hba.conf rejects connection"),
+            l.starts_with(&format!("{key}=REFUSED"))
+                && l.contains("pg_hba.conf rejects connection"),
             "{where_}: {l}"
         );
     }
@@ -104,12 +109,14 @@ async fn app_containers_reach_their_own_database_and_nothing_of_other_apps_or_no
         .await
         .into_iter()
         .find(|c| {
-            c.labels.as_ref().is_some_and(|l| {
-                l.get("norn.app") == Some(&a) && l.contains_key("norn.process")
-            })
+            c.labels
+                .as_ref()
+                .is_some_and(|l| l.get("norn.app") == Some(&a) && l.contains_key("norn.process"))
         })
         .expect("a running instance of A");
-    let name = instance.names.unwrap()[0].trim_start_matches('/').to_owned();
+    let name = instance.names.unwrap()[0]
+        .trim_start_matches('/')
+        .to_owned();
     let (code, output) = exec_in(&name, &probe);
     assert_eq!(code, 0, "{output}");
     assert_isolated("running instance", &output, &a_db);
@@ -117,7 +124,10 @@ async fn app_containers_reach_their_own_database_and_nothing_of_other_apps_or_no
     // The instance's host config, as the engine has it.
     let docker = bollard::Docker::connect_with_local_defaults().unwrap();
     let info = docker
-        .inspect_container(&name, None::<bollard::query_parameters::InspectContainerOptions>)
+        .inspect_container(
+            &name,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
         .await
         .unwrap();
     let hc = info.host_config.unwrap();
@@ -132,7 +142,9 @@ async fn app_containers_reach_their_own_database_and_nothing_of_other_apps_or_no
     let as_a_to_b = format!("postgres://{a_db}@127.0.0.1:{}/{b_db}", pg_port(&h.db_url));
     let refused = sqlx::PgPool::connect(&as_a_to_b).await.unwrap_err();
     assert!(
-        refused.to_string().contains("permission denied for database"),
+        refused
+            .to_string()
+            .contains("permission denied for database"),
         "{refused}"
     );
     let (superuser, createrole, createdb): (bool, bool, bool) = sqlx::query_as(
@@ -146,7 +158,15 @@ async fn app_containers_reach_their_own_database_and_nothing_of_other_apps_or_no
 
     // The password is in A's containers and nowhere in Norn's database.
     let (_, url) = exec_in(&name, "echo $DATABASE_URL");
-    let password = url.trim().split(':').nth(2).unwrap().split('@').next().unwrap().to_owned();
+    let password = url
+        .trim()
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('@')
+        .next()
+        .unwrap()
+        .to_owned();
     assert_eq!(password.len(), 32, "{url}");
     let dump = std::process::Command::new("pg_dump")
         .arg(&h.db_url)
@@ -154,8 +174,14 @@ async fn app_containers_reach_their_own_database_and_nothing_of_other_apps_or_no
         .unwrap();
     assert!(dump.status.success());
     let dump = String::from_utf8_lossy(&dump.stdout);
-    assert!(dump.contains("service_credentials"), "the dump is of Norn's database");
-    assert!(!dump.contains(&password), "the app's password is in Norn's database");
+    assert!(
+        dump.contains("service_credentials"),
+        "the dump is of Norn's database"
+    );
+    assert!(
+        !dump.contains(&password),
+        "the app's password is in Norn's database"
+    );
 }
 
 fn pg_port(url: &str) -> u16 {
@@ -186,7 +212,13 @@ async fn a_database_belongs_to_one_app_and_servers_own_names_are_refused() {
     assert_eq!(h.get(&format!("/api/apps/{b}")).await.0, 404);
 
     let norn_db = h.db_url.rsplit('/').next().unwrap().to_owned();
-    for reserved in ["postgres", "template0", "template1", "pg_signal", norn_db.as_str()] {
+    for reserved in [
+        "postgres",
+        "template0",
+        "template1",
+        "pg_signal",
+        norn_db.as_str(),
+    ] {
         let (code, body) = h.post("/api/apps", spec(&b, reserved)).await;
         assert_eq!(code, 400, "{reserved}: {body}");
         assert_eq!(body["field"], "services.postgres.database", "{body}");

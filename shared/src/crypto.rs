@@ -55,8 +55,9 @@ impl SecretKey {
                 .collect::<Result<Vec<u8>, _>>()
                 .map_err(|e| CryptoError::BadKey(e.to_string()))?
         } else {
-            B64.decode(text)
-                .map_err(|_| CryptoError::BadKey("is neither base64 nor 64 hex characters".into()))?
+            B64.decode(text).map_err(|_| {
+                CryptoError::BadKey("is neither base64 nor 64 hex characters".into())
+            })?
         };
         Self::from_bytes(&bytes)
     }
@@ -143,7 +144,10 @@ mod tests {
         assert_ne!(key.seal("hunter2-password").unwrap().data, sealed.data);
 
         let other = SecretKey::parse(&"ab".repeat(32)).unwrap();
-        assert!(matches!(other.open(&sealed), Err(CryptoError::WrongKey { .. })));
+        assert!(matches!(
+            other.open(&sealed),
+            Err(CryptoError::WrongKey { .. })
+        ));
         let forged = Sealed {
             key_id: other.id().to_owned(),
             data: sealed.data.clone(),
@@ -164,7 +168,9 @@ mod tests {
         assert!(SecretKey::parse("short").is_err());
         assert!(SecretKey::parse(&B64.encode([0u8; 16])).is_err());
         assert!(SecretKey::parse(&"zz".repeat(32)).is_err());
-        assert!(format!("{:?}", SecretKey::parse(&"ab".repeat(32)).unwrap()).starts_with("SecretKey("));
+        assert!(
+            format!("{:?}", SecretKey::parse(&"ab".repeat(32)).unwrap()).starts_with("SecretKey(")
+        );
     }
 
     #[test]

@@ -119,7 +119,11 @@ impl Forge<'_> {
             forge::transition(&mut tx, self.app, ForgeStatus::ForgeFailed, Some(error)).await?;
         }
         forge::transition(&mut tx, self.app, ForgeStatus::Forging, None).await?;
-        let message = if resuming { "forge resumed" } else { "forge started" };
+        let message = if resuming {
+            "forge resumed"
+        } else {
+            "forge started"
+        };
         self.trail(&mut tx, "forge.start", None, message).await?;
         tx.commit().await?;
 
@@ -175,7 +179,8 @@ impl Forge<'_> {
         }
         let mut tx = self.fenced().await?;
         forge::transition(&mut tx, self.app, ForgeStatus::Forged, None).await?;
-        self.trail(&mut tx, "forge.complete", None, "forged").await?;
+        self.trail(&mut tx, "forge.complete", None, "forged")
+            .await?;
         let payload = json!({"resources": resources});
         self.publish(&mut tx, "forge.completed", Some(&payload))
             .await?;

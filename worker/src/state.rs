@@ -7,10 +7,10 @@ use norn_shared::Config;
 use norn_shared::registry::EngineProbe;
 use sqlx::PgPool;
 
-use crate::adapters::{Provisioner, Source};
 use crate::adapters::docker::{DockerEngine, ImageBuilder, Runtime};
 use crate::adapters::git::GitSource;
 use crate::adapters::postgres::PgTools;
+use crate::adapters::{Provisioner, Source};
 
 pub struct WorkerState {
     pub pool: PgPool,

@@ -253,8 +253,9 @@ impl AppRepo {
         std::fs::create_dir_all(dir.join("www")).unwrap();
         std::fs::copy("/bin/busybox", dir.join("busybox"))
             .expect("busybox-static must be installed (/bin/busybox)");
-        let mut dockerfile =
-            String::from("FROM scratch\nCOPY busybox /bin/busybox\nCOPY busybox /bin/sh\nCOPY www /www\n");
+        let mut dockerfile = String::from(
+            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY busybox /bin/sh\nCOPY www /www\n",
+        );
         if psql {
             copy_with_libraries(&psql_binary(), &dir.join("rootfs"));
             std::fs::create_dir_all(dir.join("rootfs/etc")).unwrap();
@@ -298,20 +299,22 @@ impl AppRepo {
 
 /// The host's `psql` (the real binary; Debian's `/usr/bin/psql` is a wrapper).
 fn psql_binary() -> PathBuf {
-    let bin = std::fs::read_dir("/usr/lib/postgresql")
+    std::fs::read_dir("/usr/lib/postgresql")
         .expect("PostgreSQL is installed")
         .flatten()
         .map(|e| e.path().join("bin/psql"))
         .filter(|p| p.exists())
         .max()
-        .expect("psql");
-    bin
+        .expect("psql")
 }
 
 /// Copies `binary` to `<root>/usr/bin/` and every library `ldd` says it
 /// loads (with the loader) to the same path under `root`.
 fn copy_with_libraries(binary: &Path, root: &Path) {
-    let out = std::process::Command::new("ldd").arg(binary).output().expect("ldd");
+    let out = std::process::Command::new("ldd")
+        .arg(binary)
+        .output()
+        .expect("ldd");
     let mut files: Vec<PathBuf> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| {

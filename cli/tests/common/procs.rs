@@ -47,7 +47,10 @@ pub fn spawn_with(
 ) -> Proc {
     let child = Command::new(bin(name))
         .env("DATABASE_URL", db)
-        .env("NORN_APP_DATABASE_URL", norn_shared::testing::provisioner_url())
+        .env(
+            "NORN_APP_DATABASE_URL",
+            norn_shared::testing::provisioner_url(),
+        )
         .env("NORN_SECRET_KEY", norn_shared::testing::TEST_SECRET_KEY)
         .env("NORN_PORT", port.to_string())
         .env("NORN_INGRESS_PORT", "0")

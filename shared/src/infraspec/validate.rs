@@ -472,7 +472,9 @@ fn services(
         } else if RESERVED_DATABASES.contains(&database.as_str()) || database.starts_with("pg_") {
             errors.push(
                 field,
-                format!("{database} is reserved for the server (postgres, template0, template1, pg_*)"),
+                format!(
+                    "{database} is reserved for the server (postgres, template0, template1, pg_*)"
+                ),
             );
         }
         Some(Postgres { database })

@@ -192,9 +192,12 @@ async fn provision(
             ))
             .await
             .map_err(sql("creating the app's role"))?;
-            run(pool, format!("COMMENT ON ROLE \"{role}\" IS '{}'", role_comment(g.app)))
-                .await
-                .map_err(sql("marking the app's role"))?;
+            run(
+                pool,
+                format!("COMMENT ON ROLE \"{role}\" IS '{}'", role_comment(g.app)),
+            )
+            .await
+            .map_err(sql("marking the app's role"))?;
             done.push(format!("created role {role}"));
         }
         Some((elevated, comment)) => {
@@ -216,13 +219,12 @@ async fn provision(
     run(pool, format!("GRANT \"{role}\" TO CURRENT_USER"))
         .await
         .map_err(sql("joining the app's role"))?;
-    let owner: Option<(String,)> = sqlx::query_as(
-        "SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = $1",
-    )
-    .bind(db)
-    .fetch_optional(pool)
-    .await
-    .map_err(sql("reading pg_database"))?;
+    let owner: Option<(String,)> =
+        sqlx::query_as("SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = $1")
+            .bind(db)
+            .fetch_optional(pool)
+            .await
+            .map_err(sql("reading pg_database"))?;
     match owner {
         None => {
             let created = run(pool, format!("CREATE DATABASE \"{db}\" OWNER \"{role}\"")).await;

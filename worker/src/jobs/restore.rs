@@ -90,7 +90,11 @@ async fn restore(job: &RestoreJob, state: &WorkerState, token: i64) -> Result<()
     let mut pre_file = None;
     let mut outcome: Result<(), String> = Ok(());
     if r.pre_restore {
-        match state.pg.dump(&r.database_name, &login, "prerestore", dir).await {
+        match state
+            .pg
+            .dump(&r.database_name, &login, "prerestore", dir)
+            .await
+        {
             Ok(file) => {
                 output.push_str(&format!("pre-restore dump: {}\n", file.display()));
                 pre_file = Some(file.display().to_string());

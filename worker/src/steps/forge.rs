@@ -33,9 +33,9 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
         Err(forge::ForgeError::Step { step, reason }) => {
             Err(StepFailure::new(format!("forging {step}: {reason}")))
         }
-        Err(forge::ForgeError::Fenced) => Err(StepFailure::new(
-            "the app lease passed to another worker",
-        )),
+        Err(forge::ForgeError::Fenced) => {
+            Err(StepFailure::new("the app lease passed to another worker"))
+        }
         Err(e) => Err(StepFailure::infra(e.to_string())),
     }
 }

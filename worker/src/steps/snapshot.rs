@@ -23,7 +23,12 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
         .await
         .map_err(|e| StepFailure::new(e.to_string()))?;
     let file = tools
-        .dump(&pg.database, &login, ctx.sha12(), &ctx.state.config.snapshots_dir)
+        .dump(
+            &pg.database,
+            &login,
+            ctx.sha12(),
+            &ctx.state.config.snapshots_dir,
+        )
         .await
         .map_err(|e| StepFailure::new(e.to_string()))?;
     let mut output = format!("pg_dump -Fc {} -> {}", pg.database, file.display());
