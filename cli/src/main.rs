@@ -2,6 +2,7 @@
 
 mod client;
 mod cron;
+mod forge;
 mod keyfile;
 mod localpg;
 mod snapshots;
@@ -79,6 +80,25 @@ enum Command {
         #[arg(long)]
         to: Option<String>,
     },
+    /// Provision the app's services (its database and role; KV and topics
+    /// are not provisioned yet) and follow the forge to its end.
+    Forge {
+        app: String,
+        /// Tear a forged app down first (keeping its data), then forge it again.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Reverse the forge: the app's role loses its login; its data is kept
+    /// unless --drop-data --yes.
+    Teardown {
+        app: String,
+        /// Also drop the app's databases.
+        #[arg(long)]
+        drop_data: bool,
+        /// Required with --drop-data.
+        #[arg(long)]
+        yes: bool,
+    },
     /// A cron app: show its state and recent runs, or act on it.
     Cron {
         app: String,
@@ -155,6 +175,12 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 }),
         } => snapshots::restore(&api, &app, &ts, yes, pre_restore).await,
         Command::Cancel { deployment } => client::cancel(&api, &deployment).await.map(|_| true),
+        Command::Forge { app, force } => forge::forge(&api, &app, force).await,
+        Command::Teardown {
+            app,
+            drop_data,
+            yes,
+        } => forge::teardown(&api, &app, drop_data, yes).await,
         Command::Cron { app, action } => cron::run(&api, &app, action).await.map(|_| true),
     }
 }

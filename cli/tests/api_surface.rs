@@ -746,11 +746,14 @@ async fn apps_under_norn_apps_dir_are_registered_at_start_and_deploy_without_a_r
     let id = body["id"].as_str().unwrap();
     let d = api.wait_terminal(id, Duration::from_secs(180)).await;
     assert_eq!(d["status"], "deployed", "{d}");
+    let clone = d["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "clone")
+        .unwrap();
     assert!(
-        d["steps"][0]["output"]
-            .as_str()
-            .unwrap()
-            .starts_with("copied "),
+        clone["output"].as_str().unwrap().starts_with("copied "),
         "{d}"
     );
     let http = reqwest::Client::new();

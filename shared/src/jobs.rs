@@ -34,3 +34,24 @@ pub struct RestoreJob {
     pub restore_id: String,
     pub app: String,
 }
+
+/// Forge or tear down an app's services (under the app lease).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ForgeJob {
+    /// The request's id (saga id of its `forge.queued` event).
+    pub id: String,
+    pub app: String,
+    pub action: ForgeAction,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum ForgeAction {
+    /// Provision what the spec declares; `force` tears a forged app down
+    /// (keeping its data) and forges it again.
+    Forge { force: bool },
+    /// Reverse every step; `drop_data` also drops databases.
+    #[serde(rename_all = "camelCase")]
+    Teardown { drop_data: bool },
+}

@@ -16,7 +16,7 @@ use norn_shared::infraspec::InfraSpec;
 use serde_json::{Value, json};
 use sqlx::{Postgres, Transaction};
 
-use crate::adapters::{DatabaseGrant, Output};
+use crate::adapters::{DatabaseGrant, DatabaseRevoke, Output};
 use crate::services::{self, POSTGRES};
 use crate::state::WorkerState;
 
@@ -54,10 +54,17 @@ pub fn declares_services(spec: &InfraSpec) -> bool {
     s.postgres.is_some() || s.kv.is_some() || s.events.is_some()
 }
 
+/// What a step did to the app's stored credentials.
+enum Credentials {
+    Keep,
+    Put(Credential),
+    Delete,
+}
+
 struct Done {
     status: StepStatus,
     output: String,
-    credential: Option<Credential>,
+    credentials: Credentials,
 }
 
 impl Done {
@@ -65,8 +72,43 @@ impl Done {
         Self {
             status: StepStatus::Skipped,
             output: why.into(),
-            credential: None,
+            credentials: Credentials::Keep,
         }
+    }
+}
+
+/// Provisioning, or its reverse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Forge,
+    /// Reverses each step; app data is dropped only with `drop_data`.
+    Teardown {
+        drop_data: bool,
+    },
+}
+
+impl Operation {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Forge => "forge",
+            Self::Teardown { .. } => "teardown",
+        }
+    }
+
+    /// (while running, when done)
+    fn statuses(self) -> (ForgeStatus, ForgeStatus) {
+        match self {
+            Self::Forge => (ForgeStatus::Forging, ForgeStatus::Forged),
+            Self::Teardown { .. } => (ForgeStatus::TearingDown, ForgeStatus::Unforged),
+        }
+    }
+
+    fn steps(self) -> Vec<ForgeStep> {
+        let mut steps = ForgeStep::ALL.to_vec();
+        if matches!(self, Self::Teardown { .. }) {
+            steps.reverse();
+        }
+        steps
     }
 }
 
@@ -100,35 +142,45 @@ impl Forge<'_> {
         .await
     }
 
-    /// Runs every step; `out` gets a line per step. Returns the resources.
+    /// Forges every service the spec declares; `out` gets a line per step.
+    /// Returns the resources.
     pub async fn run(&self, out: &mut dyn Output) -> Result<Value, ForgeError> {
+        self.operate(Operation::Forge, out).await
+    }
+
+    /// Runs `op`'s steps in order, persisting steps and resources after each
+    /// (fenced), and the outcome. An operation whose holder died (the status
+    /// still says it runs, but this worker holds the lease now) is recorded
+    /// failed first; a forge after a failed one skips the steps it finished.
+    pub async fn operate(&self, op: Operation, out: &mut dyn Output) -> Result<Value, ForgeError> {
         let previous = {
             let mut conn = self.state.pool.acquire().await?;
             forge::get(&mut conn, self.app).await?
         };
-        // Busy while we hold the lease: its holder died mid-operation.
         let interrupted = previous.status.is_busy();
-        let resuming = interrupted || previous.status == ForgeStatus::ForgeFailed;
+        let resuming =
+            op == Operation::Forge && (interrupted || previous.status == ForgeStatus::ForgeFailed);
         let mut resources = previous.resources.clone();
         if !resources.is_object() {
             resources = json!({});
         }
+        let (running, done_status) = op.statuses();
         let mut tx = self.fenced().await?;
         if interrupted {
             let error = "norn restarted during operation";
             forge::transition(&mut tx, self.app, ForgeStatus::ForgeFailed, Some(error)).await?;
         }
-        forge::transition(&mut tx, self.app, ForgeStatus::Forging, None).await?;
-        let message = if resuming {
-            "forge resumed"
-        } else {
-            "forge started"
+        forge::transition(&mut tx, self.app, running, None).await?;
+        let message = match (op, resuming) {
+            (Operation::Forge, true) => "forge resumed".to_owned(),
+            (op, _) => format!("{} started", op.name()),
         };
-        self.trail(&mut tx, "forge.start", None, message).await?;
+        self.trail(&mut tx, &format!("{}.start", op.name()), None, &message)
+            .await?;
         tx.commit().await?;
 
         let mut steps: Vec<Value> = Vec::new();
-        for step in ForgeStep::ALL {
+        for step in op.steps() {
             let started = Instant::now();
             let finished_before = resuming
                 && previous.steps.iter().any(|s| {
@@ -136,19 +188,30 @@ impl Forge<'_> {
                 });
             let result = if finished_before {
                 Ok(Done::skipped("done by an earlier forge"))
+            } else if let Err(injected) = test_hook::fail_at(op, step) {
+                Err(injected)
             } else {
-                self.step(step, &mut resources).await
+                self.step(op, step, &mut resources).await
             };
             let took = started.elapsed().as_millis() as u64;
+            let entry = |status: StepStatus, output: &str| {
+                json!({"step": step.as_str(), "status": status, "durationMs": took,
+                       "output": output, "operation": op.name()})
+            };
             match result {
                 Ok(done) => {
                     out.write(&format!("{}: {}\n", step.as_str(), done.output))
                         .await;
-                    steps.push(json!({"step": step.as_str(), "status": done.status,
-                                      "durationMs": took, "output": done.output}));
+                    steps.push(entry(done.status, &done.output));
                     let mut tx = self.fenced().await?;
-                    if let Some(credential) = &done.credential {
-                        credentials::put(&mut tx, self.app, step.as_str(), credential).await?;
+                    match &done.credentials {
+                        Credentials::Keep => {}
+                        Credentials::Put(c) => {
+                            credentials::put(&mut tx, self.app, step.as_str(), c).await?
+                        }
+                        Credentials::Delete => {
+                            credentials::delete(&mut tx, self.app, step.as_str()).await?
+                        }
                     }
                     forge::record(&mut tx, self.app, &steps, &resources).await?;
                     self.publish(&mut tx, "forge.step", steps.last()).await?;
@@ -157,8 +220,7 @@ impl Forge<'_> {
                 Err(reason) => {
                     out.write(&format!("{}: FAILED: {reason}\n", step.as_str()))
                         .await;
-                    steps.push(json!({"step": step.as_str(), "status": StepStatus::Failed,
-                                      "durationMs": took, "output": reason}));
+                    steps.push(entry(StepStatus::Failed, &reason));
                     let error = format!("{}: {reason}", step.as_str());
                     let mut tx = self.fenced().await?;
                     forge::record(&mut tx, self.app, &steps, &resources).await?;
@@ -166,7 +228,8 @@ impl Forge<'_> {
                         .await?;
                     self.trail(&mut tx, "forge.failed", Some(step.as_str()), &error)
                         .await?;
-                    let payload = json!({"step": step.as_str(), "error": error});
+                    let payload =
+                        json!({"operation": op.name(), "step": step.as_str(), "error": error});
                     self.publish(&mut tx, "forge.failed", Some(&payload))
                         .await?;
                     tx.commit().await?;
@@ -178,10 +241,12 @@ impl Forge<'_> {
             }
         }
         let mut tx = self.fenced().await?;
-        forge::transition(&mut tx, self.app, ForgeStatus::Forged, None).await?;
-        self.trail(&mut tx, "forge.complete", None, "forged")
+        forge::transition(&mut tx, self.app, done_status, None).await?;
+        let action = format!("{}.complete", op.name());
+        self.trail(&mut tx, &action, None, done_status.as_str())
             .await?;
-        let payload = json!({"resources": resources});
+        let payload =
+            json!({"operation": op.name(), "status": done_status, "resources": resources});
         self.publish(&mut tx, "forge.completed", Some(&payload))
             .await?;
         tx.commit().await?;
@@ -198,27 +263,73 @@ impl Forge<'_> {
         events::publish(tx, &Event::new(kind, self.app, payload)).await
     }
 
-    async fn step(&self, step: ForgeStep, resources: &mut Value) -> Result<Done, String> {
+    async fn step(
+        &self,
+        op: Operation,
+        step: ForgeStep,
+        resources: &mut Value,
+    ) -> Result<Done, String> {
         let services = &self.spec.services;
-        match step {
-            ForgeStep::Postgres => match &services.postgres {
+        match (op, step) {
+            (Operation::Forge, ForgeStep::Postgres) => match &services.postgres {
                 None => Ok(Done::skipped("no services.postgres declared")),
                 Some(pg) => self.postgres(&pg.database, resources).await,
             },
+            (Operation::Teardown { drop_data }, ForgeStep::Postgres) => {
+                self.postgres_teardown(drop_data, resources).await
+            }
             // Not provisioned yet: said so in the step, never recorded as done.
-            ForgeStep::Kv => Ok(Done::skipped(match services.kv {
+            (Operation::Forge, ForgeStep::Kv) => Ok(Done::skipped(match services.kv {
                 None => "no services.kv declared",
                 Some(_) => {
                     "services.kv declared, but Norn does not provision KV yet: no REDIS_URL is injected"
                 }
             })),
-            ForgeStep::Events => Ok(Done::skipped(match services.events {
+            (Operation::Forge, ForgeStep::Events) => Ok(Done::skipped(match services.events {
                 None => "no services.events declared",
                 Some(_) => {
                     "services.events declared, but no brokers are configured (NORN_EVENTS_BROKERS): no topics made"
                 }
             })),
+            (Operation::Teardown { .. }, ForgeStep::Kv | ForgeStep::Events) => {
+                Ok(Done::skipped("nothing was provisioned"))
+            }
         }
+    }
+
+    /// The reverse of [`Self::postgres`]: the role may no longer log in and
+    /// its connections end; with `drop_data` the database and the role go.
+    async fn postgres_teardown(
+        &self,
+        drop_data: bool,
+        resources: &mut Value,
+    ) -> Result<Done, String> {
+        let Some(database) = resources[POSTGRES]["database"].as_str().map(str::to_owned) else {
+            return Ok(Done::skipped("no database was forged"));
+        };
+        let role = resources[POSTGRES]["role"]
+            .as_str()
+            .unwrap_or(&database)
+            .to_owned();
+        let output = self
+            .state
+            .provisioner
+            .revoke_database(&DatabaseRevoke {
+                app: self.app,
+                database: &database,
+                role: &role,
+                drop_data,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(map) = resources.as_object_mut() {
+            map.remove(POSTGRES);
+        }
+        Ok(Done {
+            status: StepStatus::Complete,
+            output,
+            credentials: Credentials::Delete,
+        })
     }
 
     /// The app's role (named after its database, which the server's
@@ -253,10 +364,27 @@ impl Forge<'_> {
         Ok(Done {
             status: StepStatus::Complete,
             output,
-            credential: Some(Credential {
+            credentials: Credentials::Put(Credential {
                 username: database.to_owned(),
                 sealed,
             }),
         })
+    }
+}
+
+/// Lets tests fail a forge at a step: with `NORN_TEST_FAIL_FORGE_STEP=<step>`
+/// (`postgres`, `kv`, `events`) that step of a forge fails before it runs.
+/// Unset in production.
+mod test_hook {
+    use norn_shared::domain::ForgeStep;
+
+    use super::Operation;
+
+    pub fn fail_at(op: Operation, step: ForgeStep) -> Result<(), String> {
+        let wanted = std::env::var("NORN_TEST_FAIL_FORGE_STEP").ok();
+        if op == Operation::Forge && wanted.as_deref() == Some(step.as_str()) {
+            return Err("failure injected by NORN_TEST_FAIL_FORGE_STEP".into());
+        }
+        Ok(())
     }
 }

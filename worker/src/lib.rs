@@ -61,6 +61,7 @@ pub async fn run(
         supervisor::deploy_queue(state.clone(), stop.clone()),
         supervisor::cron_queue(state.clone(), stop.clone()),
         supervisor::snapshot_queue(state.clone(), stop.clone()),
+        supervisor::forge_queue(state.clone(), stop.clone()),
         supervisor::health_queue(state.clone(), stop.clone()),
         route_refresh::run(state, stop),
     );

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use apalis::prelude::*;
 use apalis_postgres::PostgresStorage;
-use norn_shared::jobs::{CronJob, DeployJob, HealthJob, RestoreJob};
+use norn_shared::jobs::{CronJob, DeployJob, ForgeJob, HealthJob, RestoreJob};
 use norn_shared::queue::{self, Queue};
 use tokio::sync::watch;
 
@@ -101,6 +101,11 @@ pub async fn health_queue(state: Arc<WorkerState>, shutdown: watch::Receiver<boo
         10,
         jobs::health::run
     )
+}
+
+/// Forges are rare and hold the app lease: one at a time per claim.
+pub async fn forge_queue(state: Arc<WorkerState>, shutdown: watch::Receiver<bool>) {
+    supervise!(state, shutdown, ForgeJob, Queue::Forge, 1, jobs::forge::run)
 }
 
 /// Restores are rare and long: one at a time per claim, like deploys.

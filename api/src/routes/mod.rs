@@ -5,6 +5,7 @@ pub mod checks;
 pub mod cluster;
 pub mod cron;
 pub mod deployments;
+pub mod forge;
 pub mod health;
 pub mod logs;
 pub mod queueing;
@@ -24,6 +25,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/apps/{id}", get(apps::get))
         .route("/api/apps/{id}/deploy", post(deployments::deploy))
         .route("/api/apps/{id}/rollback", post(rollback::rollback))
+        .route("/api/apps/{id}/forge", get(forge::get).post(forge::forge))
+        .route("/api/apps/{id}/teardown", post(forge::teardown))
         .route("/api/apps/{id}/snapshots", get(snapshots::list))
         .route(
             "/api/apps/{id}/snapshots/{ts}/restore",

@@ -63,7 +63,7 @@ pub struct RestoreQuery {
 }
 
 /// `true`/`false`, read leniently enough for a query string; anything else is 400.
-fn flag(value: Option<&str>, field: &str) -> ApiResult<bool> {
+pub(crate) fn flag(value: Option<&str>, field: &str) -> ApiResult<bool> {
     match value {
         None | Some("false") | Some("0") => Ok(false),
         Some("true") | Some("1") | Some("") => Ok(true),

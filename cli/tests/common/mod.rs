@@ -345,13 +345,27 @@ pub fn host_from_containers() -> String {
             "inspect",
             "bridge",
             "--format",
-            "{{(index .IPAM.Config 0).Gateway}}",
+            "{{range .IPAM.Config}}{{.Gateway}} {{.Subnet}}{{end}}",
         ])
         .output()
         .expect("docker network inspect bridge");
-    let ip = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    assert!(!ip.is_empty(), "the default bridge has no gateway");
-    ip
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    // Docker 20.10 may leave the default bridge's gateway out of its IPAM
+    // config: it is then the subnet's first address (docker0).
+    match text.split_whitespace().collect::<Vec<_>>().as_slice() {
+        [subnet] | ["", subnet] => {
+            let net = subnet.split('/').next().unwrap();
+            let mut octets: Vec<u8> = net.split('.').map(|o| o.parse().unwrap()).collect();
+            octets[3] += 1;
+            octets
+                .iter()
+                .map(u8::to_string)
+                .collect::<Vec<_>>()
+                .join(".")
+        }
+        [gateway, _subnet] => gateway.to_string(),
+        _ => panic!("the default bridge has no address: {text:?}"),
+    }
 }
 
 /// Runs `script` with `sh -c` inside the running container `name`: its

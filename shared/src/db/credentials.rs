@@ -52,3 +52,12 @@ pub async fn put(
     .await?;
     Ok(())
 }
+
+pub async fn delete(conn: &mut PgConnection, app: &str, service: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM service_credentials WHERE app = $1 AND service = $2")
+        .bind(app)
+        .bind(service)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

@@ -58,15 +58,25 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     apalis_postgres::PostgresStorage::<()>::setup(pool).await?;
     // Norn's database is no app's: only its owner (and roles granted it by
     // hand) may connect. Done at every start, since a database's grants are
-    // not copied from a template; a role that does not own it changes nothing.
+    // not copied from a template; a role that does not own it changes
+    // nothing. Serialised: replicas starting together would otherwise update
+    // the same catalog row at once ("tuple concurrently updated").
+    let mut tx = pool.begin().await?;
     sqlx::raw_sql(
-        "DO $$ BEGIN
-           EXECUTE format('REVOKE CONNECT, TEMPORARY ON DATABASE %I FROM PUBLIC', current_database());
+        "SELECT pg_advisory_xact_lock(7316731);
+         DO $$ BEGIN
+           IF EXISTS (SELECT 1 FROM pg_database d,
+                             aclexplode(COALESCE(d.datacl, acldefault('d', d.datdba))) a
+                      WHERE d.datname = current_database() AND a.grantee = 0
+                        AND a.privilege_type IN ('CONNECT', 'TEMPORARY')) THEN
+             EXECUTE format('REVOKE CONNECT, TEMPORARY ON DATABASE %I FROM PUBLIC', current_database());
+           END IF;
          EXCEPTION WHEN insufficient_privilege THEN NULL;
          END $$",
     )
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(())
 }
 

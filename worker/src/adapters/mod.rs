@@ -133,6 +133,15 @@ pub struct DatabaseGrant<'a> {
     pub password: &'a str,
 }
 
+/// What tearing an app's database down needs.
+pub struct DatabaseRevoke<'a> {
+    pub app: &'a str,
+    pub database: &'a str,
+    pub role: &'a str,
+    /// Drop the database and the role; else the role only loses its login.
+    pub drop_data: bool,
+}
+
 /// Makes an app's services exist, each reachable by that app alone.
 /// Idempotent: a forge resumed after a failure runs it again.
 #[async_trait::async_trait]
@@ -140,4 +149,7 @@ pub trait Provisioner: Send + Sync {
     /// Creates (or takes back into shape) the app's role and database.
     /// Returns what it did, for the forge's step log.
     async fn database(&self, grant: &DatabaseGrant<'_>) -> Result<String, ProvisionError>;
+    /// Undoes [`Provisioner::database`]: the app's role can no longer log
+    /// in and its sessions end; with `drop_data`, database and role go.
+    async fn revoke_database(&self, revoke: &DatabaseRevoke<'_>) -> Result<String, ProvisionError>;
 }

@@ -62,7 +62,11 @@ impl DockerEngine {
             .and_then(|ipam| ipam.config)
             .into_iter()
             .flatten()
-            .find_map(|c| c.gateway.filter(|g| !g.is_empty() && !g.contains(':')))
+            .find_map(|c| {
+                let gateway = c.gateway.filter(|g| !g.is_empty() && !g.contains(':'));
+                // Some engines leave the gateway out: the subnet's first address.
+                gateway.or_else(|| c.subnet.as_deref().and_then(first_address))
+            })
             .ok_or_else(|| {
                 RuntimeError::Failed(format!("network {} has no IPv4 gateway", self.network))
             })
@@ -138,5 +142,24 @@ impl DockerEngine {
             }
         }
         keep
+    }
+}
+
+/// The first host address of an IPv4 subnet (`172.18.0.0/16` → `172.18.0.1`).
+fn first_address(subnet: &str) -> Option<String> {
+    let net: std::net::Ipv4Addr = subnet.split('/').next()?.parse().ok()?;
+    Some(std::net::Ipv4Addr::from(u32::from(net).checked_add(1)?).to_string())
+}
+
+#[cfg(test)]
+mod gateway_tests {
+    #[test]
+    fn a_subnets_first_address_is_its_gateway() {
+        assert_eq!(
+            super::first_address("172.18.0.0/16").as_deref(),
+            Some("172.18.0.1")
+        );
+        assert_eq!(super::first_address("fd00::/64"), None);
+        assert_eq!(super::first_address("nonsense"), None);
     }
 }

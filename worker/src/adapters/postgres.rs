@@ -157,6 +157,69 @@ impl super::Provisioner for PgTools {
         pool.close().await;
         done
     }
+
+    async fn revoke_database(
+        &self,
+        revoke: &super::DatabaseRevoke<'_>,
+    ) -> Result<String, super::ProvisionError> {
+        let pool = self.admin().await.map_err(super::ProvisionError::from)?;
+        let done = unprovision(&pool, revoke).await;
+        pool.close().await;
+        done
+    }
+}
+
+async fn unprovision(
+    pool: &sqlx::PgPool,
+    r: &super::DatabaseRevoke<'_>,
+) -> Result<String, super::ProvisionError> {
+    use super::ProvisionError::Failed;
+    let sql = |what: &'static str| move |e: sqlx::Error| Failed(format!("{what}: {e}"));
+    let (role, db) = (r.role, r.database);
+    let comment: Option<(Option<String>,)> = sqlx::query_as(
+        "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1",
+    )
+    .bind(role)
+    .fetch_optional(pool)
+    .await
+    .map_err(sql("reading pg_roles"))?;
+    let Some((comment,)) = comment else {
+        return Ok(format!("role {role} does not exist; nothing to revoke"));
+    };
+    if comment.as_deref() != Some(role_comment(r.app).as_str()) {
+        return Err(Failed(format!(
+            "role {role} was not made by Norn for app {}; leaving it alone",
+            r.app
+        )));
+    }
+    let mut done = Vec::new();
+    run(pool, format!("ALTER ROLE \"{role}\" NOLOGIN"))
+        .await
+        .map_err(sql("revoking the login"))?;
+    done.push(format!("role {role} may no longer log in"));
+    let (ended,): (i64,) = sqlx::query_as(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = $1",
+    )
+    .bind(role)
+    .fetch_one(pool)
+    .await
+    .map_err(sql("ending the role's sessions"))?;
+    done.push(format!("{ended} session(s) ended"));
+    if r.drop_data {
+        run(
+            pool,
+            format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"),
+        )
+        .await
+        .map_err(sql("dropping the database"))?;
+        run(pool, format!("DROP ROLE IF EXISTS \"{role}\""))
+            .await
+            .map_err(sql("dropping the role"))?;
+        done.push(format!("database {db} and role {role} dropped"));
+    } else {
+        done.push(format!("database {db} kept (dropData not set)"));
+    }
+    Ok(done.join("; "))
 }
 
 /// What marks a role as made by Norn for one app: Norn never takes over a
@@ -208,9 +271,12 @@ async fn provision(
                     g.app
                 )));
             }
-            run(pool, format!("ALTER ROLE \"{role}\" PASSWORD '{password}'"))
-                .await
-                .map_err(sql("setting the app role's password"))?;
+            run(
+                pool,
+                format!("ALTER ROLE \"{role}\" LOGIN PASSWORD '{password}'"),
+            )
+            .await
+            .map_err(sql("setting the app role's password"))?;
             done.push(format!("role {role} exists (password set)"));
         }
     }

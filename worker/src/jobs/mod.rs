@@ -2,6 +2,7 @@
 
 pub mod cron;
 pub mod deploy;
+pub mod forge;
 pub mod health;
 pub mod lease_wait;
 pub mod restore;

@@ -1,0 +1,147 @@
+//! The forge of an app's services: `GET /api/apps/{id}/forge` (state, steps,
+//! resources), `POST /api/apps/{id}/forge {force?}` and
+//! `POST /api/apps/{id}/teardown?dropData=true&confirm=true`, each queued
+//! as a `norn.forge` job that runs under the app lease.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use norn_shared::db::apps;
+use norn_shared::db::forge::{self, ForgeState};
+use norn_shared::db::saga::{self, NewSagaEvent};
+use norn_shared::domain::ForgeStatus;
+use norn_shared::jobs::{ForgeAction, ForgeJob};
+use norn_shared::queue::{self, Queue};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sqlx::PgConnection;
+
+use super::apps::app_id;
+use super::snapshots::flag;
+use crate::body::{Body, Query, SMALL_LIMIT, optional_json};
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+async fn state_of(conn: &mut PgConnection, id: &str) -> ApiResult<(apps::App, ForgeState)> {
+    let id = app_id(id)?;
+    let app = apps::get(conn, id.as_str())
+        .await
+        .map_err(super::apps::invalid_spec)?
+        .ok_or_else(|| ApiError::NotFound(format!("app {id} is not registered")))?;
+    let state = forge::get(conn, id.as_str()).await.map_err(internal)?;
+    Ok((app, state))
+}
+
+fn internal(e: forge::ForgeDbError) -> ApiError {
+    ApiError::Internal(Box::new(e))
+}
+
+pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let mut conn = state.pool.acquire().await?;
+    let (_, forged) = state_of(&mut conn, &id).await?;
+    Ok(Json(json!(forged)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ForgeBody {
+    #[serde(default)]
+    force: bool,
+}
+
+pub async fn forge(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Body(body): Body<SMALL_LIMIT>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let ForgeBody { force } = optional_json(&body)?;
+    let mut tx = state.pool.begin().await?;
+    let (app, current) = state_of(&mut tx, &id).await?;
+    refuse_busy(&current)?;
+    if current.status == ForgeStatus::Forged && !force {
+        return Err(ApiError::Conflict(format!(
+            "app {} is already forged; send {{\"force\": true}} to tear it down (keeping data) and forge it again",
+            app.id
+        )));
+    }
+    let action = ForgeAction::Forge { force };
+    queue_job(&state, tx, &app.id, action).await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TeardownQuery {
+    drop_data: Option<String>,
+    confirm: Option<String>,
+}
+
+pub async fn teardown(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<TeardownQuery>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let drop_data = flag(q.drop_data.as_deref(), "dropData")?;
+    if drop_data && !flag(q.confirm.as_deref(), "confirm")? {
+        return Err(ApiError::field(
+            "confirm",
+            "dropData deletes the app's databases; repeat with &confirm=true",
+        ));
+    }
+    let mut tx = state.pool.begin().await?;
+    let (app, current) = state_of(&mut tx, &id).await?;
+    refuse_busy(&current)?;
+    if current.status == ForgeStatus::Unforged {
+        return Err(ApiError::Conflict(format!(
+            "app {} is not forged; nothing to tear down",
+            app.id
+        )));
+    }
+    let action = ForgeAction::Teardown { drop_data };
+    queue_job(&state, tx, &app.id, action).await
+}
+
+fn refuse_busy(current: &ForgeState) -> ApiResult<()> {
+    if current.status.is_busy() {
+        return Err(ApiError::Conflict(format!(
+            "app {} is {}; wait for it to finish",
+            current.app, current.status
+        )));
+    }
+    Ok(())
+}
+
+async fn queue_job(
+    state: &AppState,
+    mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    app: &str,
+    action: ForgeAction,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let job = ForgeJob {
+        id: id.clone(),
+        app: app.to_owned(),
+        action,
+    };
+    queue::enqueue(&mut tx, Queue::Forge, &job, Some(&id)).await?;
+    let actor = super::actor(state);
+    saga::append(
+        &mut tx,
+        NewSagaEvent {
+            saga_id: &format!("forge:{app}"),
+            app,
+            category: "forge",
+            action: "forge.queued",
+            step: None,
+            message: &id,
+            actor,
+            metadata: json!({"action": action}),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(app = %app, job.id = %id, action = ?action, "forge queued");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"id": id, "app": app, "action": action})),
+    ))
+}
