@@ -53,6 +53,10 @@ impl Api {
             .await
     }
 
+    pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(self.req(reqwest::Method::DELETE, path)).await
+    }
+
     pub async fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         self.send(self.req(reqwest::Method::PUT, path).json(body))
             .await

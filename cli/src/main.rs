@@ -5,6 +5,7 @@ mod cron;
 mod forge;
 mod keyfile;
 mod localpg;
+mod secrets;
 mod snapshots;
 mod up;
 
@@ -99,6 +100,13 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// An app's secrets: list names, set or unset values; `norn secrets
+    /// rotate-key` re-seals every stored value with the server's current key.
+    Secrets {
+        app: String,
+        #[command(subcommand)]
+        action: Option<secrets::Action>,
+    },
     /// A cron app: show its state and recent runs, or act on it.
     Cron {
         app: String,
@@ -181,6 +189,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             drop_data,
             yes,
         } => forge::teardown(&api, &app, drop_data, yes).await,
+        Command::Secrets { app, action } => secrets::run(&api, &app, action).await,
         Command::Cron { app, action } => cron::run(&api, &app, action).await.map(|_| true),
     }
 }

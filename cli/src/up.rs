@@ -39,6 +39,11 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
+    // One machine, one user: repositories on it may be deployed (set
+    // NORN_ALLOW_LOCAL_REPOS=false to refuse them).
+    if std::env::var_os("NORN_ALLOW_LOCAL_REPOS").is_none() {
+        config.git_policy.allow_local = true;
+    }
     if config.secret_key.is_none() {
         config.secret_key = Some(crate::keyfile::load_or_create(&config.state_dir)?);
     }

@@ -344,7 +344,8 @@ async fn silent_git_server() -> (u16, Arc<AtomicUsize>) {
 
 #[tokio::test]
 async fn cancel_during_the_clone_fails_the_deploy_and_keeps_the_previous_release() {
-    let h = Harness::start().await;
+    // The silent server speaks plain http.
+    let h = Harness::start_with(|c| c.git_policy.allow_insecure = true).await;
     let (app, repo) = serving_v1(&h, "cancelclone", |_| json!({})).await;
     // The same app, now cloned from a server that never answers.
     let (port, connections) = silent_git_server().await;

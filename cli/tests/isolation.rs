@@ -11,7 +11,9 @@ use serde_json::{Value, json};
 /// What an app container tries, one `KEY=outcome` line per attempt. It
 /// always exits 0: the test reads the lines, so a missing tool or a typo
 /// shows as a missing line, never as a pass.
-fn probe_script(other_db: &str, norn_db: &str, api_port: u16) -> String {
+/// `control_port` is a port on the host that *is* open to containers: the
+/// probe must see it, so "unreachable" means something.
+fn probe_script(other_db: &str, norn_db: &str, api_port: u16, control_port: u16) -> String {
     format!(
         r#"hp=${{DATABASE_URL#*@}}; hp=${{hp%%/*}}; host=${{hp%:*}}
 echo "OWN=$(psql -X -tAc 'select current_user' "$DATABASE_URL" 2>&1)"
@@ -19,7 +21,9 @@ try() {{ if out=$(psql -X -w -tAc 'select 1' "$2" 2>&1); then echo "$1=REACHED";
 try OTHER "${{DATABASE_URL%/*}}/{other_db}"
 try NORNROLE "postgres://postgres@$hp/postgres"
 try NORNDB "${{DATABASE_URL%/*}}/{norn_db}"
-if busybox wget -q -T 3 -O /dev/null "http://$host:{api_port}/api/health" 2>/dev/null; then echo API=REACHED; else echo API=UNREACHABLE; fi
+reach() {{ if echo | busybox nc -w 3 "$host" "$2" >/dev/null 2>&1; then echo "$1=REACHED"; else echo "$1=UNREACHABLE"; fi; }}
+reach API {api_port}
+reach CONTROL {control_port}
 busybox grep NoNewPrivs /proc/self/status
 echo "PIDS=$(busybox cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || busybox cat /sys/fs/cgroup/pids.max)"
 echo "NORNVARS=$(busybox env | busybox grep -c '^NORN_')"
@@ -50,6 +54,7 @@ fn assert_isolated(where_: &str, output: &str, own_role: &str) {
         );
     }
     assert_eq!(line("API"), "API=UNREACHABLE", "{where_}");
+    assert_eq!(line("CONTROL"), "CONTROL=REACHED", "{where_}");
     assert!(
         output.contains("NoNewPrivs:\t1"),
         "{where_}: no-new-privileges is off:\n{output}"
@@ -91,7 +96,15 @@ async fn app_containers_reach_their_own_database_and_nothing_of_other_apps_or_no
     h.register_and_deploy(db_spec(&b, &b_repo)).await;
 
     let a_repo = AppRepo::create_with_psql(h.tmp.path(), &a);
-    let probe = probe_script(&b_db, &norn_db, api_port);
+    // Open on every address, so containers reach it at the gateway.
+    let control = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let control_port = control.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = control.accept().await {
+            drop(sock);
+        }
+    });
+    let probe = probe_script(&b_db, &norn_db, api_port, control_port);
     let mut spec = db_spec(&a, &a_repo);
     spec["build"] = json!({"test": probe});
     spec["migrations"] = json!({"command": probe});
@@ -117,7 +130,7 @@ async fn app_containers_reach_their_own_database_and_nothing_of_other_apps_or_no
     let name = instance.names.unwrap()[0]
         .trim_start_matches('/')
         .to_owned();
-    let (code, output) = exec_in(&name, &probe);
+    let (code, output) = exec_in(&name, &probe).await;
     assert_eq!(code, 0, "{output}");
     assert_isolated("running instance", &output, &a_db);
 
@@ -157,7 +170,7 @@ async fn app_containers_reach_their_own_database_and_nothing_of_other_apps_or_no
     assert_eq!((superuser, createrole, createdb), (false, false, false));
 
     // The password is in A's containers and nowhere in Norn's database.
-    let (_, url) = exec_in(&name, "echo $DATABASE_URL");
+    let (_, url) = exec_in(&name, "echo $DATABASE_URL").await;
     let password = url
         .trim()
         .split(':')
@@ -229,4 +242,98 @@ async fn a_database_belongs_to_one_app_and_servers_own_names_are_refused() {
     assert_eq!(code, 200);
     let (code, body) = h.post("/api/apps", spec(&b, &db)).await;
     assert_eq!(code, 201, "{body}");
+}
+
+/// A git server that answers every request 401 asking for Basic
+/// credentials, and counts requests and those that carried any.
+async fn asking_git_server() -> (
+    u16,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let with_credentials = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (r, w) = (requests.clone(), with_credentials.clone());
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let (r, w) = (r.clone(), w.clone());
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|x| x == b"\r\n\r\n") {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                r.fetch_add(1, Ordering::SeqCst);
+                if String::from_utf8_lossy(&req)
+                    .to_ascii_lowercase()
+                    .contains("\r\nauthorization:")
+                {
+                    w.fetch_add(1, Ordering::SeqCst);
+                }
+                let _ = sock
+                    .write_all(
+                        b"HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Basic realm=\"git\"\r\n\
+                          content-length: 0\r\nconnection: close\r\n\r\n",
+                    )
+                    .await;
+            });
+        }
+    });
+    (port, requests, with_credentials)
+}
+
+#[tokio::test]
+async fn the_git_token_is_never_sent_over_http_and_unsafe_repository_urls_are_refused() {
+    use std::sync::atomic::Ordering;
+    let (port, requests, with_credentials) = asking_git_server().await;
+    let url = format!("http://127.0.0.1:{port}/app.git");
+    let spec = |app: &str, url: &str| json!({"name": app, "repo": {"url": url}, "processes": {"web": {"port": 8080}}});
+
+    // By default plain http, file:// and odd transports are refused at the door.
+    let strict = Harness::start_with(|c| {
+        c.git_policy.allow_local = false;
+        c.git_token = Some(norn_shared::config::Secret::new("s3cret-git-token"));
+    })
+    .await;
+    for bad in [url.as_str(), "file:///etc", "/root/.ssh", "ext::sh -c id"] {
+        let (code, body) = strict
+            .post("/api/apps", spec(&unique_app("gitno"), bad))
+            .await;
+        assert_eq!(
+            (code, body["field"].as_str()),
+            (400, Some("repo.url")),
+            "{bad}: {body}"
+        );
+    }
+    assert_eq!(requests.load(Ordering::SeqCst), 0);
+
+    // Allowed explicitly, http still never gets the token.
+    let lax = Harness::start_with(|c| {
+        c.git_policy.allow_insecure = true;
+        c.git_token = Some(norn_shared::config::Secret::new("s3cret-git-token"));
+    })
+    .await;
+    let app = unique_app("githttp");
+    assert_eq!(lax.post("/api/apps", spec(&app, &url)).await.0, 201);
+    let id = lax.deploy(&app, "HEAD").await;
+    let d = lax.wait_terminal(&id).await;
+    assert_eq!(d["status"], "failed", "{d}");
+    assert_eq!(d["failedStep"], "clone", "{d}");
+    assert!(
+        requests.load(Ordering::SeqCst) >= 1,
+        "the clone never asked"
+    );
+    assert_eq!(
+        with_credentials.load(Ordering::SeqCst),
+        0,
+        "credentials were sent over http"
+    );
+    assert!(!d.to_string().contains("s3cret-git-token"), "{d}");
 }

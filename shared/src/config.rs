@@ -50,6 +50,10 @@ pub struct Config {
     pub git_token: Option<Secret>,
     /// `NORN_GIT_SSH_KEY`: path of a private key file.
     pub git_ssh_key: Option<PathBuf>,
+    /// `NORN_GIT_HOSTS` (comma-separated), `NORN_ALLOW_INSECURE_GIT`,
+    /// `NORN_ALLOW_LOCAL_REPOS`: which repositories are cloned and where the
+    /// token may go.
+    pub git_policy: crate::gitpolicy::GitPolicy,
     /// `NORN_REGISTRY_URL`
     pub registry_url: Option<String>,
     /// `NORN_SNAPSHOTS_DIR`
@@ -100,6 +104,10 @@ pub struct Config {
     /// `NORN_SECRET_KEY` (32 bytes, base64 or hex) or the file `NORN_SECRET_KEY_FILE`:
     /// seals service passwords and secrets at rest. `None`: nothing can be forged.
     pub secret_key: Option<crate::crypto::SecretKey>,
+    /// `NORN_SECRET_KEY_PREVIOUS` (comma-separated): keys that still open
+    /// values sealed before a rotation, until `norn secrets rotate-key`
+    /// re-seals them with the current one.
+    pub previous_keys: Vec<crate::crypto::SecretKey>,
     /// `NORN_APP_DATABASE_HOST`: the host app containers reach the app database
     /// server at. Default: the server's own host, or the app network's gateway
     /// when that host is a loopback address.
@@ -204,6 +212,18 @@ impl Config {
             apps_dir: var("NORN_APPS_DIR").unwrap_or_else(|| "apps".into()).into(),
             git_token: var("NORN_GIT_TOKEN").map(Secret::new),
             git_ssh_key: var("NORN_GIT_SSH_KEY").map(PathBuf::from),
+            git_policy: crate::gitpolicy::GitPolicy {
+                hosts: var("NORN_GIT_HOSTS")
+                    .map(|v| {
+                        v.split(',')
+                            .map(|h| h.trim().to_ascii_lowercase())
+                            .filter(|h| !h.is_empty())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                allow_insecure: parsed("NORN_ALLOW_INSECURE_GIT", false)?,
+                allow_local: parsed("NORN_ALLOW_LOCAL_REPOS", false)?,
+            },
             registry_url: var("NORN_REGISTRY_URL"),
             snapshots_dir: var("NORN_SNAPSHOTS_DIR")
                 .unwrap_or_else(|| "snapshots".into())
@@ -233,10 +253,41 @@ impl Config {
             health_check_interval: duration("NORN_HEALTH_CHECK_INTERVAL", Duration::from_secs(30))?,
             health_check_timeout: duration("NORN_HEALTH_CHECK_TIMEOUT", Duration::from_secs(5))?,
             secret_key: secret_key()?,
+            previous_keys: match var("NORN_SECRET_KEY_PREVIOUS") {
+                None => Vec::new(),
+                Some(list) => list
+                    .split(',')
+                    .filter(|k| !k.trim().is_empty())
+                    .map(crate::crypto::SecretKey::parse)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| ConfigError {
+                        var: "NORN_SECRET_KEY_PREVIOUS",
+                        message: e.to_string(),
+                    })?,
+            },
             app_database_host: var("NORN_APP_DATABASE_HOST"),
             container_memory_mb: parsed("NORN_CONTAINER_MEMORY", 512u32)?.max(16),
             container_pids: parsed("NORN_CONTAINER_PIDS", 512i64)?.max(16),
         })
+    }
+
+    /// The key that seals new values; an error naming the variables when none is set.
+    pub fn sealing_key(&self) -> Result<&crate::crypto::SecretKey, crate::crypto::CryptoError> {
+        self.secret_key
+            .as_ref()
+            .ok_or(crate::crypto::CryptoError::NoKey)
+    }
+
+    /// Opens a sealed value with whichever configured key sealed it.
+    pub fn open_sealed(
+        &self,
+        sealed: &crate::crypto::Sealed,
+    ) -> Result<String, crate::crypto::CryptoError> {
+        let current = self.sealing_key()?;
+        match self.previous_keys.iter().find(|k| k.id() == sealed.key_id) {
+            Some(previous) => previous.open(sealed),
+            None => current.open(sealed),
+        }
     }
 
     /// The database URL every server role needs.

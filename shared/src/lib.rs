@@ -6,6 +6,7 @@ pub mod crypto;
 pub mod db;
 pub mod domain;
 pub mod events;
+pub mod gitpolicy;
 pub mod infraspec;
 pub mod jobs;
 pub mod queue;

@@ -4,8 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use norn_shared::db::credentials;
+use norn_shared::db::{credentials, secrets};
 use norn_shared::infraspec::InfraSpec;
+use norn_shared::text::Masker;
 
 use crate::adapters::postgres::Login;
 use crate::state::WorkerState;
@@ -23,6 +24,10 @@ pub enum ServicesError {
     NotForged(String),
     #[error("{0}")]
     Url(String),
+    #[error(
+        "secrets listed in the infraspec but not set: {0} (set them: norn secrets <app> set NAME=value)"
+    )]
+    MissingSecrets(String),
 }
 
 /// The app's own database login, when Norn has made one.
@@ -31,14 +36,9 @@ pub async fn pg_login(state: &WorkerState, app: &str) -> Result<Option<Login>, S
     let Some(cred) = credentials::get(&mut conn, app, POSTGRES).await? else {
         return Ok(None);
     };
-    let key = state
-        .config
-        .secret_key
-        .as_ref()
-        .ok_or(norn_shared::crypto::CryptoError::NoKey)?;
     Ok(Some(Login {
         role: cred.username,
-        password: key.open(&cred.sealed)?,
+        password: state.config.open_sealed(&cred.sealed)?,
     }))
 }
 
@@ -53,14 +53,48 @@ pub async fn require_pg_login(
         .ok_or_else(|| ServicesError::NotForged(database.to_owned()))
 }
 
-/// The spec's env plus `DATABASE_URL` of the app's own role when it
-/// declares a database.
+/// The app's secrets, opened.
+async fn secret_values(
+    state: &WorkerState,
+    app: &str,
+) -> Result<BTreeMap<String, String>, ServicesError> {
+    let mut conn = state.pool.acquire().await?;
+    let sealed = secrets::sealed(&mut conn, app).await?;
+    drop(conn);
+    sealed
+        .into_iter()
+        .map(|(name, s)| Ok((name, state.config.open_sealed(&s)?)))
+        .collect()
+}
+
+/// What must never show in the app's output as Norn keeps or streams it:
+/// its secrets and its database password.
+pub async fn masker(state: &WorkerState, app: &str) -> Result<Masker, ServicesError> {
+    let mut values: Vec<String> = secret_values(state, app).await?.into_values().collect();
+    values.extend(pg_login(state, app).await?.map(|l| l.password));
+    Ok(Masker::new(values))
+}
+
+/// The spec's env, the app's secrets, and `DATABASE_URL` of the app's own
+/// role when it declares a database. A secret the spec lists but nobody set
+/// stops the container from starting.
 pub async fn app_env(
     state: &WorkerState,
     app: &str,
     spec: &InfraSpec,
 ) -> Result<BTreeMap<String, String>, ServicesError> {
     let mut env = spec.env.clone();
+    let secrets = secret_values(state, app).await?;
+    let missing: Vec<&str> = spec
+        .secrets
+        .iter()
+        .filter(|name| !secrets.contains_key(*name))
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        return Err(ServicesError::MissingSecrets(missing.join(", ")));
+    }
+    env.extend(secrets);
     if let Some(pg) = &spec.services.postgres {
         let login = require_pg_login(state, app, &pg.database).await?;
         let url = state

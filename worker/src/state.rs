@@ -86,6 +86,7 @@ impl WorkerState {
             source: Arc::new(GitSource {
                 token: config.git_token.clone(),
                 ssh_key: config.git_ssh_key.clone(),
+                policy: config.git_policy.clone(),
             }),
             builder: Arc::new(docker.clone()),
             runtime: Arc::new(docker),

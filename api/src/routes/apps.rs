@@ -59,6 +59,13 @@ pub async fn register(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let (document, spec) = decode(&headers, body).await?;
     refuse_reserved_database(&state.config, &spec)?;
+    if let Some(why) = spec
+        .repo
+        .as_ref()
+        .and_then(|r| state.config.git_policy.refuse(&r.url))
+    {
+        return Err(ApiError::field("repo.url", why));
+    }
     let mut conn = state.pool.acquire().await?;
     let created = apps::register(&mut conn, &spec, &document, "api", None)
         .await

@@ -10,6 +10,7 @@ pub mod health;
 pub mod logs;
 pub mod queueing;
 pub mod rollback;
+pub mod secrets;
 pub mod snapshots;
 pub mod ws;
 
@@ -27,6 +28,15 @@ pub fn router(state: AppState) -> Router {
         .route("/api/apps/{id}/rollback", post(rollback::rollback))
         .route("/api/apps/{id}/forge", get(forge::get).post(forge::forge))
         .route("/api/apps/{id}/teardown", post(forge::teardown))
+        .route(
+            "/api/apps/{id}/secrets",
+            get(secrets::list).put(secrets::put),
+        )
+        .route(
+            "/api/apps/{id}/secrets/{name}",
+            axum::routing::delete(secrets::delete),
+        )
+        .route("/api/secrets/rotate", post(secrets::rotate))
         .route("/api/apps/{id}/snapshots", get(snapshots::list))
         .route(
             "/api/apps/{id}/snapshots/{ts}/restore",

@@ -41,15 +41,23 @@ pub fn test_config(db_url: &str, tmp: &Path) -> Config {
     config.step_timeouts.healthy = Duration::from_secs(30);
     config.drain_grace = Duration::from_millis(500);
     config.docker_network = "norn-test".into();
+    // Test repositories are directories on this machine.
+    config.git_policy.allow_local = true;
     config.api_token = None;
     config
 }
 
 impl Harness {
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// [`Harness::start`] with the configuration changed by `adjust`.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
         let db_url = norn_shared::testing::fresh_database().await;
         let tmp = tempfile::tempdir().expect("tempdir");
-        let config = test_config(&db_url, tmp.path());
+        let mut config = test_config(&db_url, tmp.path());
+        adjust(&mut config);
         let pool = norn_shared::db::connect(&db_url, 20).await.expect("pool");
         let (stop, rx) = watch::channel(false);
         let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -370,10 +378,12 @@ pub fn host_from_containers() -> String {
 
 /// Runs `script` with `sh -c` inside the running container `name`: its
 /// exit code and combined output.
-pub fn exec_in(name: &str, script: &str) -> (i32, String) {
-    let out = std::process::Command::new("docker")
+/// Async, so servers the test runs on its own runtime keep answering.
+pub async fn exec_in(name: &str, script: &str) -> (i32, String) {
+    let out = tokio::process::Command::new("docker")
         .args(["exec", name, "/bin/sh", "-c", script])
         .output()
+        .await
         .expect("docker exec");
     let mut text = String::from_utf8_lossy(&out.stdout).to_string();
     text.push_str(&String::from_utf8_lossy(&out.stderr));

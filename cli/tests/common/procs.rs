@@ -52,6 +52,7 @@ pub fn spawn_with(
             norn_shared::testing::provisioner_url(),
         )
         .env("NORN_SECRET_KEY", norn_shared::testing::TEST_SECRET_KEY)
+        .env("NORN_ALLOW_LOCAL_REPOS", "true")
         .env("NORN_PORT", port.to_string())
         .env("NORN_INGRESS_PORT", "0")
         .env("NORN_APPS_DIR", tmp.join("apps"))

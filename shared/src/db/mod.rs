@@ -13,6 +13,7 @@ pub mod nodes;
 pub mod restores;
 pub mod routes;
 pub mod saga;
+pub mod secrets;
 
 use std::time::Duration;
 

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use git2::build::RepoBuilder;
 use git2::{Cred, FetchOptions, Oid, RemoteCallbacks, Repository};
 use norn_shared::config::Secret;
+use norn_shared::gitpolicy::GitPolicy;
 
 use super::{Checkout, FetchRequest, Source, SourceError};
 
@@ -13,13 +14,16 @@ use super::{Checkout, FetchRequest, Source, SourceError};
 pub struct GitSource {
     pub token: Option<Secret>,
     pub ssh_key: Option<PathBuf>,
+    pub policy: GitPolicy,
 }
 
 impl GitSource {
-    fn callbacks(&self) -> RemoteCallbacks<'_> {
+    /// Credentials for a clone of `repo`: the ssh key, or the token — the
+    /// latter only when the policy says the asking URL may have it.
+    fn callbacks<'a>(&'a self, repo: &'a str) -> RemoteCallbacks<'a> {
         let mut cb = RemoteCallbacks::new();
         let mut tries = 0;
-        cb.credentials(move |_url, username, allowed| {
+        cb.credentials(move |url, username, allowed| {
             // libgit2 asks again after a rejected credential; stop instead of looping.
             tries += 1;
             if tries > 3 {
@@ -32,10 +36,13 @@ impl GitSource {
             }
             if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT)
                 && let Some(token) = &self.token
+                && self.policy.offers_token(repo, url)
             {
                 return Cred::userpass_plaintext("x-access-token", token.expose());
             }
-            Cred::default()
+            Err(git2::Error::from_str(
+                "the server asked for credentials Norn does not offer it (see NORN_GIT_HOSTS)",
+            ))
         });
         cb
     }
@@ -46,8 +53,11 @@ impl GitSource {
         url: &str,
         dest: &Path,
     ) -> Result<Checkout, SourceError> {
+        if let Some(why) = self.policy.refuse(url) {
+            return Err(SourceError::Clone(format!("{url}: {why}")));
+        }
         let mut fetch = FetchOptions::new();
-        fetch.remote_callbacks(self.callbacks());
+        fetch.remote_callbacks(self.callbacks(url));
         fetch.download_tags(git2::AutotagOption::All);
         let repo = RepoBuilder::new()
             .fetch_options(fetch)

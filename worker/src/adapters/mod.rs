@@ -46,6 +46,29 @@ impl Output for norn_shared::text::Tail {
     }
 }
 
+/// A [`norn_shared::text::Tail`] that never holds a secret value: what is
+/// written passes a [`norn_shared::text::Masker`] first (cron output).
+pub struct MaskedTail {
+    pub masker: norn_shared::text::Masker,
+    pub tail: norn_shared::text::Tail,
+}
+
+impl MaskedTail {
+    pub fn finish(mut self) -> String {
+        let rest = self.masker.finish();
+        self.tail.push(&rest);
+        self.tail.finish()
+    }
+}
+
+#[async_trait::async_trait]
+impl Output for MaskedTail {
+    async fn write(&mut self, text: &str) {
+        let shown = self.masker.push(text);
+        self.tail.push(&shown);
+    }
+}
+
 /// Fetches code at a ref into a directory. Blocking (git2 is); callers run it
 /// on a blocking thread.
 pub trait Source: Send + Sync {

@@ -17,7 +17,7 @@ use serde_json::json;
 use sqlx::PgConnection;
 
 use crate::WorkerError;
-use crate::adapters::{Finished, Limits, OneOff};
+use crate::adapters::{Finished, Limits, MaskedTail, OneOff};
 use crate::state::WorkerState;
 use norn_shared::text::Tail;
 
@@ -45,8 +45,19 @@ async fn execute(job: &CronJob, state: &WorkerState) -> Result<(), WorkerError> 
     let Some(start) = claim(job, state).await? else {
         return Ok(());
     };
-    // Only the end of the output is kept (in bounded memory, NUL replaced).
-    let mut output = Tail::new(MAX_OUTPUT);
+    // Only the end of the output is kept (in bounded memory, NUL replaced),
+    // with the app's secrets masked.
+    let masker = match crate::services::masker(state, &job.app).await {
+        Ok(m) => m,
+        Err(e) => {
+            let reason = Err(format!("could not read the app's secrets: {e}"));
+            return record_end(job, state, &start, reason, String::new()).await;
+        }
+    };
+    let mut output = MaskedTail {
+        masker,
+        tail: Tail::new(MAX_OUTPUT),
+    };
     let finished = match state.runtime.start_once(&start.oneoff).await {
         Err(e) => Err(format!("could not start the container: {e}")),
         Ok(()) => {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use norn_shared::db::logs;
 use norn_shared::events::{self, Event};
-use norn_shared::text::{self, Tail};
+use norn_shared::text::{self, Masker, Tail};
 use serde_json::json;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
@@ -48,6 +48,8 @@ pub struct LogTarget {
 pub struct StepLog {
     tail: Tail,
     writer: Option<(mpsc::Sender<String>, JoinHandle<()>)>,
+    /// The app's secret values never get past here.
+    masker: Masker,
 }
 
 impl StepLog {
@@ -56,25 +58,42 @@ impl StepLog {
         Self {
             tail: Tail::new(ROW_TAIL),
             writer: None,
+            masker: Masker::default(),
         }
     }
 
-    pub fn start(target: LogTarget) -> Self {
+    pub fn start(target: LogTarget, masker: Masker) -> Self {
         let (tx, rx) = mpsc::channel(64);
         Self {
             tail: Tail::new(ROW_TAIL),
             writer: Some((tx, tokio::spawn(write(target, rx)))),
+            masker,
         }
     }
 
     /// Waits until everything written is stored; returns the tail for the
     /// deployment row.
     pub async fn finish(mut self) -> String {
+        let rest = self.masker.finish();
+        self.emit(rest).await;
         if let Some((tx, task)) = self.writer.take() {
             drop(tx);
             let _ = task.await;
         }
         self.tail.finish()
+    }
+}
+
+impl StepLog {
+    async fn emit(&mut self, shown: String) {
+        if shown.is_empty() {
+            return;
+        }
+        self.tail.push(&shown);
+        if let Some((tx, _)) = &self.writer {
+            // Backpressure: a full channel waits for the writer.
+            let _ = tx.send(shown).await;
+        }
     }
 }
 
@@ -84,11 +103,8 @@ impl Output for StepLog {
         if text.is_empty() {
             return;
         }
-        self.tail.push(text);
-        if let Some((tx, _)) = &self.writer {
-            // Backpressure: a full channel waits for the writer.
-            let _ = tx.send(text.to_owned()).await;
-        }
+        let shown = self.masker.push(text);
+        self.emit(shown).await;
     }
 }
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use norn_shared::db::apps::App;
 use norn_shared::domain::{GitRef, Step, StepStatus};
+use norn_shared::text::Masker;
 
 use crate::WorkerError;
 use crate::adapters::{Instance, Output};
@@ -222,14 +223,28 @@ pub async fn run(
     for step in STEPS.into_iter().filter(|s| !done.contains(s)) {
         rec.step_started(step).await?;
         let began = Instant::now();
-        ctx.log = log::StepLog::start(log::LogTarget {
-            pool: ctx.state.pool.clone(),
-            app: ctx.app.id.clone(),
-            deployment_id: ctx.deployment_id.clone(),
-            step: step.as_str(),
-            attempt: ctx.attempt,
-            cap: ctx.state.config.step_log_max,
-        });
+        // Read at every step: the forge step makes the database password.
+        let masker = match crate::services::masker(ctx.state, &ctx.app.id).await {
+            Ok(m) => m,
+            Err(crate::services::ServicesError::Db(e)) => {
+                return Err(WorkerError::Interrupted(format!(
+                    "{step}: reading the app's secrets: {e}"
+                )));
+            }
+            // Without the key nothing secret can be injected either.
+            Err(_) => Masker::default(),
+        };
+        ctx.log = log::StepLog::start(
+            log::LogTarget {
+                pool: ctx.state.pool.clone(),
+                app: ctx.app.id.clone(),
+                deployment_id: ctx.deployment_id.clone(),
+                step: step.as_str(),
+                attempt: ctx.attempt,
+                cap: ctx.state.config.step_log_max,
+            },
+            masker.clone(),
+        );
         let ended = run_bounded(step, ctx).await;
         let took = began.elapsed();
         // What the step returned goes after what it streamed; the row keeps
@@ -262,7 +277,7 @@ pub async fn run(
                 // Leave everything as it is: the retried job resumes here.
                 return Err(WorkerError::Interrupted(format!("{step}: {}", f.reason)));
             }
-            Ended::Failed(f) => (f.reason, tail),
+            Ended::Failed(f) => (masker.mask(&f.reason), tail),
             Ended::Aborted(Abort::Canceled { by }) => (format!("canceled by {by}"), tail),
             Ended::Aborted(Abort::LeaseLost) => {
                 steps::deploy::discard_attempt(ctx, step).await;
