@@ -44,6 +44,18 @@ impl Api {
         Ok(body)
     }
 
+    /// GET that returns the status with the body whatever it is (health
+    /// answers 503 with a useful body).
+    pub async fn get_any(&self, path: &str) -> anyhow::Result<(u16, Value)> {
+        let resp = self
+            .req(reqwest::Method::GET, path)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the Norn API at {}", self.base))?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.json().await.unwrap_or(Value::Null)))
+    }
+
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.send(self.req(reqwest::Method::GET, path)).await
     }
@@ -301,4 +313,31 @@ pub async fn status(api: &Api) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `norn health`: each shared service up or down, like the seeds' `make
+/// doctor`. `true` when none is down.
+pub async fn health(api: &Api) -> anyhow::Result<bool> {
+    let (code, body) = api.get_any("/api/health").await?;
+    let status = body["status"].as_str().unwrap_or("unknown");
+    println!("norn: {status} (HTTP {code})");
+    let Some(services) = body["services"].as_object() else {
+        println!("  (send the API token to see each service)");
+        return Ok(status == "ok");
+    };
+    let mut all_up = code == 200;
+    for (name, s) in services {
+        all_up &= s["status"] != "down";
+        let detail = s["error"]
+            .as_str()
+            .or(s["details"].as_str())
+            .map(|d| format!("  {d}"))
+            .unwrap_or_default();
+        println!(
+            "  {name:<14} {}{detail}",
+            s["status"].as_str().unwrap_or("unknown")
+        );
+    }
+    // `not_configured` is not a failure: nothing needs it yet.
+    Ok(all_up)
 }

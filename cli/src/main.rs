@@ -58,6 +58,9 @@ enum Command {
     },
     /// Registered apps and recent deployments.
     Status,
+    /// Norn's shared services (Postgres, the app database server, container
+    /// engines, KV, brokers), each up or down with the error; exit 1 unless all are up.
+    Health,
     /// Cancel a deployment: a queued one ends at once, a running one stops
     /// within seconds (its step is killed, the previous release keeps serving).
     Cancel { deployment: String },
@@ -167,6 +170,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             .await
             .map(|_| true),
         Command::Status => client::status(&api).await.map(|_| true),
+        Command::Health => client::health(&api).await,
         Command::Rollback { app, to } => client::rollback(&api, &app, to.as_deref()).await,
         Command::Nodes { action: None } => client::nodes(&api).await.map(|_| true),
         Command::Nodes {

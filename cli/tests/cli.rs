@@ -338,3 +338,39 @@ async fn norn_nodes_lists_every_process_with_its_role_and_status() {
         );
     }
 }
+
+#[tokio::test]
+async fn norn_health_names_each_shared_service_and_exits_1_when_one_is_down() {
+    let h = Harness::start().await;
+    // Once the worker has reported its engine, nothing is down.
+    let mut run = norn(&h.api, &["health"]).await;
+    for _ in 0..50 {
+        if run.code == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        run = norn(&h.api, &["health"]).await;
+    }
+    assert_eq!(run.code, 0, "{run}");
+    assert!(run.stdout.contains("docker         up"), "{run}");
+    for line in [
+        "postgres       up",
+        "appDatabases   up",
+        "kv             not_configured",
+        "events         not_configured",
+    ] {
+        assert!(run.stdout.contains(line), "no {line:?}:\n{run}");
+    }
+
+    // An app database server that does not answer is reported down, with why.
+    let broken = Harness::start_with(|c| {
+        c.app_database_url = Some(norn_shared::config::Secret::new(
+            "postgres://norn_provisioner@127.0.0.1:1/postgres",
+        ));
+    })
+    .await;
+    let run = norn(&broken.api, &["health"]).await;
+    assert!(run.stdout.contains("appDatabases   down"), "{run}");
+    assert_eq!(run.code, 1, "{run}");
+    assert!(!run.stdout.contains("norn_provisioner@"), "{run}");
+}

@@ -13,6 +13,12 @@ use common::witness::{Witness, reported_run, run_id};
 use common::*;
 use serde_json::json;
 
+/// The tests of this file run one at a time: each starts a container every
+/// second or two, and app containers join the app network (a start costs
+/// the engine more than on the host network did); three at once starve a
+/// two-core engine and blur the timing these tests assert.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn executions(h: &Harness, app: &str, status: &str) -> i64 {
     let (n,): (i64,) =
         sqlx::query_as("SELECT count(*) FROM cron_executions WHERE app = $1 AND status = $2")
@@ -115,6 +121,7 @@ async fn each_tick_ran_once(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cron_app_runs_each_tick_once_and_can_be_paused_overridden_resumed_and_triggered() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let h = Harness::start().await;
     h.spawn_scheduler();
     let witness = Witness::start().await;
@@ -285,6 +292,7 @@ async fn container_exists(name: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cron_runs_are_killed_at_their_timeout_and_follow_their_overlap_policy() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let h = Harness::start().await;
     h.spawn_scheduler();
     let witness = Witness::start().await;
@@ -464,6 +472,7 @@ fn started_id(output: &str) -> Option<String> {
 /// its end (reported to the witness after a second of work).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cron_apps_whose_names_would_have_collided_both_run_at_the_same_tick() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let h = Harness::start().await;
     h.spawn_scheduler();
     let witness = Witness::start().await;

@@ -175,12 +175,17 @@ async fn two_apis_two_workers_run_each_deploy_once_and_one_per_app() {
         .await;
         assert_eq!(status, 201, "{body}");
     }
-    // Five rounds over the ten apps, alternating the two APIs; every deploy
-    // builds a commit of its own, `<app>/<round>`.
-    const ROUNDS: usize = 5;
+    // Rounds over the ten apps (five; `NORN_FLEET_ROUNDS`, at least 2),
+    // alternating the two APIs; every deploy builds a commit of its own,
+    // `<app>/<round>`.
+    let rounds: usize = std::env::var("NORN_FLEET_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5)
+        .max(2);
     let mut ids = Vec::new();
     let mut version_of: HashMap<String, String> = HashMap::new();
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         for (i, app) in apps.iter().enumerate() {
             let api = &apis[(round + i) % 2];
             let version = format!("{app}/{round}");
@@ -219,7 +224,7 @@ async fn two_apis_two_workers_run_each_deploy_once_and_one_per_app() {
             .push(format!("{what} {version}"));
     }
     for app in &apps {
-        let want: Vec<String> = (0..ROUNDS)
+        let want: Vec<String> = (0..rounds)
             .flat_map(|r| [format!("begin {app}/{r}"), format!("end {app}/{r}")])
             .collect();
         assert_eq!(
@@ -292,7 +297,7 @@ async fn two_apis_two_workers_run_each_deploy_once_and_one_per_app() {
         assert_eq!(commit.message().unwrap(), version_of[id], "{d}");
     }
     for app in &apps {
-        serves(&http, ingress, app, &format!("{app}/{}", ROUNDS - 1)).await;
+        serves(&http, ingress, app, &format!("{app}/{}", rounds - 1)).await;
     }
     remove_containers(&prefix).await;
 }

@@ -21,9 +21,11 @@ try() {{ if out=$(psql -X -w -tAc 'select 1' "$2" 2>&1); then echo "$1=REACHED";
 try OTHER "${{DATABASE_URL%/*}}/{other_db}"
 try NORNROLE "postgres://postgres@$hp/postgres"
 try NORNDB "${{DATABASE_URL%/*}}/{norn_db}"
-reach() {{ if echo | busybox nc -w 3 "$host" "$2" >/dev/null 2>&1; then echo "$1=REACHED"; else echo "$1=UNREACHABLE"; fi; }}
+reach() {{ if echo | busybox nc -w 3 "${{3:-$host}}" "$2" >/dev/null 2>&1; then echo "$1=REACHED"; else echo "$1=UNREACHABLE"; fi; }}
 reach API {api_port}
 reach CONTROL {control_port}
+reach API_LOOPBACK {api_port} 127.0.0.1
+try NORN_LOOPBACK "postgres://postgres@127.0.0.1:${{hp#*:}}/postgres"
 busybox grep NoNewPrivs /proc/self/status
 echo "PIDS=$(busybox cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || busybox cat /sys/fs/cgroup/pids.max)"
 echo "NORNVARS=$(busybox env | busybox grep -c '^NORN_')"
@@ -54,6 +56,14 @@ fn assert_isolated(where_: &str, output: &str, own_role: &str) {
         );
     }
     assert_eq!(line("API"), "API=UNREACHABLE", "{where_}");
+    // The host's loopback (where the API and a `norn up` Postgres listen)
+    // is not the container's.
+    assert_eq!(line("API_LOOPBACK"), "API_LOOPBACK=UNREACHABLE", "{where_}");
+    let l = line("NORN_LOOPBACK");
+    assert!(
+        l.starts_with("NORN_LOOPBACK=REFUSED") && l.contains("Connection refused"),
+        "{where_}: {l}"
+    );
     assert_eq!(line("CONTROL"), "CONTROL=REACHED", "{where_}");
     assert!(
         output.contains("NoNewPrivs:\t1"),

@@ -32,6 +32,50 @@ fn copy_example(to: &Path, app: &str) {
     std::fs::rename(example.join("busybox"), to.join("busybox")).unwrap();
 }
 
+/// An app directory whose image has psql, and whose test step creates a
+/// table in its database: it deploys only if the app reaches its own
+/// database, as its own role, from its container.
+fn db_app(to: &Path, app: &str) {
+    std::fs::create_dir_all(to.join("www")).unwrap();
+    std::fs::copy("/bin/busybox", to.join("busybox")).unwrap();
+    common::copy_with_libraries(&common::psql_binary(), &to.join("rootfs"));
+    std::fs::create_dir_all(to.join("rootfs/etc")).unwrap();
+    std::fs::write(to.join("rootfs/etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").unwrap();
+    std::fs::write(to.join("www/health"), "ok\n").unwrap();
+    std::fs::write(
+        to.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY busybox /bin/sh\nCOPY rootfs /\nCOPY www /www\n\
+         CMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
+    )
+    .unwrap();
+    let db = app.replace('-', "_");
+    std::fs::write(
+        to.join("infraspec.yaml"),
+        format!(
+            "name: {app}\n\
+             build:\n  test: psql -X -v ON_ERROR_STOP=1 \"$DATABASE_URL\" -c 'CREATE TABLE IF NOT EXISTS seen (at timestamptz)' -c 'INSERT INTO seen VALUES (now())' -c 'SELECT current_user'\n\
+             processes:\n  web:\n    port: 8080\n    health: {{path: /health}}\n\
+             services:\n  postgres: {{database: {db}}}\n"
+        ),
+    )
+    .unwrap();
+}
+
+fn norn_deploy(api: &str, app: &str) -> String {
+    let deploy = Command::new(procs::bin("norn"))
+        .args(["--api", api, "deploy", app])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&deploy.stdout).into_owned();
+    assert_eq!(
+        deploy.status.code(),
+        Some(0),
+        "{out}\n{}",
+        String::from_utf8_lossy(&deploy.stderr)
+    );
+    out
+}
+
 struct Up {
     dir: std::path::PathBuf,
     api_port: u16,
@@ -79,6 +123,8 @@ async fn norn_up_without_database_url_deploys_the_example_and_stops_its_postgres
     let tmp = tempfile::tempdir().unwrap();
     let app = unique_app("up");
     copy_example(&tmp.path().join("apps").join(&app), &app);
+    let with_db = unique_app("updb");
+    db_app(&tmp.path().join("apps").join(&with_db), &with_db);
     let up = Up {
         dir: tmp.path().to_owned(),
         api_port: procs::free_port(),
@@ -109,18 +155,17 @@ async fn norn_up_without_database_url_deploys_the_example_and_stops_its_postgres
     assert!(err.contains("already running"), "{err}");
 
     // The app from NORN_APPS_DIR deploys through the CLI and answers on the ingress.
-    let deploy = Command::new(procs::bin("norn"))
-        .args(["--api", &api, "deploy", &app])
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&deploy.stdout);
-    assert_eq!(
-        deploy.status.code(),
-        Some(0),
-        "{out}\n{}",
-        String::from_utf8_lossy(&deploy.stderr)
-    );
+    let out = norn_deploy(&api, &app);
     assert!(out.contains("deployed"), "{out}");
+    // An app with a database: forged in the private cluster (its own role,
+    // reached at the app network's gateway), its password sealed with the
+    // key norn up made.
+    let out = norn_deploy(&api, &with_db);
+    assert!(out.contains(&with_db.replace('-', "_")), "{out}");
+    let key = tmp.path().join(".norn/secret.key");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
     let ingress: std::net::SocketAddr = ([127, 0, 0, 1], up.ingress_port).into();
     let body = common::app_get(&http, ingress, &app).await.unwrap();
     assert_eq!(body.trim(), "hello from norn");
@@ -172,4 +217,7 @@ async fn norn_up_without_database_url_deploys_the_example_and_stops_its_postgres
         deployments.iter().any(|d| d["status"] == "deployed"),
         "the restarted norn up lost the deployment: {apps}"
     );
+    // The same key after the restart: the app's sealed password still opens,
+    // so it deploys again and its test step reaches its database.
+    norn_deploy(&api, &with_db);
 }

@@ -148,6 +148,10 @@ extern "C" fn remove_leftovers() {
             .collect();
         if !apps.is_empty() {
             remove_app_leftovers(&apps);
+            // A worker thread of this process may have had a container
+            // create in flight: it lands after the first pass.
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            remove_app_leftovers(&apps);
         }
         for item in &items {
             if let Leftover::Cluster(data) = item {

@@ -54,8 +54,37 @@ pub async fn health(
         "services": {
             "postgres": json!({"status": if pg_up { "up" } else { "down" }}),
             "docker": docker,
+            "appDatabases": app_databases(&state).await,
+            // Not provisioned yet: said, not hidden.
+            "kv": {"status": "not_configured", "details": "KV provisioning is not built yet"},
+            "events": {"status": "not_configured", "details": "no brokers (NORN_EVENTS_BROKERS) are supported yet"},
         },
         "queues": queues,
     });
     (code, Json(body))
+}
+
+/// The server app databases live on (`NORN_APP_DATABASE_URL`), as the
+/// provisioning role: a forge needs it. Checked only for callers with the
+/// token, with a short timeout.
+async fn app_databases(state: &AppState) -> Value {
+    use sqlx::Connection;
+    let Some(url) = state
+        .config
+        .app_database_url
+        .as_ref()
+        .or(state.config.database_url.as_ref())
+    else {
+        return json!({"status": "not_configured"});
+    };
+    let check = async {
+        let mut conn = sqlx::PgConnection::connect(url.expose()).await?;
+        sqlx::query("SELECT 1").execute(&mut conn).await?;
+        conn.close().await
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(3), check).await {
+        Ok(Ok(())) => json!({"status": "up"}),
+        Ok(Err(e)) => json!({"status": "down", "error": e.to_string()}),
+        Err(_) => json!({"status": "down", "error": "no answer within 3 s"}),
+    }
 }

@@ -306,7 +306,7 @@ impl AppRepo {
 }
 
 /// The host's `psql` (the real binary; Debian's `/usr/bin/psql` is a wrapper).
-fn psql_binary() -> PathBuf {
+pub fn psql_binary() -> PathBuf {
     std::fs::read_dir("/usr/lib/postgresql")
         .expect("PostgreSQL is installed")
         .flatten()
@@ -318,7 +318,7 @@ fn psql_binary() -> PathBuf {
 
 /// Copies `binary` to `<root>/usr/bin/` and every library `ldd` says it
 /// loads (with the loader) to the same path under `root`.
-fn copy_with_libraries(binary: &Path, root: &Path) {
+pub fn copy_with_libraries(binary: &Path, root: &Path) {
     let out = std::process::Command::new("ldd")
         .arg(binary)
         .output()

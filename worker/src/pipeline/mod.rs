@@ -220,20 +220,18 @@ pub async fn run(
     rec: &mut Recorder,
     done: &BTreeSet<Step>,
 ) -> Result<(), WorkerError> {
+    let mut masker = None;
+    let mut previous = None;
     for step in STEPS.into_iter().filter(|s| !done.contains(s)) {
         rec.step_started(step).await?;
         let began = Instant::now();
-        // Read at every step: the forge step makes the database password.
-        let masker = match crate::services::masker(ctx.state, &ctx.app.id).await {
-            Ok(m) => m,
-            Err(crate::services::ServicesError::Db(e)) => {
-                return Err(WorkerError::Interrupted(format!(
-                    "{step}: reading the app's secrets: {e}"
-                )));
-            }
-            // Without the key nothing secret can be injected either.
-            Err(_) => Masker::default(),
-        };
+        // Read once per attempt, and again after the forge step, which
+        // makes the database password.
+        if masker.is_none() || previous == Some(Step::Forge) {
+            masker = Some(load_masker(ctx, step).await?);
+        }
+        previous = Some(step);
+        let masker = masker.clone().unwrap_or_default();
         ctx.log = log::StepLog::start(
             log::LogTarget {
                 pool: ctx.state.pool.clone(),
@@ -309,6 +307,19 @@ pub async fn run(
     }
     rec.deployed(ctx.image.as_deref().unwrap_or_default(), &ctx.app.spec)
         .await
+}
+
+/// What the step's output must not show: the app's secrets and database
+/// password. Norn's own database trouble retries the job (never run a step
+/// unmasked); without the key nothing secret can be injected either.
+async fn load_masker(ctx: &DeployCtx<'_>, step: Step) -> Result<Masker, WorkerError> {
+    match crate::services::masker(ctx.state, &ctx.app.id).await {
+        Ok(m) => Ok(m),
+        Err(crate::services::ServicesError::Db(e)) => Err(WorkerError::Interrupted(format!(
+            "{step}: reading the app's secrets: {e}"
+        ))),
+        Err(_) => Ok(Masker::default()),
+    }
 }
 
 /// Lets tests stop a worker between two steps: with
