@@ -191,12 +191,7 @@ async fn app_containers_reach_their_own_database_and_nothing_of_other_apps_or_no
         .unwrap()
         .to_owned();
     assert_eq!(password.len(), 32, "{url}");
-    let dump = std::process::Command::new("pg_dump")
-        .arg(&h.db_url)
-        .output()
-        .unwrap();
-    assert!(dump.status.success());
-    let dump = String::from_utf8_lossy(&dump.stdout);
+    let dump = common::pg_dump(&h.db_url).await;
     assert!(
         dump.contains("service_credentials"),
         "the dump is of Norn's database"

@@ -107,11 +107,19 @@ async fn nodes_register_drain_get_lost_and_leave() {
     let waiting = body["id"].as_str().unwrap().to_owned();
 
     // What it held finishes; nothing new is claimed.
-    eventually(Duration::from_secs(60), "held deploy finished", || async {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
         let d = api.0.deployment(&held).await;
-        (d["status"] == "deployed").then_some(())
-    })
-    .await;
+        if d["status"] == "deployed" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the held deploy never finished on the draining worker: {d}\n{}",
+            api.0.get("/api/cluster/nodes").await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let n = api
         .wait_node("n-worker-1", "draining", Duration::from_secs(5))
         .await;

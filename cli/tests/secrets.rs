@@ -162,12 +162,7 @@ async fn a_secret_reaches_its_app_containers_and_is_masked_everywhere_else() {
     );
 
     // Norn's whole database, dumped: sealed only.
-    let dump = std::process::Command::new("pg_dump")
-        .arg(&h.db_url)
-        .output()
-        .unwrap();
-    assert!(dump.status.success());
-    let dump = String::from_utf8_lossy(&dump.stdout);
+    let dump = common::pg_dump(&h.db_url).await;
     assert!(dump.contains("app_secrets") && dump.contains("cron=***"));
     assert!(
         !dump.contains(VALUE),

@@ -175,7 +175,16 @@ extern "C" fn remove_leftovers() {
             for db in dbs {
                 psql.args(["-c", &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")]);
             }
-            for role in app_dbs {
+            // Tests that name several apps after one tracked prefix
+            // (`<prefix>-<n>`) leave `<prefix>_<n>` databases and roles.
+            for db in prefixed(&admin, "pg_database", "datname", &app_dbs) {
+                psql.args(["-c", &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")]);
+            }
+            for role in app_dbs
+                .iter()
+                .cloned()
+                .chain(prefixed(&admin, "pg_roles", "rolname", &app_dbs))
+            {
                 psql.args(["-c", &format!("DROP ROLE IF EXISTS {role}")]);
             }
             let _ = psql
@@ -184,6 +193,30 @@ extern "C" fn remove_leftovers() {
                 .status();
         }
     });
+}
+
+/// Names in `catalog.column` that start with one of `prefixes` and `_`.
+fn prefixed(admin: &str, catalog: &str, column: &str, prefixes: &[String]) -> Vec<String> {
+    if prefixes.is_empty() {
+        return Vec::new();
+    }
+    let patterns: Vec<String> = prefixes.iter().map(|p| format!("'{p}\\_%'")).collect();
+    let query = format!(
+        "SELECT {column} FROM {catalog} WHERE {column} LIKE ANY (ARRAY[{}])",
+        patterns.join(",")
+    );
+    std::process::Command::new("psql")
+        .arg(admin)
+        .args(["-At", "-c", &query])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn docker_lines(args: &[&str]) -> Vec<String> {

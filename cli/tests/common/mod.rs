@@ -390,6 +390,22 @@ pub async fn exec_in(name: &str, script: &str) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
+/// A plain-text `pg_dump` of the database at `url` (Norn's, in the tests
+/// that look for a plaintext secret in it).
+pub async fn pg_dump(url: &str) -> String {
+    let out = tokio::process::Command::new("pg_dump")
+        .arg(url)
+        .output()
+        .await
+        .expect("pg_dump");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 pub fn spec(app: &str, repo: &AppRepo, test: Option<&str>) -> Value {
     let mut spec = json!({
         "name": app,

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use apalis::prelude::{BoxDynError, Data};
-use norn_shared::db::{apps, forge as forge_db, lease};
+use norn_shared::db::{apps, forge as forge_db};
 use norn_shared::domain::ForgeStatus;
 use norn_shared::jobs::{ForgeAction, ForgeJob};
 use norn_shared::text::Tail;
@@ -13,7 +13,6 @@ use tracing::Instrument;
 use super::lease_wait::{self, Turn};
 use crate::WorkerError;
 use crate::forge::{Forge, ForgeError, Operation, up_to_date};
-use crate::pipeline::abort::{Lease, Watchers};
 use crate::state::WorkerState;
 
 pub async fn run(job: ForgeJob, state: Data<Arc<WorkerState>>) -> Result<(), BoxDynError> {
@@ -30,31 +29,11 @@ pub async fn run(job: ForgeJob, state: Data<Arc<WorkerState>>) -> Result<(), Box
 }
 
 async fn execute(job: &ForgeJob, state: &WorkerState) -> Result<(), WorkerError> {
-    // New per delivery: a retry never inherits a token.
-    let holder = format!(
-        "{}#{}/forge:{}",
-        state.token,
-        uuid::Uuid::new_v4().simple(),
-        job.id
-    );
     let turn = || async { Ok(Turn::Go) };
-    let Some(token) = lease_wait::acquire(state, &job.app, &holder, "forge", turn).await? else {
-        return Ok(());
-    };
-    let watchers = Watchers::spawn(
-        &state.pool,
-        Lease {
-            app: job.app.clone(),
-            holder: holder.clone(),
-            ttl: state.config.lease_ttl,
-        },
-        None,
-    );
-    let result = operate(job, state, token).await;
-    drop(watchers);
-    let mut conn = state.pool.acquire().await?;
-    lease::release(&mut conn, &job.app, &holder).await?;
-    result
+    let work = |token| operate(job, state, token);
+    lease_wait::holding(state, &job.app, "forge", &job.id, turn, work)
+        .await
+        .map(|_| ())
 }
 
 async fn operate(job: &ForgeJob, state: &WorkerState, token: i64) -> Result<(), WorkerError> {

@@ -60,3 +60,46 @@ where
         }
     }
 }
+
+/// Runs `work` with the lease token of `app`, held by a holder new to this
+/// delivery (a retry never inherits a token) and kept alive while `work`
+/// runs; released afterwards. `Ok(None)` when `turn` says the operation is
+/// gone before it got the lease. For jobs that need nothing else of the
+/// lease (restores, forges); deploys also watch it for cancels.
+pub async fn holding<F, Fut, W, WFut, T>(
+    state: &WorkerState,
+    app: &str,
+    operation: &str,
+    id: &str,
+    turn: F,
+    work: W,
+) -> Result<Option<T>, WorkerError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<Turn, WorkerError>>,
+    W: FnOnce(i64) -> WFut,
+    WFut: Future<Output = Result<T, WorkerError>>,
+{
+    let holder = format!(
+        "{}#{}/{operation}:{id}",
+        state.token,
+        uuid::Uuid::new_v4().simple()
+    );
+    let Some(token) = acquire(state, app, &holder, operation, turn).await? else {
+        return Ok(None);
+    };
+    let watchers = crate::pipeline::abort::Watchers::spawn(
+        &state.pool,
+        crate::pipeline::abort::Lease {
+            app: app.to_owned(),
+            holder: holder.clone(),
+            ttl: state.config.lease_ttl,
+        },
+        None,
+    );
+    let result = work(token).await;
+    drop(watchers);
+    let mut conn = state.pool.acquire().await?;
+    lease::release(&mut conn, app, &holder).await?;
+    result.map(Some)
+}

@@ -14,7 +14,6 @@ use tracing::Instrument;
 
 use super::lease_wait::{self, Turn};
 use crate::WorkerError;
-use crate::pipeline::abort::{Lease, Watchers};
 use crate::state::WorkerState;
 
 pub async fn run(job: RestoreJob, state: Data<Arc<WorkerState>>) -> Result<(), BoxDynError> {
@@ -36,35 +35,15 @@ async fn load(state: &WorkerState, id: &str) -> Result<Option<Restore>, WorkerEr
 }
 
 async fn execute(job: &RestoreJob, state: &WorkerState) -> Result<(), WorkerError> {
-    // New per delivery, like a deploy's: a retry never inherits a token.
-    let holder = format!(
-        "{}#{}/{}",
-        state.token,
-        uuid::Uuid::new_v4().simple(),
-        job.restore_id
-    );
     let turn = || async {
         let r = load(state, &job.restore_id).await?;
         let live = r.is_some_and(|r| r.status == "queued" || r.status == "running");
         Ok(if live { Turn::Go } else { Turn::Gone })
     };
-    let Some(token) = lease_wait::acquire(state, &job.app, &holder, "restore", turn).await? else {
-        return Ok(());
-    };
-    let watchers = Watchers::spawn(
-        &state.pool,
-        Lease {
-            app: job.app.clone(),
-            holder: holder.clone(),
-            ttl: state.config.lease_ttl,
-        },
-        None,
-    );
-    let result = restore(job, state, token).await;
-    drop(watchers);
-    let mut conn = state.pool.acquire().await?;
-    lease::release(&mut conn, &job.app, &holder).await?;
-    result
+    let work = |token| restore(job, state, token);
+    lease_wait::holding(state, &job.app, "restore", &job.restore_id, turn, work)
+        .await
+        .map(|_| ())
 }
 
 async fn restore(job: &RestoreJob, state: &WorkerState, token: i64) -> Result<(), WorkerError> {
