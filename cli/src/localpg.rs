@@ -265,15 +265,7 @@ impl LocalPg {
     }
 
     fn ensure_database(&self) -> anyhow::Result<()> {
-        let out = self.client(
-            "psql",
-            &[
-                "-d",
-                "postgres",
-                "-tAc",
-                "SELECT 1 FROM pg_database WHERE datname = 'norn'",
-            ],
-        )?;
+        let out = self.psql("-tAc", "SELECT 1 FROM pg_database WHERE datname = 'norn'")?;
         if !out.status.success() {
             bail!("could not query the private Postgres: {}", text(&out));
         }
@@ -285,34 +277,29 @@ impl LocalPg {
         }
         // App databases are made by a role that may create databases and
         // roles but is no superuser (NORN_APP_DATABASE_URL).
-        let out = self.client(
-            "psql",
-            &[
-                "-d",
-                "postgres",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-tAc",
-                "SELECT 1 FROM pg_roles WHERE rolname = 'norn_provisioner'",
-            ],
+        let exists = self.psql(
+            "-tAc",
+            "SELECT 1 FROM pg_roles WHERE rolname = 'norn_provisioner'",
         )?;
-        if String::from_utf8_lossy(&out.stdout).trim() != "1" {
-            let out = self.client(
-                "psql",
-                &[
-                    "-d",
-                    "postgres",
-                    "-v",
-                    "ON_ERROR_STOP=1",
-                    "-c",
-                    "CREATE ROLE norn_provisioner LOGIN CREATEDB CREATEROLE",
-                ],
+        if String::from_utf8_lossy(&exists.stdout).trim() != "1" {
+            let out = self.psql(
+                "-c",
+                "CREATE ROLE norn_provisioner LOGIN CREATEDB CREATEROLE",
             )?;
             if !out.status.success() {
                 bail!("creating the provisioning role failed: {}", text(&out));
             }
         }
         Ok(())
+    }
+
+    /// `psql` on the `postgres` database, stopping at the first error;
+    /// `flag` is `-c` or `-tAc` (bare output).
+    fn psql(&self, flag: &str, sql: &str) -> anyhow::Result<Output> {
+        self.client(
+            "psql",
+            &["-d", "postgres", "-v", "ON_ERROR_STOP=1", flag, sql],
+        )
     }
 
     /// `NORN_APP_DATABASE_URL` for this cluster: the provisioning role.
