@@ -62,9 +62,18 @@ pub fn spawn_with(
         .env("NORN_NODE_NAME", node)
         .env("NORN_HEALTHY_TIMEOUT", "60s")
         .env("NORN_DRAIN_GRACE", "200ms")
-        .env("RUST_LOG", "warn")
+        // NORN_TEST_PROC_LOG raises the spawned processes' log level when
+        // chasing a failure (their stderr is the test's).
+        .env(
+            "RUST_LOG",
+            std::env::var("NORN_TEST_PROC_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .envs(env.iter().copied())
-        .stdout(Stdio::null())
+        .stdout(if std::env::var_os("NORN_TEST_PROC_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn");
