@@ -36,6 +36,29 @@ pub fn load_or_create(state_dir: &Path) -> anyhow::Result<SecretKey> {
     SecretKey::parse(&text).with_context(|| format!("{} holds no valid key", path.display()))
 }
 
+/// A random password kept in `path` (mode 0600): made once, then reused.
+pub fn password(path: &Path) -> anyhow::Result<String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(mut file) => file
+            .write_all(norn_shared::crypto::random_password().as_bytes())
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("writing {}", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text.trim().to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

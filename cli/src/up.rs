@@ -5,6 +5,7 @@ use norn_shared::config::Secret;
 use tokio::sync::watch;
 
 use crate::localpg::LocalPg;
+use norn_shared::kv::LocalServer;
 
 /// Stops the private cluster however `norn up` ends (Ctrl-C, a role failing,
 /// an error during start-up).
@@ -17,10 +18,20 @@ impl Drop for ClusterGuard {
     }
 }
 
+/// Stops the private `redis-server` however `norn up` ends.
+struct KvGuard(LocalServer);
+
+impl Drop for KvGuard {
+    fn drop(&mut self) {
+        self.0.stop();
+        eprintln!("norn: stopped the private key-value server");
+    }
+}
+
 pub async fn run(mut config: Config) -> anyhow::Result<()> {
+    let gateway = app_gateway(&config).await;
     let _cluster = if config.database_url.is_none() {
         let pg = LocalPg::prepare(config.pg_bin_dir(), &config.state_dir, config.local_pg_port)?;
-        let gateway = app_gateway(&config).await;
         pg.start(gateway.as_deref())?;
         eprintln!(
             "norn: private Postgres at 127.0.0.1:{} (data in {}){}",
@@ -47,6 +58,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     if config.secret_key.is_none() {
         config.secret_key = Some(crate::keyfile::load_or_create(&config.state_dir)?);
     }
+    let _kv = private_kv(&mut config, gateway.as_deref()).await?;
     let pool = norn_shared::bootstrap::database(&config, 30).await?;
     let (stop_tx, stop) = watch::channel(false);
     let signal = norn_shared::shutdown::on_signal();
@@ -91,6 +103,37 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     worker?;
     s??;
     Ok(())
+}
+
+/// `norn up`'s own `redis-server` for apps declaring `services.kv`, when
+/// `NORN_KV_URL` is unset and the binary is installed; without it, such an
+/// app's forge fails and says why.
+async fn private_kv(config: &mut Config, gateway: Option<&str>) -> anyhow::Result<Option<KvGuard>> {
+    if config.kv_url.is_some() {
+        return Ok(None);
+    }
+    if !LocalServer::available() {
+        eprintln!(
+            "norn: no redis-server on this machine and NORN_KV_URL unset: apps declaring \
+             services.kv cannot be forged (apt-get install redis-server)"
+        );
+        return Ok(None);
+    }
+    let dir = config.state_dir.join("kv");
+    let password = crate::keyfile::password(&dir.join("admin.password"))?;
+    let mut binds = vec!["127.0.0.1"];
+    binds.extend(gateway);
+    let server = LocalServer::start(&dir, config.local_kv_port, &password, &binds).await?;
+    eprintln!(
+        "norn: private key-value server at 127.0.0.1:{} (data in {}){}",
+        config.local_kv_port,
+        dir.display(),
+        gateway
+            .map(|g| format!("; app containers reach it at {g}"))
+            .unwrap_or_default()
+    );
+    config.kv_url = Some(Secret::new(server.url()));
+    Ok(Some(KvGuard(server)))
 }
 
 /// The app network's gateway (made if missing): where the private Postgres

@@ -107,15 +107,16 @@ async fn forge_refuses_what_it_cannot_do_and_force_and_teardown_keep_or_drop_dat
         step_statuses(&forged),
         [
             pair("postgres", "complete"),
-            pair("kv", "skipped"),
+            pair("kv", "complete"),
             pair("events", "skipped")
         ]
     );
+    let kv_output = forged["steps"][1]["output"].as_str().unwrap();
     assert!(
-        forged["steps"][1]["output"]
-            .as_str()
-            .unwrap()
-            .contains("does not provision KV")
+        kv_output.contains(&format!(
+            "user norn-kv-{app} created on keys and channels {app}:*"
+        )),
+        "{kv_output}"
     );
     assert_eq!(forged["resources"]["postgres"]["database"], db.as_str());
     assert_eq!(role(&admin, &db).await, Some((true, true)));
@@ -221,6 +222,7 @@ async fn a_forge_failed_at_any_step_is_recorded_and_the_next_one_resumes_skippin
     let port = procs::free_port();
     let _api = procs::spawn("norn-api", &db, tmp.path(), "api", port);
     let api = ProcApi::new(&format!("http://127.0.0.1:{port}")).await;
+    let kv = norn_shared::testing::kv_url().await;
     for failing in ["postgres", "kv", "events"] {
         let app = unique_app(&format!("ffail-{failing}"));
         assert_eq!(api.post("/api/apps", spec(&app)).await.0, 201);
@@ -232,7 +234,7 @@ async fn a_forge_failed_at_any_step_is_recorded_and_the_next_one_resumes_skippin
             tmp.path(),
             &format!("broken-{failing}"),
             0,
-            &[("NORN_TEST_FAIL_FORGE_STEP", failing)],
+            &[("NORN_TEST_FAIL_FORGE_STEP", failing), ("NORN_KV_URL", &kv)],
         );
         assert_eq!(api.post(&path, json!({})).await.0, 202);
         let failed = wait_forge(get, "forge_failed", &Value::Null).await;
@@ -245,12 +247,13 @@ async fn a_forge_failed_at_any_step_is_recorded_and_the_next_one_resumes_skippin
         assert_eq!(recorded.last(), Some(&pair(failing, "failed")), "{failed}");
         drop(broken);
 
-        let _fixed = procs::spawn(
+        let _fixed = procs::spawn_with(
             "norn-worker",
             &db,
             tmp.path(),
             &format!("fixed-{failing}"),
             0,
+            &[("NORN_KV_URL", &kv)],
         );
         assert_eq!(api.post(&path, json!({})).await.0, 202);
         let forged = wait_forge(get, "forged", &failed["finishedAt"]).await;

@@ -76,6 +76,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// `NORN_LOCAL_PG_PORT`: the private Postgres of `norn up` (127.0.0.1 only).
     pub local_pg_port: u16,
+    /// `NORN_LOCAL_KV_PORT`: the port of `norn up`'s private `redis-server`
+    /// (started when the binary is installed and `NORN_KV_URL` is unset).
+    pub local_kv_port: u16,
     /// Step deadlines (`NORN_<STEP>_TIMEOUT`); an app's `deployPolicy.timeouts` overrides them.
     pub step_timeouts: StepDeadlines,
     /// `NORN_LEASE_TTL`: how long an app lease outlives its holder's last renewal,
@@ -112,6 +115,13 @@ pub struct Config {
     /// server at. Default: the server's own host, or the app network's gateway
     /// when that host is a loopback address.
     pub app_database_host: Option<String>,
+    /// `NORN_KV_URL`: the Redis (or Valkey) server app key-value namespaces
+    /// live on, as a user allowed `ACL SETUSER` (`redis://user:pass@host:port`).
+    /// Unset: a spec declaring `services.kv` cannot be forged.
+    pub kv_url: Option<Secret>,
+    /// `NORN_KV_HOST`: the host app containers reach that server at. Default:
+    /// its own host, or the app network's gateway when that is loopback.
+    pub kv_host: Option<String>,
     /// `NORN_CONTAINER_MEMORY`: MiB of memory an app container may use when its
     /// process sets no `memory` (no swap beyond it).
     pub container_memory_mb: u32,
@@ -241,6 +251,7 @@ impl Config {
                 .unwrap_or_else(|| ".norn".into())
                 .into(),
             local_pg_port: parsed("NORN_LOCAL_PG_PORT", 55499u16)?,
+            local_kv_port: parsed("NORN_LOCAL_KV_PORT", 55498u16)?,
             step_timeouts: StepDeadlines::from_env()?,
             lease_ttl: duration("NORN_LEASE_TTL", Duration::from_secs(30))?,
             deploy_max_attempts: parsed("NORN_DEPLOY_MAX_ATTEMPTS", 3i32)?.max(1),
@@ -266,6 +277,8 @@ impl Config {
                     })?,
             },
             app_database_host: var("NORN_APP_DATABASE_HOST"),
+            kv_url: var("NORN_KV_URL").map(Secret::new),
+            kv_host: var("NORN_KV_HOST"),
             container_memory_mb: parsed("NORN_CONTAINER_MEMORY", 512u32)?.max(16),
             container_pids: parsed("NORN_CONTAINER_PIDS", 512i64)?.max(16),
         })

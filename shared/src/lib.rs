@@ -9,6 +9,7 @@ pub mod events;
 pub mod gitpolicy;
 pub mod infraspec;
 pub mod jobs;
+pub mod kv;
 pub mod queue;
 pub mod registry;
 pub mod shutdown;

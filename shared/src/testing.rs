@@ -85,6 +85,34 @@ pub async fn fresh_database() -> String {
 pub const TEST_SECRET_KEY: &str =
     "6e6f726e2d746573742d6b65792d6e6f742d666f722d70726f64756374696f6e";
 
+/// The admin URL of a `redis-server` of this test binary's own (started on
+/// first use, on every address so app containers reach it at their
+/// gateway, password-protected; stopped and deleted at exit).
+pub async fn kv_url() -> String {
+    static URL: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    URL.get_or_init(|| async {
+        let dir =
+            std::env::temp_dir().join(format!("norn-test-kv-{}", uuid::Uuid::new_v4().simple()));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let server = crate::kv::LocalServer::start(
+            &dir,
+            port,
+            &crate::crypto::random_password(),
+            &["0.0.0.0"],
+        )
+        .await
+        .expect("redis-server must be installed (apt-get install redis-server)");
+        let url = server.url();
+        track(Leftover::KvServer(Box::new(server), dir));
+        url
+    })
+    .await
+    .clone()
+}
+
 /// A URL on the test server as Norn's provisioning role: CREATEDB and
 /// CREATEROLE, not a superuser (what `NORN_APP_DATABASE_URL` must be).
 /// [`fresh_database`] makes the role.
@@ -114,6 +142,8 @@ pub enum Leftover {
     App(String),
     /// A private Postgres cluster's data directory: stopped, then deleted.
     Cluster(String),
+    /// A `redis-server` and its directory: stopped, then deleted.
+    KvServer(Box<crate::kv::LocalServer>, std::path::PathBuf),
 }
 
 static LEFTOVERS: std::sync::Mutex<Vec<Leftover>> = std::sync::Mutex::new(Vec::new());
@@ -135,10 +165,17 @@ pub fn track(item: Leftover) {
 
 extern "C" fn remove_leftovers() {
     let _ = std::panic::catch_unwind(|| {
-        let items = match LEFTOVERS.lock() {
+        let mut items = match LEFTOVERS.lock() {
             Ok(mut all) => std::mem::take(&mut *all),
             Err(_) => return,
         };
+        for item in &mut items {
+            if let Leftover::KvServer(server, dir) = item {
+                server.stop();
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+
         let apps: std::collections::HashSet<&str> = items
             .iter()
             .filter_map(|i| match i {

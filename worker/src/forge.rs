@@ -16,8 +16,9 @@ use norn_shared::infraspec::InfraSpec;
 use serde_json::{Value, json};
 use sqlx::{Postgres, Transaction};
 
-use crate::adapters::{DatabaseGrant, DatabaseRevoke, Output};
-use crate::services::{self, POSTGRES};
+use crate::adapters::redis::user_name;
+use crate::adapters::{DatabaseGrant, DatabaseRevoke, KvGrant, KvRevoke, Output};
+use crate::services::{self, KV, POSTGRES};
 use crate::state::WorkerState;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,8 +45,10 @@ pub struct Forge<'a> {
 /// Whether the app's forged resources already match what its spec declares.
 pub fn up_to_date(current: &ForgeState, spec: &InfraSpec) -> bool {
     current.status == ForgeStatus::Forged
-        && current.resources["postgres"]["database"].as_str()
+        && current.resources[POSTGRES]["database"].as_str()
             == spec.services.postgres.as_ref().map(|p| p.database.as_str())
+        && current.resources[KV]["namespace"].as_str()
+            == spec.services.kv.as_ref().map(|k| k.namespace.as_str())
 }
 
 /// Whether the spec declares anything to forge.
@@ -278,20 +281,20 @@ impl Forge<'_> {
             (Operation::Teardown { drop_data }, ForgeStep::Postgres) => {
                 self.postgres_teardown(drop_data, resources).await
             }
-            // Not provisioned yet: said so in the step, never recorded as done.
-            (Operation::Forge, ForgeStep::Kv) => Ok(Done::skipped(match services.kv {
-                None => "no services.kv declared",
-                Some(_) => {
-                    "services.kv declared, but Norn does not provision KV yet: no REDIS_URL is injected"
-                }
-            })),
+            (Operation::Forge, ForgeStep::Kv) => match &services.kv {
+                None => Ok(Done::skipped("no services.kv declared")),
+                Some(kv) => self.kv(&kv.namespace, resources).await,
+            },
+            (Operation::Teardown { drop_data }, ForgeStep::Kv) => {
+                self.kv_teardown(drop_data, resources).await
+            }
             (Operation::Forge, ForgeStep::Events) => Ok(Done::skipped(match services.events {
                 None => "no services.events declared",
                 Some(_) => {
                     "services.events declared, but no brokers are configured (NORN_EVENTS_BROKERS): no topics made"
                 }
             })),
-            (Operation::Teardown { .. }, ForgeStep::Kv | ForgeStep::Events) => {
+            (Operation::Teardown { .. }, ForgeStep::Events) => {
                 Ok(Done::skipped("nothing was provisioned"))
             }
         }
@@ -368,6 +371,80 @@ impl Forge<'_> {
                 username: database.to_owned(),
                 sealed,
             }),
+        })
+    }
+}
+
+impl Forge<'_> {
+    /// The app's key-value user, named after its namespace and limited to
+    /// it. Like the database role, the password is kept across forges.
+    async fn kv(&self, namespace: &str, resources: &mut Value) -> Result<Done, String> {
+        let kv = self.state.kv.as_ref().ok_or(
+            "services.kv declared, but no key-value server is configured: set NORN_KV_URL \
+             (norn up starts one when redis-server is installed)",
+        )?;
+        let key = self
+            .state
+            .config
+            .secret_key
+            .as_ref()
+            .ok_or_else(|| norn_shared::crypto::CryptoError::NoKey.to_string())?;
+        let user = user_name(namespace);
+        let existing = services::kv_login(self.state, self.app)
+            .await
+            .map_err(|e| e.to_string())?
+            .filter(|(u, _)| *u == user);
+        let password = existing.map(|(_, p)| p).unwrap_or_else(random_password);
+        let output = kv
+            .namespace(&KvGrant {
+                app: self.app,
+                namespace,
+                user: &user,
+                password: &password,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let sealed = key.seal(&password).map_err(|e| e.to_string())?;
+        resources[KV] = json!({"namespace": namespace, "user": user});
+        Ok(Done {
+            status: StepStatus::Complete,
+            output,
+            credentials: Credentials::Put(Credential {
+                username: user,
+                sealed,
+            }),
+        })
+    }
+
+    /// The reverse of [`Self::kv`]: the user goes; with `drop_data`, the keys.
+    async fn kv_teardown(&self, drop_data: bool, resources: &mut Value) -> Result<Done, String> {
+        let Some(namespace) = resources[KV]["namespace"].as_str().map(str::to_owned) else {
+            return Ok(Done::skipped("no key-value namespace was forged"));
+        };
+        let kv = self.state.kv.as_ref().ok_or(
+            "a key-value namespace was forged, but no key-value server is configured now \
+             (NORN_KV_URL): its user cannot be removed",
+        )?;
+        let user = resources[KV]["user"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| user_name(&namespace));
+        let output = kv
+            .revoke_namespace(&KvRevoke {
+                app: self.app,
+                namespace: &namespace,
+                user: &user,
+                drop_data,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(map) = resources.as_object_mut() {
+            map.remove(KV);
+        }
+        Ok(Done {
+            status: StepStatus::Complete,
+            output,
+            credentials: Credentials::Delete,
         })
     }
 }

@@ -13,6 +13,8 @@ use crate::state::WorkerState;
 
 /// The service an app's database credentials are stored under.
 pub const POSTGRES: &str = "postgres";
+/// The service an app's key-value credentials are stored under.
+pub const KV: &str = "kv";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServicesError {
@@ -22,6 +24,14 @@ pub enum ServicesError {
     Crypto(#[from] norn_shared::crypto::CryptoError),
     #[error("the app's database {0} is not forged yet (no credentials); deploy or forge the app")]
     NotForged(String),
+    #[error(
+        "the app's key-value namespace {0} is not forged yet (no credentials); deploy or forge the app"
+    )]
+    KvNotForged(String),
+    #[error(
+        "services.kv declared, but no key-value server is configured (NORN_KV_URL): no REDIS_URL to give"
+    )]
+    NoKvServer,
     #[error("{0}")]
     Url(String),
     #[error(
@@ -40,6 +50,21 @@ pub async fn pg_login(state: &WorkerState, app: &str) -> Result<Option<Login>, S
         role: cred.username,
         password: state.config.open_sealed(&cred.sealed)?,
     }))
+}
+
+/// The app's own key-value user and password, when Norn has made one.
+pub async fn kv_login(
+    state: &WorkerState,
+    app: &str,
+) -> Result<Option<(String, String)>, ServicesError> {
+    let mut conn = state.pool.acquire().await?;
+    let Some(cred) = credentials::get(&mut conn, app, KV).await? else {
+        return Ok(None);
+    };
+    Ok(Some((
+        cred.username,
+        state.config.open_sealed(&cred.sealed)?,
+    )))
 }
 
 /// Like [`pg_login`], for a step that cannot go on without it.
@@ -68,15 +93,17 @@ async fn secret_values(
 }
 
 /// What must never show in the app's output as Norn keeps or streams it:
-/// its secrets and its database password.
+/// its secrets and its service passwords.
 pub async fn masker(state: &WorkerState, app: &str) -> Result<Masker, ServicesError> {
     let mut values: Vec<String> = secret_values(state, app).await?.into_values().collect();
     values.extend(pg_login(state, app).await?.map(|l| l.password));
+    values.extend(kv_login(state, app).await?.map(|(_, password)| password));
     Ok(Masker::new(values))
 }
 
-/// The spec's env, the app's secrets, and `DATABASE_URL` of the app's own
-/// role when it declares a database. A secret the spec lists but nobody set
+/// The spec's env, the app's secrets, `DATABASE_URL` of the app's own role
+/// when it declares a database, and `REDIS_URL` (its own user) and
+/// `KV_NAMESPACE` when it declares a key-value namespace. A secret the spec lists but nobody set
 /// stops the container from starting.
 pub async fn app_env(
     state: &WorkerState,
@@ -102,6 +129,14 @@ pub async fn app_env(
             .container_url(&pg.database, &login)
             .map_err(|e| ServicesError::Url(e.to_string()))?;
         env.insert("DATABASE_URL".into(), url);
+    }
+    if let Some(kv) = &spec.services.kv {
+        let server = state.kv.as_ref().ok_or(ServicesError::NoKvServer)?;
+        let (user, password) = kv_login(state, app)
+            .await?
+            .ok_or_else(|| ServicesError::KvNotForged(kv.namespace.clone()))?;
+        env.insert("REDIS_URL".into(), server.container_url(&user, &password));
+        env.insert("KV_NAMESPACE".into(), kv.namespace.clone());
     }
     Ok(env)
 }

@@ -10,7 +10,8 @@ use sqlx::PgPool;
 use crate::adapters::docker::{DockerEngine, ImageBuilder, Runtime};
 use crate::adapters::git::GitSource;
 use crate::adapters::postgres::PgTools;
-use crate::adapters::{Provisioner, Source};
+use crate::adapters::redis::RedisKv;
+use crate::adapters::{KvProvisioner, Provisioner, Source};
 
 pub struct WorkerState {
     pub pool: PgPool,
@@ -21,6 +22,8 @@ pub struct WorkerState {
     pub pg: Arc<PgTools>,
     /// Makes apps' services (the same server as `pg`, as the provisioning role).
     pub provisioner: Arc<dyn Provisioner>,
+    /// Makes apps' key-value namespaces; `None` without `NORN_KV_URL`.
+    pub kv: Option<Arc<dyn KvProvisioner>>,
     pub http: reqwest::Client,
     /// Unique to this process and start (`node:pid:nanos`): the lease holder
     /// identity, never reused by a restarted worker.
@@ -71,11 +74,30 @@ impl WorkerState {
             .or_else(|| config.database_url.clone())
             .map(|s| s.expose().to_owned())
             .unwrap_or_default();
-        let container_host = container_host(&config, &app_db, &docker).await?;
+        let db_host = app_db
+            .parse::<sqlx::postgres::PgConnectOptions>()
+            .map(|o| o.get_host().to_owned())
+            .unwrap_or_default();
+        let db_container_host =
+            container_host(config.app_database_host.as_deref(), &db_host, &docker).await?;
+        let kv = match &config.kv_url {
+            None => None,
+            Some(url) => {
+                let (host, port) = norn_shared::kv::address(url.expose())
+                    .map_err(|e| crate::WorkerError::Interrupted(format!("NORN_KV_URL: {e}")))?;
+                let kv: Arc<dyn KvProvisioner> = Arc::new(RedisKv {
+                    admin_url: url.expose().to_owned(),
+                    container_host: container_host(config.kv_host.as_deref(), &host, &docker)
+                        .await?,
+                    port,
+                });
+                Some(kv)
+            }
+        };
         let pg = Arc::new(PgTools {
             bin_dir: config.pg_bin_dir(),
             server_url: app_db,
-            container_host,
+            container_host: db_container_host,
         });
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -91,6 +113,7 @@ impl WorkerState {
             builder: Arc::new(docker.clone()),
             runtime: Arc::new(docker),
             provisioner: pg.clone(),
+            kv,
             pg,
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -103,22 +126,19 @@ impl WorkerState {
     }
 }
 
-/// Where app containers reach the app database server: configured, or the
+/// Where app containers reach a service's server (the app database's, the
+/// key-value server): configured, or the
 /// server's host, or — when that is a loopback address, which a container
 /// cannot reach — the app network's gateway (the server must listen there;
 /// `norn up` and `.ci/pg.sh` do).
 async fn container_host(
-    config: &Config,
-    server_url: &str,
+    configured: Option<&str>,
+    host: &str,
     docker: &DockerEngine,
 ) -> Result<String, crate::WorkerError> {
-    if let Some(host) = &config.app_database_host {
-        return Ok(host.clone());
+    if let Some(host) = configured {
+        return Ok(host.to_owned());
     }
-    let host = server_url
-        .parse::<sqlx::postgres::PgConnectOptions>()
-        .map(|o| o.get_host().to_owned())
-        .unwrap_or_default();
     let loopback = host == "localhost"
         || host.starts_with('/')
         || host
@@ -127,6 +147,6 @@ async fn container_host(
     if loopback {
         Ok(docker.gateway().await?)
     } else {
-        Ok(host)
+        Ok(host.to_owned())
     }
 }

@@ -89,6 +89,10 @@ fn register_error(e: apps::RegisterError) -> ApiError {
             message: e.to_string(),
             field: DATABASE_FIELD.into(),
         },
+        apps::RegisterError::NamespaceTaken { .. } => ApiError::ConflictOn {
+            message: e.to_string(),
+            field: "services.kv.namespace".into(),
+        },
         apps::RegisterError::Db(e) => e.into(),
     }
 }

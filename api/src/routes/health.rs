@@ -55,13 +55,24 @@ pub async fn health(
             "postgres": json!({"status": if pg_up { "up" } else { "down" }}),
             "docker": docker,
             "appDatabases": app_databases(&state).await,
+            "kv": kv(&state).await,
             // Not provisioned yet: said, not hidden.
-            "kv": {"status": "not_configured", "details": "KV provisioning is not built yet"},
             "events": {"status": "not_configured", "details": "no brokers (NORN_EVENTS_BROKERS) are supported yet"},
         },
         "queues": queues,
     });
     (code, Json(body))
+}
+
+/// The key-value server (`NORN_KV_URL`), as Norn's admin user.
+async fn kv(state: &AppState) -> Value {
+    let Some(url) = &state.config.kv_url else {
+        return json!({"status": "not_configured", "details": "NORN_KV_URL is not set"});
+    };
+    match norn_shared::kv::ping(url.expose()).await {
+        Ok(()) => json!({"status": "up"}),
+        Err(e) => json!({"status": "down", "error": e.to_string()}),
+    }
 }
 
 /// The server app databases live on (`NORN_APP_DATABASE_URL`), as the

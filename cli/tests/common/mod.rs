@@ -57,6 +57,9 @@ impl Harness {
         let db_url = norn_shared::testing::fresh_database().await;
         let tmp = tempfile::tempdir().expect("tempdir");
         let mut config = test_config(&db_url, tmp.path());
+        config.kv_url = Some(norn_shared::config::Secret::new(
+            norn_shared::testing::kv_url().await,
+        ));
         adjust(&mut config);
         let pool = norn_shared::db::connect(&db_url, 20).await.expect("pool");
         let (stop, rx) = watch::channel(false);
@@ -246,17 +249,22 @@ pub struct AppRepo {
 
 impl AppRepo {
     pub fn create(root: &Path, name: &str) -> Self {
-        Self::create_with(root, name, false)
+        Self::create_with(root, name, &[])
     }
 
     /// [`AppRepo::create`] with a working `psql` in the image (the host's,
     /// with the shared libraries it loads), so tests can try connections
     /// from inside the app's own containers.
     pub fn create_with_psql(root: &Path, name: &str) -> Self {
-        Self::create_with(root, name, true)
+        Self::create_with(root, name, &[psql_binary()])
     }
 
-    fn create_with(root: &Path, name: &str, psql: bool) -> Self {
+    /// An app image holding the host's `redis-cli` (and its libraries).
+    pub fn create_with_redis_cli(root: &Path, name: &str) -> Self {
+        Self::create_with(root, name, &[PathBuf::from("/usr/bin/redis-cli")])
+    }
+
+    fn create_with(root: &Path, name: &str, tools: &[PathBuf]) -> Self {
         let dir = root.join(format!("repo-{name}"));
         std::fs::create_dir_all(dir.join("www")).unwrap();
         std::fs::copy("/bin/busybox", dir.join("busybox"))
@@ -264,8 +272,10 @@ impl AppRepo {
         let mut dockerfile = String::from(
             "FROM scratch\nCOPY busybox /bin/busybox\nCOPY busybox /bin/sh\nCOPY www /www\n",
         );
-        if psql {
-            copy_with_libraries(&psql_binary(), &dir.join("rootfs"));
+        for tool in tools {
+            copy_with_libraries(tool, &dir.join("rootfs"));
+        }
+        if !tools.is_empty() {
             std::fs::create_dir_all(dir.join("rootfs/etc")).unwrap();
             std::fs::write(dir.join("rootfs/etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").unwrap();
             dockerfile.push_str("COPY rootfs /\n");
@@ -340,7 +350,11 @@ pub fn copy_with_libraries(binary: &Path, root: &Path) {
         std::fs::copy(&file, &dest).unwrap();
     }
     std::fs::create_dir_all(root.join("usr/bin")).unwrap();
-    std::fs::copy(binary, root.join("usr/bin/psql")).unwrap();
+    std::fs::copy(
+        binary,
+        root.join("usr/bin").join(binary.file_name().unwrap()),
+    )
+    .unwrap();
 }
 
 /// The host's address as app containers can reach it (the default bridge's

@@ -70,6 +70,10 @@ pub enum RegisterError {
     Db(#[from] sqlx::Error),
     #[error("database {database} belongs to app {owner}; each app has a database of its own")]
     DatabaseTaken { database: String, owner: String },
+    #[error(
+        "key-value namespace {namespace} belongs to app {owner}; each app has a namespace of its own"
+    )]
+    NamespaceTaken { namespace: String, owner: String },
 }
 
 /// Registers or replaces an app and claims its database, in one
@@ -85,9 +89,16 @@ pub async fn register(
     use sqlx::Connection;
     let mut tx = conn.begin().await?;
     let database = spec.services.postgres.as_ref().map(|p| p.database.as_str());
-    if let Some(owner) = claim_database(&mut tx, spec.name.as_str(), database).await? {
+    if let Some(owner) = claim(&mut tx, Claim::DATABASE, spec.name.as_str(), database).await? {
         return Err(RegisterError::DatabaseTaken {
             database: database.unwrap_or_default().to_owned(),
+            owner,
+        });
+    }
+    let namespace = spec.services.kv.as_ref().map(|k| k.namespace.as_str());
+    if let Some(owner) = claim(&mut tx, Claim::KV_NAMESPACE, spec.name.as_str(), namespace).await? {
+        return Err(RegisterError::NamespaceTaken {
+            namespace: namespace.unwrap_or_default().to_owned(),
             owner,
         });
     }
@@ -195,43 +206,67 @@ pub async fn record_spec_error(
     Ok(updated.rows_affected() > 0)
 }
 
-/// Claims `database` for `app` (one app per database), dropping the app's
-/// claim on any other name. Returns the app that owns the name when it is
-/// another one; the caller must then roll its transaction back.
-pub async fn claim_database(
+/// A name only one app may hold: its table and the column the name is in.
+pub struct Claim {
+    table: &'static str,
+    column: &'static str,
+}
+
+impl Claim {
+    pub const DATABASE: Self = Self {
+        table: "app_databases",
+        column: "database",
+    };
+    pub const KV_NAMESPACE: Self = Self {
+        table: "app_kv_namespaces",
+        column: "namespace",
+    };
+}
+
+/// Claims `name` for `app` (one app per name), dropping the app's claim on
+/// any other name of that kind. Returns the app that owns the name when it
+/// is another one; the caller must then roll its transaction back.
+pub async fn claim(
     conn: &mut PgConnection,
+    kind: Claim,
     app: &str,
-    database: Option<&str>,
+    name: Option<&str>,
 ) -> Result<Option<String>, sqlx::Error> {
-    if let Some(db) = database {
-        let owner: Option<(String,)> =
-            sqlx::query_as("SELECT app FROM app_databases WHERE database = $1 FOR UPDATE")
-                .bind(db)
-                .fetch_optional(&mut *conn)
-                .await?;
+    let Claim { table, column } = kind;
+    // Table and column are the constants above, never input.
+    let sql = |s: String| sqlx::AssertSqlSafe(s);
+    if let Some(name) = name {
+        let owner: Option<(String,)> = sqlx::query_as(sql(format!(
+            "SELECT app FROM {table} WHERE {column} = $1 FOR UPDATE"
+        )))
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?;
         if let Some((owner,)) = owner.filter(|(o,)| o != app) {
             return Ok(Some(owner));
         }
     }
-    sqlx::query("DELETE FROM app_databases WHERE app = $1 AND database IS DISTINCT FROM $2")
-        .bind(app)
-        .bind(database)
-        .execute(&mut *conn)
-        .await?;
-    if let Some(db) = database {
+    sqlx::query(sql(format!(
+        "DELETE FROM {table} WHERE app = $1 AND {column} IS DISTINCT FROM $2"
+    )))
+    .bind(app)
+    .bind(name)
+    .execute(&mut *conn)
+    .await?;
+    if let Some(name) = name {
         // A concurrent claim of the same name waits on the primary key and
         // then conflicts: the loser reads the winner as the owner.
-        let inserted = sqlx::query(
-            "INSERT INTO app_databases (database, app) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        )
-        .bind(db)
+        let inserted = sqlx::query(sql(format!(
+            "INSERT INTO {table} ({column}, app) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+        )))
+        .bind(name)
         .bind(app)
         .execute(&mut *conn)
         .await?;
         if inserted.rows_affected() == 0 {
             let (owner,): (String,) =
-                sqlx::query_as("SELECT app FROM app_databases WHERE database = $1")
-                    .bind(db)
+                sqlx::query_as(sql(format!("SELECT app FROM {table} WHERE {column} = $1")))
+                    .bind(name)
                     .fetch_one(&mut *conn)
                     .await?;
             if owner != app {

@@ -483,10 +483,15 @@ fn services(
         let namespace = non_empty(k.namespace, &format!("{prefix}.kv.namespace"), errors)?;
         if namespace.len() > 63 {
             errors.push(format!("{prefix}.kv.namespace"), "must be at most 63 bytes");
-        } else if namespace.contains(|c: char| c.is_whitespace() || c == '*' || c == ':') {
+        } else if !namespace
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            // It becomes the key pattern `<namespace>:*` of the app's ACL
+            // user: a glob character would widen it to other apps' keys.
             errors.push(
                 format!("{prefix}.kv.namespace"),
-                "must not contain whitespace, '*' or ':'",
+                "may hold only letters, digits, '_', '-' and '.'",
             );
         }
         Some(Kv { namespace })

@@ -5,6 +5,7 @@ pub mod docker;
 pub mod git;
 pub mod network;
 pub mod postgres;
+pub mod redis;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -175,4 +176,35 @@ pub trait Provisioner: Send + Sync {
     /// Undoes [`Provisioner::database`]: the app's role can no longer log
     /// in and its sessions end; with `drop_data`, database and role go.
     async fn revoke_database(&self, revoke: &DatabaseRevoke<'_>) -> Result<String, ProvisionError>;
+}
+
+/// What an app's key-value namespace needs: a user of its own, limited to
+/// the keys and channels `<namespace>:*`.
+pub struct KvGrant<'a> {
+    pub app: &'a str,
+    pub namespace: &'a str,
+    pub user: &'a str,
+    pub password: &'a str,
+}
+
+/// What tearing an app's namespace down needs.
+pub struct KvRevoke<'a> {
+    pub app: &'a str,
+    pub namespace: &'a str,
+    pub user: &'a str,
+    /// Delete the namespace's keys too; else only the user goes.
+    pub drop_data: bool,
+}
+
+/// Key-value namespaces, each reachable by its app alone. Idempotent.
+#[async_trait::async_trait]
+pub trait KvProvisioner: Send + Sync {
+    /// Creates (or resets to Norn's rules) the app's user. Returns what it
+    /// did, for the forge's step log.
+    async fn namespace(&self, grant: &KvGrant<'_>) -> Result<String, ProvisionError>;
+    /// Undoes [`KvProvisioner::namespace`]: the user and its connections go;
+    /// with `drop_data`, the namespace's keys too.
+    async fn revoke_namespace(&self, revoke: &KvRevoke<'_>) -> Result<String, ProvisionError>;
+    /// The `REDIS_URL` an app container gets.
+    fn container_url(&self, user: &str, password: &str) -> String;
 }
