@@ -55,7 +55,7 @@ fn db_app(to: &Path, app: &str) {
             "name: {app}\n\
              build:\n  test: psql -X -v ON_ERROR_STOP=1 \"$DATABASE_URL\" -c 'CREATE TABLE IF NOT EXISTS seen (at timestamptz)' -c 'INSERT INTO seen VALUES (now())' -c 'SELECT current_user'\n\
              processes:\n  web:\n    port: 8080\n    health: {{path: /health}}\n\
-             services:\n  postgres: {{database: {db}}}\n"
+             services:\n  postgres: {{database: {db}}}\n  kv: {{namespace: {app}}}\n"
         ),
     )
     .unwrap();
@@ -81,6 +81,7 @@ struct Up {
     api_port: u16,
     ingress_port: u16,
     pg_port: u16,
+    kv_port: u16,
 }
 
 impl Up {
@@ -93,6 +94,8 @@ impl Up {
             .env("NORN_PORT", self.api_port.to_string())
             .env("NORN_INGRESS_PORT", self.ingress_port.to_string())
             .env("NORN_LOCAL_PG_PORT", self.pg_port.to_string())
+            .env("NORN_LOCAL_KV_PORT", self.kv_port.to_string())
+            .env_remove("NORN_KV_URL")
             .env("NORN_APPS_DIR", "apps")
             .env("NORN_WORK_DIR", self.dir.join("work"))
             .env("NORN_DOCKER_NETWORK", "norn-test")
@@ -130,6 +133,7 @@ async fn norn_up_without_database_url_deploys_the_example_and_stops_its_postgres
         api_port: procs::free_port(),
         ingress_port: procs::free_port(),
         pg_port: procs::free_port(),
+        kv_port: procs::free_port(),
     };
     let mut server = Proc(
         up.command()
@@ -147,6 +151,7 @@ async fn norn_up_without_database_url_deploys_the_example_and_stops_its_postgres
     .await;
     norn_shared::testing::track(norn_shared::testing::Leftover::Cluster(up.data_dir()));
     assert!(cluster_accepts(up.pg_port), "the private Postgres is up");
+    assert!(cluster_accepts(up.kv_port), "the private redis-server is up");
 
     // A second `norn up` in the same directory refuses clearly.
     let second = up.command().output().unwrap();
@@ -188,6 +193,10 @@ async fn norn_up_without_database_url_deploys_the_example_and_stops_its_postgres
     assert!(
         !cluster_accepts(up.pg_port),
         "the private Postgres still accepts connections after norn up stopped"
+    );
+    assert!(
+        !cluster_accepts(up.kv_port),
+        "the private redis-server still accepts connections after norn up stopped"
     );
     assert!(
         !Path::new(&up.data_dir()).join("postmaster.pid").exists(),

@@ -84,6 +84,10 @@ impl LocalServer {
             move |e: std::io::Error| KvError(format!("{what}: {e}"))
         };
         std::fs::create_dir_all(dir).map_err(io("creating the key-value directory"))?;
+        // Absolute: the server changes into `dir` before it reads the ACL file.
+        let dir = &dir
+            .canonicalize()
+            .map_err(io("resolving the key-value directory"))?;
         let acl = dir.join("users.acl");
         if !acl.exists() {
             let mut file = std::fs::OpenOptions::new()
