@@ -151,7 +151,10 @@ async fn norn_up_without_database_url_deploys_the_example_and_stops_its_postgres
     .await;
     norn_shared::testing::track(norn_shared::testing::Leftover::Cluster(up.data_dir()));
     assert!(cluster_accepts(up.pg_port), "the private Postgres is up");
-    assert!(cluster_accepts(up.kv_port), "the private redis-server is up");
+    assert!(
+        cluster_accepts(up.kv_port),
+        "the private redis-server is up"
+    );
 
     // A second `norn up` in the same directory refuses clearly.
     let second = up.command().output().unwrap();
