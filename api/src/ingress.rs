@@ -2,8 +2,9 @@
 //! routes table names. Deploys switch a route in one transaction (plus a
 //! NOTIFY), so every api replica moves to the new release at once while
 //! in-flight requests finish on the old one: zero-downtime switches on plain
-//! Docker. The app is the first label of the `Host` header
-//! (`myapp.localhost:8880`, `myapp.example.com`).
+//! Docker. The app is the one that declared the `Host` header's hostname in
+//! its `endpoints` (`shop.example.com`), else the hostname's first label
+//! (`myapp.localhost:8880`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +23,8 @@ use tokio::sync::RwLock;
 #[derive(Clone, Default)]
 pub struct RouteTable {
     by_app: Arc<RwLock<HashMap<String, Vec<Route>>>>,
+    /// Declared hostname → app.
+    by_host: Arc<RwLock<HashMap<String, String>>>,
     next: Arc<AtomicUsize>,
 }
 
@@ -36,8 +39,25 @@ impl RouteTable {
         for list in map.values_mut() {
             list.sort_by(|a, b| a.process.cmp(&b.process));
         }
+        let hosts: HashMap<String, String> =
+            routes::hostnames(&mut conn).await?.into_iter().collect();
         *self.by_app.write().await = map;
+        *self.by_host.write().await = hosts;
         Ok(())
+    }
+
+    /// The app a request for `host` (a `Host` header) goes to.
+    pub async fn app_for(&self, host: &str) -> String {
+        let name = host
+            .rsplit_once(':')
+            .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
+            .map_or(host, |(name, _)| name)
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        if let Some(app) = self.by_host.read().await.get(&name) {
+            return app.clone();
+        }
+        name.split('.').next().unwrap_or_default().to_owned()
     }
 
     /// The upstream for `app`: its `web` process if it has one, else the first
@@ -85,7 +105,7 @@ pub async fn proxy(State(ingress): State<Ingress>, mut req: Request) -> Response
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or_default();
-    let app = host.split([':', '.']).next().unwrap_or_default().to_owned();
+    let app = ingress.table.app_for(host).await;
     let Some(upstream) = ingress.table.upstream(&app).await else {
         return plain(
             StatusCode::NOT_FOUND,

@@ -43,6 +43,34 @@ pub async fn teardown(api: &Api, app: &str, drop_data: bool, yes: bool) -> anyho
     follow(api, app, &before, "unforged").await
 }
 
+/// `norn endpoints <app>`: one line per declared hostname.
+pub async fn endpoints(api: &Api, app: &str) -> anyhow::Result<()> {
+    let detail = api.get(&format!("/api/apps/{app}")).await?;
+    let forge = api.get(&format!("/api/apps/{app}/forge")).await?;
+    let declared = detail["app"]["spec"]["endpoints"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if declared.is_empty() {
+        println!("{app} declares no endpoints");
+        return Ok(());
+    }
+    let tunneled = forge["resources"]["endpoints"]["hostnames"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for e in declared {
+        let host = e["hostname"].as_str().unwrap_or("");
+        let tunnel = if tunneled.iter().any(|t| t == host) {
+            "tunnel rule written"
+        } else {
+            "no tunnel rule"
+        };
+        println!("{host:<40} ingress → {app}   {tunnel}");
+    }
+    Ok(())
+}
+
 /// Polls the forge state until an operation that started after `before`
 /// has ended; prints each step once. `true` when it ended in `want`.
 async fn follow(api: &Api, app: &str, before: &Value, want: &str) -> anyhow::Result<bool> {

@@ -84,14 +84,18 @@ enum Command {
         #[arg(long)]
         to: Option<String>,
     },
-    /// Provision the app's services (its database and role; KV and topics
-    /// are not provisioned yet) and follow the forge to its end.
+    /// Provision the app's services (its database and role, its KV user, its
+    /// tunnel rules; topics are not provisioned yet) and follow the forge to
+    /// its end.
     Forge {
         app: String,
         /// Tear a forged app down first (keeping its data), then forge it again.
         #[arg(long)]
         force: bool,
     },
+    /// The app's public hostnames: each routed by Norn's ingress, and
+    /// whether the forge wrote its tunnel (cloudflared) rule.
+    Endpoints { app: String },
     /// Reverse the forge: the app's role loses its login; its data is kept
     /// unless --drop-data --yes.
     Teardown {
@@ -188,6 +192,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         } => snapshots::restore(&api, &app, &ts, yes, pre_restore).await,
         Command::Cancel { deployment } => client::cancel(&api, &deployment).await.map(|_| true),
         Command::Forge { app, force } => forge::forge(&api, &app, force).await,
+        Command::Endpoints { app } => forge::endpoints(&api, &app).await.map(|_| true),
         Command::Teardown {
             app,
             drop_data,

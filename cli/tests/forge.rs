@@ -12,8 +12,9 @@ use common::{Harness, eventually, unique_app};
 use serde_json::{Value, json};
 use sqlx::postgres::PgListener;
 
-/// An app with a database, KV and topics (KV and topics are not provisioned
-/// yet: their steps are recorded skipped with the reason).
+/// An app with a database, KV and topics (topics are not provisioned yet,
+/// and no endpoints are declared: those steps are recorded skipped with the
+/// reason).
 fn spec(app: &str) -> Value {
     json!({
         "name": app,
@@ -108,7 +109,8 @@ async fn forge_refuses_what_it_cannot_do_and_force_and_teardown_keep_or_drop_dat
         [
             pair("postgres", "complete"),
             pair("kv", "complete"),
-            pair("events", "skipped")
+            pair("events", "skipped"),
+            pair("endpoints", "skipped")
         ]
     );
     let kv_output = forged["steps"][1]["output"].as_str().unwrap();
@@ -198,7 +200,7 @@ async fn forge_refuses_what_it_cannot_do_and_force_and_teardown_keep_or_drop_dat
     let count = |k: &str| kinds.iter().filter(|x| *x == k).count();
     // Forges: 3 (first, forced, again) and teardowns: 3 (forced, plain, dropData).
     assert_eq!(count("forge.completed"), 6, "{kinds:?}");
-    assert_eq!(count("forge.step"), 18, "{kinds:?}");
+    assert_eq!(count("forge.step"), 24, "{kinds:?}");
     assert_eq!(count("forge.failed"), 0, "{kinds:?}");
 }
 
@@ -223,7 +225,7 @@ async fn a_forge_failed_at_any_step_is_recorded_and_the_next_one_resumes_skippin
     let _api = procs::spawn("norn-api", &db, tmp.path(), "api", port);
     let api = ProcApi::new(&format!("http://127.0.0.1:{port}")).await;
     let kv = norn_shared::testing::kv_url().await;
-    for failing in ["postgres", "kv", "events"] {
+    for failing in ["postgres", "kv", "events", "endpoints"] {
         let app = unique_app(&format!("ffail-{failing}"));
         assert_eq!(api.post("/api/apps", spec(&app)).await.0, 201);
         let path = format!("/api/apps/{app}/forge");

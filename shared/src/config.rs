@@ -122,6 +122,12 @@ pub struct Config {
     /// `NORN_KV_HOST`: the host app containers reach that server at. Default:
     /// its own host, or the app network's gateway when that is loopback.
     pub kv_host: Option<String>,
+    /// `NORN_CLOUDFLARED_CONFIG`: a cloudflared config file whose `ingress`
+    /// rules the forge keeps in step with apps' `endpoints`. Unset: none.
+    pub cloudflared_config: Option<PathBuf>,
+    /// `NORN_CLOUDFLARED_SERVICE`: where those rules send traffic. Default:
+    /// Norn's ingress, `http://localhost:<NORN_INGRESS_PORT>`.
+    pub cloudflared_service: Option<String>,
     /// `NORN_CONTAINER_MEMORY`: MiB of memory an app container may use when its
     /// process sets no `memory` (no swap beyond it).
     pub container_memory_mb: u32,
@@ -279,6 +285,8 @@ impl Config {
             app_database_host: var("NORN_APP_DATABASE_HOST"),
             kv_url: var("NORN_KV_URL").map(Secret::new),
             kv_host: var("NORN_KV_HOST"),
+            cloudflared_config: var("NORN_CLOUDFLARED_CONFIG").map(PathBuf::from),
+            cloudflared_service: var("NORN_CLOUDFLARED_SERVICE"),
             container_memory_mb: parsed("NORN_CONTAINER_MEMORY", 512u32)?.max(16),
             container_pids: parsed("NORN_CONTAINER_PIDS", 512i64)?.max(16),
         })

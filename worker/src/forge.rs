@@ -49,12 +49,31 @@ pub fn up_to_date(current: &ForgeState, spec: &InfraSpec) -> bool {
             == spec.services.postgres.as_ref().map(|p| p.database.as_str())
         && current.resources[KV]["namespace"].as_str()
             == spec.services.kv.as_ref().map(|k| k.namespace.as_str())
+        && forged_hostnames(&current.resources) == hostnames(spec)
 }
 
 /// Whether the spec declares anything to forge.
 pub fn declares_services(spec: &InfraSpec) -> bool {
     let s = &spec.services;
-    s.postgres.is_some() || s.kv.is_some() || s.events.is_some()
+    s.postgres.is_some() || s.kv.is_some() || s.events.is_some() || !spec.endpoints.is_empty()
+}
+
+const ENDPOINTS: &str = "endpoints";
+
+fn hostnames(spec: &InfraSpec) -> Vec<String> {
+    spec.endpoints.iter().map(|e| e.hostname.clone()).collect()
+}
+
+/// The hostnames the last forge routed through the tunnel.
+fn forged_hostnames(resources: &Value) -> Vec<String> {
+    resources[ENDPOINTS]["hostnames"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|h| h.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// What a step did to the app's stored credentials.
@@ -294,6 +313,10 @@ impl Forge<'_> {
                     "services.events declared, but no brokers are configured (NORN_EVENTS_BROKERS): no topics made"
                 }
             })),
+            (Operation::Forge, ForgeStep::Endpoints) => self.endpoints(resources).await,
+            (Operation::Teardown { .. }, ForgeStep::Endpoints) => {
+                self.endpoints_teardown(resources).await
+            }
             (Operation::Teardown { .. }, ForgeStep::Events) => {
                 Ok(Done::skipped("nothing was provisioned"))
             }
@@ -449,8 +472,54 @@ impl Forge<'_> {
     }
 }
 
+impl Forge<'_> {
+    /// Norn's ingress routes the declared hostnames by itself (claimed at
+    /// registration); this step adds the tunnel's rules when Norn keeps one.
+    async fn endpoints(&self, resources: &mut Value) -> Result<Done, String> {
+        let wanted = hostnames(self.spec);
+        let previous = forged_hostnames(resources);
+        if wanted.is_empty() && previous.is_empty() {
+            return Ok(Done::skipped("no endpoints declared"));
+        }
+        let Some(tunnel) = &self.state.tunnel else {
+            return Ok(Done::skipped(
+                "Norn's ingress routes the endpoints; NORN_CLOUDFLARED_CONFIG is unset, so no tunnel rules were written",
+            ));
+        };
+        let output = tunnel
+            .route(&wanted, &previous)
+            .await
+            .map_err(|e| e.to_string())?;
+        resources[ENDPOINTS] = json!({"hostnames": wanted});
+        Ok(Done {
+            status: StepStatus::Complete,
+            output,
+            credentials: Credentials::Keep,
+        })
+    }
+
+    async fn endpoints_teardown(&self, resources: &mut Value) -> Result<Done, String> {
+        let routed = forged_hostnames(resources);
+        if routed.is_empty() {
+            return Ok(Done::skipped("no tunnel rules were written"));
+        }
+        let tunnel = self.state.tunnel.as_ref().ok_or(
+            "tunnel rules were written, but NORN_CLOUDFLARED_CONFIG is unset now: they cannot be removed",
+        )?;
+        let output = tunnel.unroute(&routed).await.map_err(|e| e.to_string())?;
+        if let Some(map) = resources.as_object_mut() {
+            map.remove(ENDPOINTS);
+        }
+        Ok(Done {
+            status: StepStatus::Complete,
+            output,
+            credentials: Credentials::Keep,
+        })
+    }
+}
+
 /// Lets tests fail a forge at a step: with `NORN_TEST_FAIL_FORGE_STEP=<step>`
-/// (`postgres`, `kv`, `events`) that step of a forge fails before it runs.
+/// (`postgres`, `kv`, `events`, `endpoints`) that step of a forge fails before it runs.
 /// Unset in production.
 mod test_hook {
     use norn_shared::domain::ForgeStep;

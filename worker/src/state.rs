@@ -7,11 +7,12 @@ use norn_shared::Config;
 use norn_shared::registry::EngineProbe;
 use sqlx::PgPool;
 
+use crate::adapters::cloudflared::CloudflaredFile;
 use crate::adapters::docker::{DockerEngine, ImageBuilder, Runtime};
 use crate::adapters::git::GitSource;
 use crate::adapters::postgres::PgTools;
 use crate::adapters::redis::RedisKv;
-use crate::adapters::{KvProvisioner, Provisioner, Source};
+use crate::adapters::{KvProvisioner, Provisioner, Source, Tunnel};
 
 pub struct WorkerState {
     pub pool: PgPool,
@@ -24,6 +25,9 @@ pub struct WorkerState {
     pub provisioner: Arc<dyn Provisioner>,
     /// Makes apps' key-value namespaces; `None` without `NORN_KV_URL`.
     pub kv: Option<Arc<dyn KvProvisioner>>,
+    /// Routes apps' endpoints from outside; `None` without
+    /// `NORN_CLOUDFLARED_CONFIG`.
+    pub tunnel: Option<Arc<dyn Tunnel>>,
     pub http: reqwest::Client,
     /// Unique to this process and start (`node:pid:nanos`): the lease holder
     /// identity, never reused by a restarted worker.
@@ -114,6 +118,16 @@ impl WorkerState {
             runtime: Arc::new(docker),
             provisioner: pg.clone(),
             kv,
+            tunnel: config.cloudflared_config.as_ref().map(|path| {
+                let tunnel: Arc<dyn Tunnel> = Arc::new(CloudflaredFile {
+                    path: path.clone(),
+                    service: config
+                        .cloudflared_service
+                        .clone()
+                        .unwrap_or_else(|| format!("http://localhost:{}", config.ingress_port)),
+                });
+                tunnel
+            }),
             pg,
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())

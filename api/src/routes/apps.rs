@@ -93,6 +93,10 @@ fn register_error(e: apps::RegisterError) -> ApiError {
             message: e.to_string(),
             field: "services.kv.namespace".into(),
         },
+        apps::RegisterError::HostnameTaken { .. } => ApiError::ConflictOn {
+            message: e.to_string(),
+            field: "endpoints".into(),
+        },
         apps::RegisterError::Db(e) => e.into(),
     }
 }

@@ -74,6 +74,8 @@ pub enum RegisterError {
         "key-value namespace {namespace} belongs to app {owner}; each app has a namespace of its own"
     )]
     NamespaceTaken { namespace: String, owner: String },
+    #[error("hostname {hostname} belongs to app {owner}; each hostname routes to one app")]
+    HostnameTaken { hostname: String, owner: String },
 }
 
 /// Registers or replaces an app and claims its database, in one
@@ -101,6 +103,11 @@ pub async fn register(
             namespace: namespace.unwrap_or_default().to_owned(),
             owner,
         });
+    }
+    let hostnames: Vec<String> = spec.endpoints.iter().map(|e| e.hostname.clone()).collect();
+    let taken = super::routes::claim_hostnames(&mut tx, spec.name.as_str(), &hostnames).await?;
+    if let Some((hostname, owner)) = taken {
+        return Err(RegisterError::HostnameTaken { hostname, owner });
     }
     let created = upsert(&mut tx, spec, document, source, source_dir).await?;
     tx.commit().await?;

@@ -125,3 +125,58 @@ pub async fn replace_upstream(
     tx.commit().await?;
     Ok(updated)
 }
+
+/// Every declared hostname and the app it belongs to (`app_hostnames`).
+pub async fn hostnames(conn: &mut PgConnection) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as("SELECT hostname, app FROM app_hostnames")
+        .fetch_all(conn)
+        .await
+}
+
+/// Claims `hostnames` for `app` and drops its others, telling every API
+/// replica to reload its routes. Returns a hostname another app holds, with
+/// that app; the caller must then roll its transaction back.
+pub async fn claim_hostnames(
+    conn: &mut PgConnection,
+    app: &str,
+    hostnames: &[String],
+) -> Result<Option<(String, String)>, sqlx::Error> {
+    let held_elsewhere = "SELECT hostname, app FROM app_hostnames
+                          WHERE hostname = ANY($1) AND app <> $2 ORDER BY hostname LIMIT 1";
+    let taken: Option<(String, String)> = sqlx::query_as(held_elsewhere)
+        .bind(hostnames)
+        .bind(app)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if taken.is_some() {
+        return Ok(taken);
+    }
+    let dropped =
+        sqlx::query("DELETE FROM app_hostnames WHERE app = $1 AND NOT (hostname = ANY($2))")
+            .bind(app)
+            .bind(hostnames)
+            .execute(&mut *conn)
+            .await?;
+    let added = sqlx::query(
+        "INSERT INTO app_hostnames (hostname, app) SELECT unnest($1::text[]), $2 ON CONFLICT DO NOTHING",
+    )
+    .bind(hostnames)
+    .bind(app)
+    .execute(&mut *conn)
+    .await?;
+    // A concurrent claim of the same name waits on the primary key and then
+    // conflicts: the loser finds the winner here.
+    let taken: Option<(String, String)> = sqlx::query_as(held_elsewhere)
+        .bind(hostnames)
+        .bind(app)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if taken.is_none() && (dropped.rows_affected() > 0 || added.rows_affected() > 0) {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANGED_CHANNEL)
+            .bind(app)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(taken)
+}

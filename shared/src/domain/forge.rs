@@ -91,16 +91,18 @@ pub enum ForgeStep {
     Postgres,
     Kv,
     Events,
+    Endpoints,
 }
 
 impl ForgeStep {
-    pub const ALL: [ForgeStep; 3] = [Self::Postgres, Self::Kv, Self::Events];
+    pub const ALL: [ForgeStep; 4] = [Self::Postgres, Self::Kv, Self::Events, Self::Endpoints];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Postgres => "postgres",
             Self::Kv => "kv",
             Self::Events => "events",
+            Self::Endpoints => "endpoints",
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod cron;
 pub mod document;
+pub mod endpoints;
 pub mod limits;
 mod policy;
 mod raw;
@@ -46,6 +47,8 @@ pub struct InfraSpec {
     pub secrets: Vec<String>,
     pub deploy_policy: DeployPolicy,
     pub snapshots: Snapshots,
+    /// Public hostnames routed to the app (one app per hostname).
+    pub endpoints: Vec<Endpoint>,
 }
 
 /// `snapshots`: how many pre-migration dumps of the app database to keep.
@@ -109,6 +112,7 @@ pub struct Schedule {
 }
 
 pub use cron::{CronPolicy, Missed, Overlap};
+pub use endpoints::Endpoint;
 pub use policy::{DeployPolicy, QueuePolicy, StepTimeouts};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

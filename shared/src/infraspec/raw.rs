@@ -25,6 +25,8 @@ pub(super) struct RawSpec {
     pub secrets: Vec<String>,
     pub deploy_policy: Option<RawDeployPolicy>,
     pub snapshots: Option<RawSnapshots>,
+    #[serde(default)]
+    pub endpoints: Vec<super::endpoints::RawEndpoint>,
 }
 
 #[derive(Debug, Deserialize)]

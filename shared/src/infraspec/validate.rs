@@ -266,6 +266,7 @@ pub(super) fn validate(raw: RawSpec) -> Result<InfraSpec, SpecErrors> {
     let snapshots = super::Snapshots {
         keep: keep.clamp(1, 1000) as u32,
     };
+    let endpoints = super::endpoints::endpoints(raw.endpoints, &mut errors);
 
     match (name, errors.0.is_empty()) {
         (Some(name), true) => Ok(InfraSpec {
@@ -279,6 +280,7 @@ pub(super) fn validate(raw: RawSpec) -> Result<InfraSpec, SpecErrors> {
             secrets: raw.secrets,
             deploy_policy,
             snapshots,
+            endpoints,
         }),
         _ => Err(SpecErrors(errors.0)),
     }

@@ -1,6 +1,7 @@
 //! The seams the pipeline steps depend on, and their real implementations.
 //! Steps never touch git2 or bollard directly.
 
+pub mod cloudflared;
 pub mod docker;
 pub mod git;
 pub mod network;
@@ -207,4 +208,18 @@ pub trait KvProvisioner: Send + Sync {
     async fn revoke_namespace(&self, revoke: &KvRevoke<'_>) -> Result<String, ProvisionError>;
     /// The `REDIS_URL` an app container gets.
     fn container_url(&self, user: &str, password: &str) -> String;
+}
+
+/// Routes public hostnames to Norn's ingress from outside (a tunnel).
+#[async_trait::async_trait]
+pub trait Tunnel: Send + Sync {
+    /// Routes `hostnames` (replacing rules for `previous` ones no longer
+    /// listed). Returns what it did, for the forge's step log.
+    async fn route(
+        &self,
+        hostnames: &[String],
+        previous: &[String],
+    ) -> Result<String, ProvisionError>;
+    /// Removes the rules for `hostnames`.
+    async fn unroute(&self, hostnames: &[String]) -> Result<String, ProvisionError>;
 }
