@@ -106,27 +106,41 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
 }
 
 /// `norn up`'s own `redis-server` for apps declaring `services.kv`, when
-/// `NORN_KV_URL` is unset and the binary is installed; without it, such an
-/// app's forge fails and says why.
+/// `NORN_KV_URL` is unset and the binary is installed. Never fatal: without
+/// it `norn up` runs on, and such an app's forge fails saying why.
 async fn private_kv(config: &mut Config, gateway: Option<&str>) -> anyhow::Result<Option<KvGuard>> {
     if config.kv_url.is_some() {
         return Ok(None);
     }
+    let without = |why: String| {
+        eprintln!("norn: {why}: apps declaring services.kv cannot be forged");
+        Ok(None)
+    };
     if !LocalServer::available() {
-        eprintln!(
-            "norn: no redis-server on this machine and NORN_KV_URL unset: apps declaring \
-             services.kv cannot be forged (apt-get install redis-server)"
+        return without(
+            "no redis-server on this machine and NORN_KV_URL unset (apt-get install redis-server)"
+                .into(),
         );
-        return Ok(None);
+    }
+    let port = config.local_kv_port;
+    // Another server on the port would answer in our place (with another
+    // password): say so instead.
+    if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+        return without(format!(
+            "port {port} is in use (another norn up?), so no private key-value server; \
+             set NORN_LOCAL_KV_PORT"
+        ));
     }
     let dir = config.state_dir.join("kv");
     let password = crate::keyfile::password(&dir.join("admin.password"))?;
     let mut binds = vec!["127.0.0.1"];
     binds.extend(gateway);
-    let server = LocalServer::start(&dir, config.local_kv_port, &password, &binds).await?;
+    let server = match LocalServer::start(&dir, port, &password, &binds, true).await {
+        Ok(server) => server,
+        Err(e) => return without(format!("the private key-value server did not start: {e}")),
+    };
     eprintln!(
-        "norn: private key-value server at 127.0.0.1:{} (data in {}){}",
-        config.local_kv_port,
+        "norn: private key-value server at 127.0.0.1:{port} (data in {}){}",
         dir.display(),
         gateway
             .map(|g| format!("; app containers reach it at {g}"))

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{AppRepo, Harness, all_containers, exec_in, unique_app};
+use common::{AppRepo, Harness, exec_in, unique_app};
 use serde_json::{Value, json};
 
 /// What an app container tries, one `KEY=outcome` line per attempt. It
@@ -128,18 +128,7 @@ async fn app_containers_reach_their_own_database_and_nothing_of_other_apps_or_no
     assert_isolated("test container", &step_output(&d, "test"), &a_db);
     assert_isolated("migrate container", &step_output(&d, "migrate"), &a_db);
 
-    let instance = all_containers()
-        .await
-        .into_iter()
-        .find(|c| {
-            c.labels
-                .as_ref()
-                .is_some_and(|l| l.get("norn.app") == Some(&a) && l.contains_key("norn.process"))
-        })
-        .expect("a running instance of A");
-    let name = instance.names.unwrap()[0]
-        .trim_start_matches('/')
-        .to_owned();
+    let name = common::running_instance(&a).await;
     let (code, output) = exec_in(&name, &probe).await;
     assert_eq!(code, 0, "{output}");
     assert_isolated("running instance", &output, &a_db);

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{AppRepo, Harness, all_containers, exec_in, unique_app};
+use common::{AppRepo, Harness, exec_in, unique_app};
 use serde_json::{Value, json};
 
 /// One `KEY=answer` line per attempt; always exits 0 (a missing line fails
@@ -130,18 +130,7 @@ async fn an_app_reaches_its_own_namespace_and_nothing_of_other_apps_or_the_serve
         .to_owned();
     assert_confined("test container", &test);
 
-    let instance = all_containers()
-        .await
-        .into_iter()
-        .find(|c| {
-            c.labels
-                .as_ref()
-                .is_some_and(|l| l.get("norn.app") == Some(&a) && l.contains_key("norn.process"))
-        })
-        .expect("a running instance of A");
-    let name = instance.names.unwrap()[0]
-        .trim_start_matches('/')
-        .to_owned();
+    let name = common::running_instance(&a).await;
     let (code, output) = exec_in(&name, &probe(&b)).await;
     assert_eq!(code, 0, "{output}");
     assert_confined("running instance", &output);

@@ -71,12 +71,16 @@ impl LocalServer {
 
     /// Starts the server on `port`, listening on `binds`, and waits until it
     /// answers. The default user's password is set only when the ACL file is
-    /// first written; later starts load the users the forge saved.
+    /// first written; later starts load the users the forge saved. With
+    /// `die_with_parent` the kernel stops it when the thread that started it
+    /// ends (`norn up` killed outright must not leave it running); the tests,
+    /// whose threads end before their server is done with, stop it at exit.
     pub async fn start(
         dir: &std::path::Path,
         port: u16,
         password: &str,
         binds: &[&str],
+        die_with_parent: bool,
     ) -> Result<Self, KvError> {
         use std::os::unix::fs::OpenOptionsExt;
         let io = |what: &str| {
@@ -115,12 +119,24 @@ impl LocalServer {
             ),
         )
         .map_err(io("writing redis.conf"))?;
-        let child = std::process::Command::new("redis-server")
+        let mut command = std::process::Command::new("redis-server");
+        command
             .arg(&conf)
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .map_err(io("starting redis-server"))?;
+            .stderr(std::process::Stdio::null());
+        if die_with_parent {
+            // SAFETY: prctl is async-signal-safe; nothing else runs between
+            // fork and exec.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = command.spawn().map_err(io("starting redis-server"))?;
         let mut server = Self {
             child,
             port,

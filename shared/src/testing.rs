@@ -102,6 +102,7 @@ pub async fn kv_url() -> String {
             port,
             &crate::crypto::random_password(),
             &["0.0.0.0"],
+            false,
         )
         .await
         .expect("redis-server must be installed (apt-get install redis-server)");

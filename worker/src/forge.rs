@@ -90,6 +90,18 @@ struct Done {
 }
 
 impl Done {
+    /// A teardown step that reversed what the forge recorded under `key`.
+    fn undone(resources: &mut Value, key: &str, output: String, credentials: Credentials) -> Self {
+        if let Some(map) = resources.as_object_mut() {
+            map.remove(key);
+        }
+        Self {
+            status: StepStatus::Complete,
+            output,
+            credentials,
+        }
+    }
+
     fn skipped(why: impl Into<String>) -> Self {
         Self {
             status: StepStatus::Skipped,
@@ -135,6 +147,15 @@ impl Operation {
 }
 
 impl Forge<'_> {
+    /// The key service passwords are sealed with; a forge cannot go on without.
+    fn sealing_key(&self) -> Result<&norn_shared::crypto::SecretKey, String> {
+        self.state
+            .config
+            .secret_key
+            .as_ref()
+            .ok_or_else(|| norn_shared::crypto::CryptoError::NoKey.to_string())
+    }
+
     async fn fenced(&self) -> Result<Transaction<'static, Postgres>, ForgeError> {
         lease::fenced(&self.state.pool, self.app, self.token)
             .await?
@@ -348,14 +369,12 @@ impl Forge<'_> {
             })
             .await
             .map_err(|e| e.to_string())?;
-        if let Some(map) = resources.as_object_mut() {
-            map.remove(POSTGRES);
-        }
-        Ok(Done {
-            status: StepStatus::Complete,
+        Ok(Done::undone(
+            resources,
+            POSTGRES,
             output,
-            credentials: Credentials::Delete,
-        })
+            Credentials::Delete,
+        ))
     }
 
     /// The app's role (named after its database, which the server's
@@ -363,12 +382,7 @@ impl Forge<'_> {
     /// when the role already has one of Norn's, so running containers keep
     /// working; it is stored only sealed.
     async fn postgres(&self, database: &str, resources: &mut Value) -> Result<Done, String> {
-        let key = self
-            .state
-            .config
-            .secret_key
-            .as_ref()
-            .ok_or_else(|| norn_shared::crypto::CryptoError::NoKey.to_string())?;
+        let key = self.sealing_key()?;
         let existing = services::pg_login(self.state, self.app)
             .await
             .map_err(|e| e.to_string())?
@@ -406,12 +420,7 @@ impl Forge<'_> {
             "services.kv declared, but no key-value server is configured: set NORN_KV_URL \
              (norn up starts one when redis-server is installed)",
         )?;
-        let key = self
-            .state
-            .config
-            .secret_key
-            .as_ref()
-            .ok_or_else(|| norn_shared::crypto::CryptoError::NoKey.to_string())?;
+        let key = self.sealing_key()?;
         let user = user_name(namespace);
         let existing = services::kv_login(self.state, self.app)
             .await
@@ -461,14 +470,7 @@ impl Forge<'_> {
             })
             .await
             .map_err(|e| e.to_string())?;
-        if let Some(map) = resources.as_object_mut() {
-            map.remove(KV);
-        }
-        Ok(Done {
-            status: StepStatus::Complete,
-            output,
-            credentials: Credentials::Delete,
-        })
+        Ok(Done::undone(resources, KV, output, Credentials::Delete))
     }
 }
 
@@ -507,14 +509,12 @@ impl Forge<'_> {
             "tunnel rules were written, but NORN_CLOUDFLARED_CONFIG is unset now: they cannot be removed",
         )?;
         let output = tunnel.unroute(&routed).await.map_err(|e| e.to_string())?;
-        if let Some(map) = resources.as_object_mut() {
-            map.remove(ENDPOINTS);
-        }
-        Ok(Done {
-            status: StepStatus::Complete,
+        Ok(Done::undone(
+            resources,
+            ENDPOINTS,
             output,
-            credentials: Credentials::Keep,
-        })
+            Credentials::Keep,
+        ))
     }
 }
 

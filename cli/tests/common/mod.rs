@@ -432,6 +432,22 @@ pub fn spec(app: &str, repo: &AppRepo, test: Option<&str>) -> Value {
     spec
 }
 
+/// The name of a container of one of `app`'s processes.
+pub async fn running_instance(app: &str) -> String {
+    let instance = all_containers()
+        .await
+        .into_iter()
+        .find(|c| {
+            c.labels.as_ref().is_some_and(|l| {
+                l.get("norn.app").map(String::as_str) == Some(app) && l.contains_key("norn.process")
+            })
+        })
+        .unwrap_or_else(|| panic!("no running instance of {app}"));
+    instance.names.unwrap()[0]
+        .trim_start_matches('/')
+        .to_owned()
+}
+
 /// Every container on the engine, running or not.
 pub async fn all_containers() -> Vec<bollard::models::ContainerSummary> {
     let docker = bollard::Docker::connect_with_local_defaults().unwrap();
