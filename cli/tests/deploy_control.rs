@@ -114,7 +114,8 @@ async fn cancel_ends_a_queued_deploy_at_once_and_stops_a_running_one() {
     assert_eq!(d["status"], "failed");
     assert!(d["error"].as_str().unwrap().contains("canceled"), "{d}");
 
-    // Running: its test container is killed and it fails within 5 s.
+    // Running: its test container is killed and it fails well before the
+    // step's 120 s would have ended on its own.
     let asked = std::time::Instant::now();
     let (code, body) = h
         .post(&format!("/api/deployments/{running}/cancel"), json!({}))
@@ -125,7 +126,7 @@ async fn cancel_ends_a_queued_deploy_at_once_and_stops_a_running_one() {
     assert_eq!(d["status"], "failed", "{d}");
     assert_eq!(d["failedStep"], "test", "{d}");
     assert!(d["error"].as_str().unwrap().contains("canceled"), "{d}");
-    assert!(took < Duration::from_secs(5), "cancel took {took:?}");
+    assert!(took < CANCEL_BOUND, "cancel took {took:?}");
     assert!(containers_named(&test_container).await.is_empty());
     // The previous release still serves, and the app is free again.
     assert_eq!(h.fetch(&app).await.unwrap(), "v1");
