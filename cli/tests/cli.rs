@@ -357,20 +357,23 @@ async fn norn_health_names_each_shared_service_and_exits_1_when_one_is_down() {
         "postgres       up",
         "appDatabases   up",
         "kv             up",
-        "events         not_configured",
+        "events         up",
     ] {
         assert!(run.stdout.contains(line), "no {line:?}:\n{run}");
     }
 
-    // An app database server that does not answer is reported down, with why.
+    // An app database server and brokers that do not answer are reported
+    // down, with why.
     let broken = Harness::start_with(|c| {
         c.app_database_url = Some(norn_shared::config::Secret::new(
             "postgres://norn_provisioner@127.0.0.1:1/postgres",
         ));
+        c.events_brokers = Some(vec!["127.0.0.1:1".into()]);
     })
     .await;
     let run = norn(&broken.api, &["health"]).await;
     assert!(run.stdout.contains("appDatabases   down"), "{run}");
+    assert!(run.stdout.contains("events         down"), "{run}");
     assert_eq!(run.code, 1, "{run}");
     assert!(!run.stdout.contains("norn_provisioner@"), "{run}");
 }

@@ -12,9 +12,8 @@ use common::{Harness, eventually, unique_app};
 use serde_json::{Value, json};
 use sqlx::postgres::PgListener;
 
-/// An app with a database, KV and topics (topics are not provisioned yet,
-/// and no endpoints are declared: those steps are recorded skipped with the
-/// reason).
+/// An app with a database, KV and topics (no endpoints are declared: that
+/// step is recorded skipped with the reason).
 fn spec(app: &str) -> Value {
     json!({
         "name": app,
@@ -109,7 +108,7 @@ async fn forge_refuses_what_it_cannot_do_and_force_and_teardown_keep_or_drop_dat
         [
             pair("postgres", "complete"),
             pair("kv", "complete"),
-            pair("events", "skipped"),
+            pair("events", "complete"),
             pair("endpoints", "skipped")
         ]
     );
@@ -225,6 +224,7 @@ async fn a_forge_failed_at_any_step_is_recorded_and_the_next_one_resumes_skippin
     let _api = procs::spawn("norn-api", &db, tmp.path(), "api", port);
     let api = ProcApi::new(&format!("http://127.0.0.1:{port}")).await;
     let kv = norn_shared::testing::kv_url().await;
+    let brokers = norn_shared::testing::events_brokers().await;
     for failing in ["postgres", "kv", "events", "endpoints"] {
         let app = unique_app(&format!("ffail-{failing}"));
         assert_eq!(api.post("/api/apps", spec(&app)).await.0, 201);
@@ -236,7 +236,11 @@ async fn a_forge_failed_at_any_step_is_recorded_and_the_next_one_resumes_skippin
             tmp.path(),
             &format!("broken-{failing}"),
             0,
-            &[("NORN_TEST_FAIL_FORGE_STEP", failing), ("NORN_KV_URL", &kv)],
+            &[
+                ("NORN_TEST_FAIL_FORGE_STEP", failing),
+                ("NORN_KV_URL", &kv),
+                ("NORN_EVENTS_BROKERS", &brokers),
+            ],
         );
         assert_eq!(api.post(&path, json!({})).await.0, 202);
         let failed = wait_forge(get, "forge_failed", &Value::Null).await;
@@ -255,7 +259,7 @@ async fn a_forge_failed_at_any_step_is_recorded_and_the_next_one_resumes_skippin
             tmp.path(),
             &format!("fixed-{failing}"),
             0,
-            &[("NORN_KV_URL", &kv)],
+            &[("NORN_KV_URL", &kv), ("NORN_EVENTS_BROKERS", &brokers)],
         );
         assert_eq!(api.post(&path, json!({})).await.0, 202);
         let forged = wait_forge(get, "forged", &failed["finishedAt"]).await;
@@ -267,6 +271,16 @@ async fn a_forge_failed_at_any_step_is_recorded_and_the_next_one_resumes_skippin
             assert_eq!(postgres["status"], "skipped", "{forged}");
             assert_eq!(postgres["output"], "done by an earlier forge", "{forged}");
         }
+        // The step that failed ran this time (no endpoints are declared).
+        let want = if failing == "endpoints" {
+            "skipped"
+        } else {
+            "complete"
+        };
+        assert!(
+            step_statuses(&forged).contains(&pair(failing, want)),
+            "{forged}"
+        );
         let (login, owns): (bool, bool) = sqlx::query_as(
             "SELECT r.rolcanlogin, EXISTS (SELECT 1 FROM pg_database d WHERE d.datdba = r.oid AND d.datname = r.rolname)
              FROM pg_roles r WHERE r.rolname = $1",

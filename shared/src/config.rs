@@ -122,6 +122,18 @@ pub struct Config {
     /// `NORN_KV_HOST`: the host app containers reach that server at. Default:
     /// its own host, or the app network's gateway when that is loopback.
     pub kv_host: Option<String>,
+    /// `NORN_EVENTS_BROKERS`: the Kafka-protocol brokers app topics live on
+    /// (`host:port[,host:port…]`). Unset: a spec's `services.events` step is
+    /// skipped, and its containers get no `KAFKA_BOOTSTRAP_SERVERS`.
+    pub events_brokers: Option<Vec<String>>,
+    /// `NORN_EVENTS_HOST`: the host app containers reach loopback brokers
+    /// at. Default: the app network's gateway.
+    pub events_host: Option<String>,
+    /// `NORN_EVENTS_PARTITIONS` (default 1): partitions of a new topic.
+    pub events_partitions: i32,
+    /// `NORN_EVENTS_REPLICATION` (default -1, the cluster's own default):
+    /// replication factor of a new topic.
+    pub events_replication: i16,
     /// `NORN_CLOUDFLARED_CONFIG`: a cloudflared config file whose `ingress`
     /// rules the forge keeps in step with apps' `endpoints`. Unset: none.
     pub cloudflared_config: Option<PathBuf>,
@@ -285,6 +297,16 @@ impl Config {
             app_database_host: var("NORN_APP_DATABASE_HOST"),
             kv_url: var("NORN_KV_URL").map(Secret::new),
             kv_host: var("NORN_KV_HOST"),
+            events_brokers: var("NORN_EVENTS_BROKERS")
+                .map(|raw| crate::brokers::parse_list(&raw))
+                .transpose()
+                .map_err(|message| ConfigError {
+                    var: "NORN_EVENTS_BROKERS",
+                    message,
+                })?,
+            events_host: var("NORN_EVENTS_HOST"),
+            events_partitions: parsed("NORN_EVENTS_PARTITIONS", 1i32)?.clamp(1, 10_000),
+            events_replication: parsed("NORN_EVENTS_REPLICATION", -1i16)?,
             cloudflared_config: var("NORN_CLOUDFLARED_CONFIG").map(PathBuf::from),
             cloudflared_service: var("NORN_CLOUDFLARED_SERVICE"),
             container_memory_mb: parsed("NORN_CONTAINER_MEMORY", 512u32)?.max(16),

@@ -1,6 +1,7 @@
 //! Norn's shared domain: everything the api, worker, scheduler and cli agree on.
 
 pub mod bootstrap;
+pub mod brokers;
 pub mod config;
 pub mod crypto;
 pub mod db;

@@ -114,6 +114,47 @@ pub async fn kv_url() -> String {
     .clone()
 }
 
+/// The bootstrap address of a Kafka-protocol broker of this test binary's
+/// own ([`crate::brokers::LocalBroker`], started on first use, stopped at
+/// exit). It advertises Docker's default bridge address, which this host
+/// and app containers on any Docker network both reach.
+pub async fn events_brokers() -> String {
+    static BROKERS: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    BROKERS
+        .get_or_init(|| async {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let broker = crate::brokers::LocalBroker::start(port, &docker_bridge_address())
+                .await
+                .expect(
+                    "a Kafka-protocol broker must be runnable: set NORN_TEST_TANSU or put tansu \
+                     on the PATH (.ci/run fetches it)",
+                );
+            let bootstrap = broker.bootstrap();
+            track(Leftover::Broker(Box::new(broker)));
+            bootstrap
+        })
+        .await
+        .clone()
+}
+
+/// The IPv4 address of Docker's `docker0` bridge on this host.
+fn docker_bridge_address() -> String {
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "dev", "docker0"])
+        .output()
+        .expect("ip (iproute2) must be installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .map(str::to_owned)
+        .expect("docker0 has an IPv4 address")
+}
+
 /// A URL on the test server as Norn's provisioning role: CREATEDB and
 /// CREATEROLE, not a superuser (what `NORN_APP_DATABASE_URL` must be).
 /// [`fresh_database`] makes the role.
@@ -145,6 +186,8 @@ pub enum Leftover {
     Cluster(String),
     /// A `redis-server` and its directory: stopped, then deleted.
     KvServer(Box<crate::kv::LocalServer>, std::path::PathBuf),
+    /// A Kafka-protocol broker: stopped.
+    Broker(Box<crate::brokers::LocalBroker>),
 }
 
 static LEFTOVERS: std::sync::Mutex<Vec<Leftover>> = std::sync::Mutex::new(Vec::new());
@@ -171,9 +214,13 @@ extern "C" fn remove_leftovers() {
             Err(_) => return,
         };
         for item in &mut items {
-            if let Leftover::KvServer(server, dir) = item {
-                server.stop();
-                let _ = std::fs::remove_dir_all(dir);
+            match item {
+                Leftover::KvServer(server, dir) => {
+                    server.stop();
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+                Leftover::Broker(broker) => broker.stop(),
+                _ => {}
             }
         }
 

@@ -50,6 +50,7 @@ pub fn up_to_date(current: &ForgeState, spec: &InfraSpec) -> bool {
         && current.resources[KV]["namespace"].as_str()
             == spec.services.kv.as_ref().map(|k| k.namespace.as_str())
         && forged_hostnames(&current.resources) == hostnames(spec)
+        && forged_topics(&current.resources) == topics(&current.app, spec)
 }
 
 /// Whether the spec declares anything to forge.
@@ -59,6 +60,22 @@ pub fn declares_services(spec: &InfraSpec) -> bool {
 }
 
 const ENDPOINTS: &str = "endpoints";
+const EVENTS: &str = "events";
+
+/// The broker topics the spec declares, under the app's prefix.
+fn topics(app: &str, spec: &InfraSpec) -> Vec<String> {
+    spec.services
+        .events
+        .iter()
+        .flat_map(|e| &e.topics)
+        .map(|t| norn_shared::brokers::topic_name(app, t))
+        .collect()
+}
+
+/// The topics the last forge made sure of.
+fn forged_topics(resources: &Value) -> Vec<String> {
+    strings(&resources[EVENTS]["topics"])
+}
 
 fn hostnames(spec: &InfraSpec) -> Vec<String> {
     spec.endpoints.iter().map(|e| e.hostname.clone()).collect()
@@ -66,8 +83,11 @@ fn hostnames(spec: &InfraSpec) -> Vec<String> {
 
 /// The hostnames the last forge routed through the tunnel.
 fn forged_hostnames(resources: &Value) -> Vec<String> {
-    resources[ENDPOINTS]["hostnames"]
-        .as_array()
+    strings(&resources[ENDPOINTS]["hostnames"])
+}
+
+fn strings(list: &Value) -> Vec<String> {
+    list.as_array()
         .map(|a| {
             a.iter()
                 .filter_map(|h| h.as_str().map(str::to_owned))
@@ -328,18 +348,13 @@ impl Forge<'_> {
             (Operation::Teardown { drop_data }, ForgeStep::Kv) => {
                 self.kv_teardown(drop_data, resources).await
             }
-            (Operation::Forge, ForgeStep::Events) => Ok(Done::skipped(match services.events {
-                None => "no services.events declared",
-                Some(_) => {
-                    "services.events declared, but no brokers are configured (NORN_EVENTS_BROKERS): no topics made"
-                }
-            })),
+            (Operation::Forge, ForgeStep::Events) => self.events(resources).await,
             (Operation::Forge, ForgeStep::Endpoints) => self.endpoints(resources).await,
             (Operation::Teardown { .. }, ForgeStep::Endpoints) => {
                 self.endpoints_teardown(resources).await
             }
-            (Operation::Teardown { .. }, ForgeStep::Events) => {
-                Ok(Done::skipped("nothing was provisioned"))
+            (Operation::Teardown { drop_data }, ForgeStep::Events) => {
+                self.events_teardown(drop_data, resources).await
             }
         }
     }
@@ -475,6 +490,65 @@ impl Forge<'_> {
 }
 
 impl Forge<'_> {
+    /// The app's topics, each under its prefix. Topics an earlier forge made
+    /// that the spec no longer lists are kept (they hold data) and said so.
+    async fn events(&self, resources: &mut Value) -> Result<Done, String> {
+        let wanted = topics(self.app, self.spec);
+        if self.spec.services.events.is_none() {
+            return Ok(Done::skipped("no services.events declared"));
+        }
+        let Some(brokers) = &self.state.topics else {
+            return Ok(Done::skipped(
+                "services.events declared, but no brokers are configured (NORN_EVENTS_BROKERS): no topics made",
+            ));
+        };
+        let mut output = brokers.topics(&wanted).await.map_err(|e| e.to_string())?;
+        let dropped: Vec<String> = forged_topics(resources)
+            .into_iter()
+            .filter(|t| !wanted.contains(t))
+            .collect();
+        if !dropped.is_empty() {
+            output.push_str(&format!(
+                "\nno longer declared, kept with their data: {}",
+                dropped.join(", ")
+            ));
+        }
+        resources[EVENTS] = json!({"topics": wanted});
+        Ok(Done {
+            status: StepStatus::Complete,
+            output,
+            credentials: Credentials::Keep,
+        })
+    }
+
+    /// The reverse of [`Self::events`]: topics hold the app's data, so they
+    /// are deleted only with `drop_data`.
+    async fn events_teardown(
+        &self,
+        drop_data: bool,
+        resources: &mut Value,
+    ) -> Result<Done, String> {
+        let made = forged_topics(resources);
+        if made.is_empty() {
+            return Ok(Done::skipped("no topics were made"));
+        }
+        let output = if drop_data {
+            let brokers = self.state.topics.as_ref().ok_or(
+                "topics were made, but no brokers are configured now (NORN_EVENTS_BROKERS): they cannot be deleted",
+            )?;
+            brokers
+                .delete_topics(&made)
+                .await
+                .map_err(|e| e.to_string())?
+        } else {
+            format!(
+                "kept with their data (dropData not set): {}",
+                made.join(", ")
+            )
+        };
+        Ok(Done::undone(resources, EVENTS, output, Credentials::Keep))
+    }
+
     /// Norn's ingress routes the declared hostnames by itself (claimed at
     /// registration); this step adds the tunnel's rules when Norn keeps one.
     async fn endpoints(&self, resources: &mut Value) -> Result<Done, String> {

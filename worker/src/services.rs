@@ -102,9 +102,11 @@ pub async fn masker(state: &WorkerState, app: &str) -> Result<Masker, ServicesEr
 }
 
 /// The spec's env, the app's secrets, `DATABASE_URL` of the app's own role
-/// when it declares a database, and `REDIS_URL` (its own user) and
-/// `KV_NAMESPACE` when it declares a key-value namespace. A secret the spec lists but nobody set
-/// stops the container from starting.
+/// when it declares a database, `REDIS_URL` (its own user) and
+/// `KV_NAMESPACE` when it declares a key-value namespace, and
+/// `KAFKA_BOOTSTRAP_SERVERS`, `KAFKA_TOPIC_PREFIX` and `KAFKA_TOPICS` when it
+/// declares topics and Norn has brokers. A secret the spec lists but nobody
+/// set stops the container from starting.
 pub async fn app_env(
     state: &WorkerState,
     app: &str,
@@ -137,6 +139,24 @@ pub async fn app_env(
             .ok_or_else(|| ServicesError::KvNotForged(kv.namespace.clone()))?;
         env.insert("REDIS_URL".into(), server.container_url(&user, &password));
         env.insert("KV_NAMESPACE".into(), kv.namespace.clone());
+    }
+    // Without brokers the forge skipped the topics and said so; the app
+    // runs without them rather than not at all.
+    if let (Some(events), Some(brokers)) = (&spec.services.events, &state.topics) {
+        let topics: Vec<String> = events
+            .topics
+            .iter()
+            .map(|t| norn_shared::brokers::topic_name(app, t))
+            .collect();
+        env.insert(
+            "KAFKA_BOOTSTRAP_SERVERS".into(),
+            brokers.container_brokers(),
+        );
+        env.insert(
+            "KAFKA_TOPIC_PREFIX".into(),
+            norn_shared::brokers::topic_name(app, ""),
+        );
+        env.insert("KAFKA_TOPICS".into(), topics.join(","));
     }
     Ok(env)
 }

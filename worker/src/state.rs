@@ -10,9 +10,10 @@ use sqlx::PgPool;
 use crate::adapters::cloudflared::CloudflaredFile;
 use crate::adapters::docker::{DockerEngine, ImageBuilder, Runtime};
 use crate::adapters::git::GitSource;
+use crate::adapters::kafka::KafkaTopics;
 use crate::adapters::postgres::PgTools;
 use crate::adapters::redis::RedisKv;
-use crate::adapters::{KvProvisioner, Provisioner, Source, Tunnel};
+use crate::adapters::{KvProvisioner, Provisioner, Source, TopicProvisioner, Tunnel};
 
 pub struct WorkerState {
     pub pool: PgPool,
@@ -25,6 +26,8 @@ pub struct WorkerState {
     pub provisioner: Arc<dyn Provisioner>,
     /// Makes apps' key-value namespaces; `None` without `NORN_KV_URL`.
     pub kv: Option<Arc<dyn KvProvisioner>>,
+    /// Makes apps' topics; `None` without `NORN_EVENTS_BROKERS`.
+    pub topics: Option<Arc<dyn TopicProvisioner>>,
     /// Routes apps' endpoints from outside; `None` without
     /// `NORN_CLOUDFLARED_CONFIG`.
     pub tunnel: Option<Arc<dyn Tunnel>>,
@@ -98,6 +101,27 @@ impl WorkerState {
                 Some(kv)
             }
         };
+        let topics = match &config.events_brokers {
+            None => None,
+            Some(list) => {
+                let mut container_brokers = Vec::with_capacity(list.len());
+                for broker in list {
+                    let (host, port) = norn_shared::brokers::address(broker).map_err(|e| {
+                        crate::WorkerError::Interrupted(format!("NORN_EVENTS_BROKERS: {e}"))
+                    })?;
+                    let host =
+                        container_host(config.events_host.as_deref(), &host, &docker).await?;
+                    container_brokers.push(format!("{host}:{port}"));
+                }
+                let topics: Arc<dyn TopicProvisioner> = Arc::new(KafkaTopics {
+                    brokers: list.clone(),
+                    container_brokers,
+                    partitions: config.events_partitions,
+                    replication: config.events_replication,
+                });
+                Some(topics)
+            }
+        };
         let pg = Arc::new(PgTools {
             bin_dir: config.pg_bin_dir(),
             server_url: app_db,
@@ -118,6 +142,7 @@ impl WorkerState {
             runtime: Arc::new(docker),
             provisioner: pg.clone(),
             kv,
+            topics,
             tunnel: config.cloudflared_config.as_ref().map(|path| {
                 let tunnel: Arc<dyn Tunnel> = Arc::new(CloudflaredFile {
                     path: path.clone(),

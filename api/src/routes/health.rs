@@ -56,8 +56,7 @@ pub async fn health(
             "docker": docker,
             "appDatabases": app_databases(&state).await,
             "kv": kv(&state).await,
-            // Not provisioned yet: said, not hidden.
-            "events": {"status": "not_configured", "details": "no brokers (NORN_EVENTS_BROKERS) are supported yet"},
+            "events": events(&state).await,
         },
         "queues": queues,
     });
@@ -70,6 +69,18 @@ async fn kv(state: &AppState) -> Value {
         return json!({"status": "not_configured", "details": "NORN_KV_URL is not set"});
     };
     match norn_shared::kv::ping(url.expose()).await {
+        Ok(()) => json!({"status": "up"}),
+        Err(e) => json!({"status": "down", "error": e.to_string()}),
+    }
+}
+
+/// The Kafka-protocol brokers (`NORN_EVENTS_BROKERS`): they answer a
+/// metadata request.
+async fn events(state: &AppState) -> Value {
+    let Some(brokers) = &state.config.events_brokers else {
+        return json!({"status": "not_configured", "details": "NORN_EVENTS_BROKERS is not set"});
+    };
+    match norn_shared::brokers::ping(brokers).await {
         Ok(()) => json!({"status": "up"}),
         Err(e) => json!({"status": "down", "error": e.to_string()}),
     }

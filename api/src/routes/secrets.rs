@@ -22,7 +22,15 @@ const MAX_SECRETS: i64 = 100;
 /// One value's size.
 const MAX_VALUE: usize = 32 * 1024;
 /// Names Norn sets itself in every container.
-const RESERVED: [&str; 4] = ["DATABASE_URL", "KV_NAMESPACE", "PORT", "REDIS_URL"];
+const RESERVED: [&str; 7] = [
+    "DATABASE_URL",
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "KAFKA_TOPICS",
+    "KAFKA_TOPIC_PREFIX",
+    "KV_NAMESPACE",
+    "PORT",
+    "REDIS_URL",
+];
 
 async fn registered(conn: &mut sqlx::PgConnection, id: &str) -> ApiResult<String> {
     let id = app_id(id)?;

@@ -60,6 +60,7 @@ impl Harness {
         config.kv_url = Some(norn_shared::config::Secret::new(
             norn_shared::testing::kv_url().await,
         ));
+        config.events_brokers = Some(vec![norn_shared::testing::events_brokers().await]);
         adjust(&mut config);
         let pool = norn_shared::db::connect(&db_url, 20).await.expect("pool");
         let (stop, rx) = watch::channel(false);

@@ -513,13 +513,18 @@ fn services(
         let mut seen = BTreeSet::new();
         for (i, topic) in e.topics.iter().enumerate() {
             let field = format!("{prefix}.events.topics[{i}]");
+            // The broker name is `<app>.<topic>`: Kafka's 249 less the
+            // longest prefix an app name allows (63 + the dot).
             let ok = !topic.is_empty()
-                && topic.len() <= 249
+                && topic.len() <= 185
                 && topic
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
             if !ok {
-                errors.push(field, "topics are 1..249 characters of [A-Za-z0-9._-]");
+                errors.push(
+                    field,
+                    "topics are 1..185 characters of [A-Za-z0-9._-] (each becomes <app>.<topic> on the brokers)",
+                );
             } else if !seen.insert(topic) {
                 errors.push(field, format!("{topic} is listed twice"));
             }

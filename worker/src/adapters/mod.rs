@@ -4,6 +4,7 @@
 pub mod cloudflared;
 pub mod docker;
 pub mod git;
+pub mod kafka;
 pub mod network;
 pub mod postgres;
 pub mod redis;
@@ -208,6 +209,19 @@ pub trait KvProvisioner: Send + Sync {
     async fn revoke_namespace(&self, revoke: &KvRevoke<'_>) -> Result<String, ProvisionError>;
     /// The `REDIS_URL` an app container gets.
     fn container_url(&self, user: &str, password: &str) -> String;
+}
+
+/// Topics on Kafka-protocol brokers, named under their app's prefix.
+/// Idempotent: a topic that exists already is left as it is.
+#[async_trait::async_trait]
+pub trait TopicProvisioner: Send + Sync {
+    /// Creates the missing ones of `topics` (full broker names). Returns
+    /// what it did, for the forge's step log.
+    async fn topics(&self, topics: &[String]) -> Result<String, ProvisionError>;
+    /// Deletes `topics` (and what they hold); one already gone is fine.
+    async fn delete_topics(&self, topics: &[String]) -> Result<String, ProvisionError>;
+    /// The `KAFKA_BOOTSTRAP_SERVERS` an app container gets.
+    fn container_brokers(&self) -> String;
 }
 
 /// Routes public hostnames to Norn's ingress from outside (a tunnel).
