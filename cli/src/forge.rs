@@ -71,6 +71,35 @@ pub async fn endpoints(api: &Api, app: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `norn topics <app>`: one line per declared topic, with its name on the
+/// brokers and whether the forge made it.
+pub async fn topics(api: &Api, app: &str) -> anyhow::Result<()> {
+    let detail = api.get(&format!("/api/apps/{app}")).await?;
+    let forge = api.get(&format!("/api/apps/{app}/forge")).await?;
+    let declared = detail["app"]["spec"]["services"]["events"]["topics"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if declared.is_empty() {
+        println!("{app} declares no topics");
+        return Ok(());
+    }
+    let made = forge["resources"]["events"]["topics"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for topic in declared {
+        let name = format!("{app}.{}", topic.as_str().unwrap_or(""));
+        let state = if made.iter().any(|t| *t == name.as_str()) {
+            "on the brokers"
+        } else {
+            "not forged (see norn forge and norn health)"
+        };
+        println!("{name:<50} {state}");
+    }
+    Ok(())
+}
+
 /// Polls the forge state until an operation that started after `before`
 /// has ended; prints each step once. `true` when it ended in `want`.
 async fn follow(api: &Api, app: &str, before: &Value, want: &str) -> anyhow::Result<bool> {

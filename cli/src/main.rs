@@ -96,6 +96,9 @@ enum Command {
     /// The app's public hostnames: each routed by Norn's ingress, and
     /// whether the forge wrote its tunnel (cloudflared) rule.
     Endpoints { app: String },
+    /// The app's topics: each one's name on the brokers (`<app>.<topic>`)
+    /// and whether the forge made it.
+    Topics { app: String },
     /// Reverse the forge: the app's role loses its login; its data is kept
     /// unless --drop-data --yes.
     Teardown {
@@ -193,6 +196,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Cancel { deployment } => client::cancel(&api, &deployment).await.map(|_| true),
         Command::Forge { app, force } => forge::forge(&api, &app, force).await,
         Command::Endpoints { app } => forge::endpoints(&api, &app).await.map(|_| true),
+        Command::Topics { app } => forge::topics(&api, &app).await.map(|_| true),
         Command::Teardown {
             app,
             drop_data,
