@@ -29,7 +29,9 @@ host    postgres,template0,template1  all    0.0.0.0/0  reject
 host    samerole  all   0.0.0.0/0     scram-sha-256
 host    all       all   0.0.0.0/0     reject
 HBA
-OPTS="-c listen_addresses=0.0.0.0 -p $PGPORT -k /tmp -c max_connections=400"
+# DDL is logged: a test reads server.log to check that no app password
+# reaches the server in a statement.
+OPTS="-c listen_addresses=0.0.0.0 -p $PGPORT -k /tmp -c max_connections=400 -c log_statement=ddl"
 [ "${PG_DURABLE:-0}" = 1 ] || OPTS="$OPTS -c fsync=off -c synchronous_commit=off"
 as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -l "$PGDATA/server.log" -w -o "$OPTS" start >/dev/null
 echo "postgres running on 127.0.0.1:$PGPORT"

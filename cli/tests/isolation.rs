@@ -189,6 +189,20 @@ async fn app_containers_reach_their_own_database_and_nothing_of_other_apps_or_no
         !dump.contains(&password),
         "the app's password is in Norn's database"
     );
+    // Nor in the server's log, which records every DDL statement (.ci/pg.sh):
+    // the role was created with a SCRAM verifier, not the password.
+    let log: String = sqlx::query_scalar("SELECT pg_read_file('server.log')")
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+    assert!(
+        log.contains(&format!("CREATE ROLE \"{a_db}\"")),
+        "the server log does not record DDL (start it with .ci/pg.sh)"
+    );
+    assert!(
+        !log.contains(&password),
+        "the app's password is in the server's log"
+    );
 }
 
 fn pg_port(url: &str) -> u16 {

@@ -129,9 +129,62 @@ pub fn random_password() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// What Postgres stores for a SCRAM-SHA-256 password (RFC 5802/7677, the
+/// format of `pg_authid.rolpassword`), made here so that `CREATE ROLE … PASSWORD`
+/// carries only the verifier: the password itself never reaches the server,
+/// its logs or `pg_stat_activity`. `password` must be ASCII without control
+/// characters (SASLprep leaves it unchanged), as `random_password`'s are.
+pub fn scram_sha256_verifier(password: &str) -> String {
+    let mut salt = [0u8; 16];
+    OsRng.fill_bytes(&mut salt);
+    scram_sha256_verifier_with(password, &salt, SCRAM_ITERATIONS)
+}
+
+/// Postgres's default `scram_iterations`.
+const SCRAM_ITERATIONS: u32 = 4096;
+
+fn scram_sha256_verifier_with(password: &str, salt: &[u8], iterations: u32) -> String {
+    use hmac::{Hmac, Mac};
+    type HmacSha256 = Hmac<Sha256>;
+    let mut salted = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), salt, iterations, &mut salted);
+    let keyed = |label: &[u8]| {
+        // HMAC takes a key of any length: this cannot fail.
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(&salted)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+        mac.update(label);
+        mac.finalize().into_bytes()
+    };
+    let client_key = keyed(b"Client Key");
+    let stored_key = Sha256::digest(client_key);
+    let server_key = keyed(b"Server Key");
+    format!(
+        "SCRAM-SHA-256${iterations}:{}${}:{}",
+        B64.encode(salt),
+        B64.encode(stored_key),
+        B64.encode(server_key)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scram_verifier_matches_an_independent_computation() {
+        // Computed with Python's hashlib/hmac for password "pencil", salt
+        // bytes 0..16, 4096 iterations.
+        let salt: Vec<u8> = (0u8..16).collect();
+        assert_eq!(
+            scram_sha256_verifier_with("pencil", &salt, 4096),
+            "SCRAM-SHA-256$4096:AAECAwQFBgcICQoLDA0ODw==$\
+             zHCdol2044/ZyWzPLi7oxApCkamKw9Z+E4U/QApd/5Y=:\
+             dd5peBOitVnLNFu7VmwP+HiDaaw4OUCv396eVCWhYiE="
+        );
+        let a = scram_sha256_verifier("pencil");
+        assert!(a.starts_with("SCRAM-SHA-256$4096:"), "{a}");
+        assert_ne!(a, scram_sha256_verifier("pencil"), "the salt is random");
+    }
 
     #[test]
     fn a_sealed_value_opens_with_its_key_only() {

@@ -234,9 +234,11 @@ async fn provision(
 ) -> Result<String, super::ProvisionError> {
     use super::ProvisionError::Failed;
     let sql = |what: &'static str| move |e: sqlx::Error| Failed(format!("{what}: {e}"));
-    // Names match ^[a-z_][a-z0-9_]*$ (infraspec) and passwords are hex
-    // (`crypto::random_password`): both are safe to quote as they are.
-    let (role, db, password) = (g.role, g.database, g.password);
+    // Names match ^[a-z_][a-z0-9_]*$ (infraspec) and the verifier is
+    // base64 and `$:` only: both are safe to quote as they are. Only the
+    // verifier is sent, so the password is in no server log.
+    let (role, db) = (g.role, g.database);
+    let password = norn_shared::crypto::scram_sha256_verifier(g.password);
     let mut done = Vec::new();
     let existing: Option<(bool, Option<String>)> = sqlx::query_as(
         "SELECT rolsuper OR rolcreaterole OR rolcreatedb OR rolreplication OR rolbypassrls,
