@@ -16,18 +16,22 @@ use tokio::sync::{broadcast, watch};
 
 pub use state::AppState;
 
-/// Binds the configured ports and serves until `shutdown` turns true.
+/// Binds the configured ports (`0` leaves one out: compose runs the
+/// ingress as a process of its own on the app network, and the API off it)
+/// and serves until `shutdown` turns true.
 pub async fn run(
     pool: sqlx::PgPool,
     config: Config,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let api = TcpListener::bind((config.bind_addr, config.port)).await?;
-    let ingress = if config.ingress_port == 0 {
-        None
-    } else {
-        Some(TcpListener::bind((config.bind_addr, config.ingress_port)).await?)
+    let bind = |port: u16| async move {
+        match port {
+            0 => Ok(None),
+            port => TcpListener::bind((config.bind_addr, port)).await.map(Some),
+        }
     };
+    let api = bind(config.port).await?;
+    let ingress = bind(config.ingress_port).await?;
     serve(pool, config, api, ingress, shutdown).await
 }
 
@@ -35,18 +39,27 @@ pub async fn run(
 pub async fn serve(
     pool: sqlx::PgPool,
     config: Config,
-    api: TcpListener,
+    api: Option<TcpListener>,
     ingress: Option<TcpListener>,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    auth::check_exposure(&config, api.local_addr()?)?;
-    match routes::apps::register_dir(&pool, &config.apps_dir).await {
-        Ok(n) => {
-            tracing::info!(count = n, dir = %config.apps_dir.display(), "registered apps from NORN_APPS_DIR")
-        }
-        Err(e) => tracing::warn!(error = %e, "could not register apps from NORN_APPS_DIR"),
+    if api.is_none() && ingress.is_none() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "NORN_PORT and NORN_INGRESS_PORT are both 0: nothing to serve",
+        ));
     }
-    let membership = norn_shared::registry::join(pool.clone(), &config, "api", shutdown.clone());
+    if let Some(api) = &api {
+        auth::check_exposure(&config, api.local_addr()?)?;
+        match routes::apps::register_dir(&pool, &config.apps_dir).await {
+            Ok(n) => {
+                tracing::info!(count = n, dir = %config.apps_dir.display(), "registered apps from NORN_APPS_DIR")
+            }
+            Err(e) => tracing::warn!(error = %e, "could not register apps from NORN_APPS_DIR"),
+        }
+    }
+    let role = if api.is_some() { "api" } else { "ingress" };
+    let membership = norn_shared::registry::join(pool.clone(), &config, role, shutdown.clone());
     let (events, _) = broadcast::channel(1024);
     let state = AppState {
         pool: pool.clone(),
@@ -55,20 +68,27 @@ pub async fn serve(
         routes: ingress::RouteTable::default(),
     };
     let listener_task = tokio::spawn(listener::run(pool, events, state.routes.clone()));
-    tracing::info!(addr = %api.local_addr()?, "api listening");
     let ingress_task = ingress.map(|l| {
         let app = ingress::router(state.routes.clone());
         let stop = norn_shared::shutdown::wait(shutdown.clone());
         tracing::info!(addr = ?l.local_addr(), "ingress listening");
         tokio::spawn(async move { axum::serve(l, app).with_graceful_shutdown(stop).await })
     });
-    let result = axum::serve(api, routes::router(state))
-        .with_graceful_shutdown(norn_shared::shutdown::wait(shutdown))
-        .await;
+    let result = match api {
+        Some(api) => {
+            tracing::info!(addr = %api.local_addr()?, "api listening");
+            axum::serve(api, routes::router(state))
+                .with_graceful_shutdown(norn_shared::shutdown::wait(shutdown))
+                .await
+        }
+        None => Ok(()),
+    };
+    // Without the API, this waits for the ingress alone to stop.
+    let ingress_result = match ingress_task {
+        Some(t) => t.await.unwrap_or_else(|e| Err(std::io::Error::other(e))),
+        None => Ok(()),
+    };
     listener_task.abort();
-    if let Some(t) = ingress_task {
-        let _ = t.await;
-    }
     membership.leave().await;
-    result
+    result.and(ingress_result)
 }

@@ -810,3 +810,61 @@ async fn an_app_without_a_repo_redeploys_its_changed_directory_and_rolls_back_to
     );
     remove_containers(&app).await;
 }
+
+/// Compose runs the ingress as a process of its own on the app network and
+/// the API off it: `NORN_PORT=0` leaves the API out of a norn-api process.
+#[tokio::test]
+async fn an_ingress_only_process_routes_apps_and_serves_no_api() {
+    let db = norn_shared::testing::fresh_database().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let app = unique_app("ingressonly");
+    write_app_dir(&tmp.path().join("apps").join(&app), &app, "via the ingress");
+    let port = free_port();
+    let _api = spawn("norn-api", &db, tmp.path(), "full-api", port);
+    let api = ProcApi::new(&format!("http://127.0.0.1:{port}")).await;
+    let ingress_port = free_port();
+    let _ingress = spawn_with(
+        "norn-api",
+        &db,
+        tmp.path(),
+        "ingress-only",
+        0,
+        &[("NORN_INGRESS_PORT", &ingress_port.to_string())],
+    );
+    let _worker = spawn("norn-worker", &db, tmp.path(), "ingress-worker", 0);
+    let ingress: std::net::SocketAddr = format!("127.0.0.1:{ingress_port}").parse().unwrap();
+
+    let (code, body) = api
+        .post(&format!("/api/apps/{app}/deploy"), json!({}))
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let d = api
+        .wait_terminal(body["id"].as_str().unwrap(), Duration::from_secs(180))
+        .await;
+    assert_eq!(d["status"], "deployed", "{d}");
+    let http = reqwest::Client::new();
+    let served = eventually(Duration::from_secs(10), "the ingress routes", || async {
+        ingress_get(&http, ingress, &app, "/").await.ok()
+    })
+    .await;
+    assert_eq!(served, "via the ingress");
+
+    // The API's routes are not on the ingress port, and the process is in
+    // the fleet as an ingress.
+    let resp = http
+        .get(format!("http://{ingress}/api/apps"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    assert!(!resp.text().await.unwrap().contains(&app));
+    let nodes = api.get("/api/cluster/nodes").await;
+    let role = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "ingress-only")
+        .map(|n| n["role"].clone());
+    assert_eq!(role, Some(json!("ingress")), "{nodes}");
+    remove_containers(&app).await;
+}

@@ -73,7 +73,7 @@ impl Harness {
         tokio::spawn(norn_api::serve(
             pool.clone(),
             config.clone(),
-            api_listener,
+            Some(api_listener),
             Some(ingress_listener),
             rx.clone(),
         ));
