@@ -794,8 +794,12 @@ async fn a_deploy_ended_after_an_unconfirmed_switch_puts_traffic_back_on_the_pre
         .filter_map(|r| r["deploymentId"].as_str())
         .collect();
     assert_eq!(on, vec![v1.as_str()], "{routes}");
+    // The ingress (another process) follows the routes by NOTIFY: shortly.
     let http = reqwest::Client::new();
-    assert_eq!(app_get(&http, fleet.ingress, &app).await.unwrap(), "v1");
+    eventually(Duration::from_secs(10), "the ingress serving v1", || async {
+        (app_get(&http, fleet.ingress, &app).await.ok()? == "v1").then_some(())
+    })
+    .await;
     eventually(
         Duration::from_secs(30),
         "v2's instances removed",
