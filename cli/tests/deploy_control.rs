@@ -796,9 +796,11 @@ async fn a_deploy_ended_after_an_unconfirmed_switch_puts_traffic_back_on_the_pre
     assert_eq!(on, vec![v1.as_str()], "{routes}");
     // The ingress (another process) follows the routes by NOTIFY: shortly.
     let http = reqwest::Client::new();
-    eventually(Duration::from_secs(10), "the ingress serving v1", || async {
-        (app_get(&http, fleet.ingress, &app).await.ok()? == "v1").then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the ingress serving v1",
+        || async { (app_get(&http, fleet.ingress, &app).await.ok()? == "v1").then_some(()) },
+    )
     .await;
     eventually(
         Duration::from_secs(30),
