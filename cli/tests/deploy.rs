@@ -12,11 +12,12 @@ use serde_json::json;
 
 /// Longest a single request through the ingress may take while traffic
 /// switches. Answers take milliseconds normally; on a heavily oversubscribed
-/// 2-core machine (load 15+) a correct system was seen at 0.84 s, during the
-/// build, not the switch. An ingress that stalls on a retired upstream or a
-/// route reload takes seconds (the old 5 s client timeout let a 4.9 s stall
-/// pass), and a stall is downtime too.
-const MAX_PROBE_LATENCY: Duration = Duration::from_secs(2);
+/// 2-core machine a correct system was seen at 0.84 s (load 15+, during the
+/// build) and at 2.15 s (a fresh-clone CI run, four deploy tests at once).
+/// The stalls this guards against take longer: a connection to a retired
+/// upstream on the bridge fails only when ARP gives up (3 s), and the old
+/// 5 s client timeout let a 4.9 s stall pass. A stall is downtime too.
+const MAX_PROBE_LATENCY: Duration = Duration::from_millis(2_500);
 
 /// A container of an app as Docker lists it with `all = true` (stopped ones
 /// included, so "gone" means removed, not merely stopped).
@@ -168,9 +169,14 @@ async fn deploys_end_to_end_and_switches_without_downtime() {
         "probes failed during the switch: {failures:?}"
     );
     let slowest = seen.iter().map(|(t, _)| *t).max().unwrap();
+    let mut by_time: Vec<_> = seen.iter().enumerate().collect();
+    by_time.sort_by_key(|(_, (t, _))| std::cmp::Reverse(*t));
     assert!(
         slowest < MAX_PROBE_LATENCY,
-        "a request stalled {slowest:?} during the switch (bound {MAX_PROBE_LATENCY:?})"
+        "a request stalled {slowest:?} during the switch (bound {MAX_PROBE_LATENCY:?}); \
+         slowest (probe #, time, answer) of {}: {:?}",
+        seen.len(),
+        &by_time[..by_time.len().min(5)]
     );
     // The probe spanned the switch: v1 answered, then v2, and once v2 answered
     // v1 never did again.
