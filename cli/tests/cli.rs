@@ -6,46 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::procs::{ProcApi, free_port, spawn_with};
-use common::{AppRepo, Harness, eventually, spec, unique_app};
+use common::{AppRepo, Harness, Run, eventually, norn, spec, unique_app};
 use serde_json::{Value, json};
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Display for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\n--- stdout\n{}--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-/// Runs `norn --api <api> <args>` with a clean environment for its own
-/// settings. Async: the in-process API it talks to runs on this runtime.
-async fn norn(api: &str, args: &[&str]) -> Run {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_norn"))
-        .arg("--api")
-        .arg(api)
-        .args(args)
-        .env_remove("NORN_URL")
-        .env_remove("NORN_API_TOKEN")
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(240), out)
-        .await
-        .unwrap_or_else(|_| panic!("norn {args:?} did not exit"))
-        .unwrap();
-    Run {
-        code: out.status.code().expect("norn was killed by a signal"),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 /// The deployment id in `deployment <id> queued`.
 fn queued_id(run: &Run) -> String {

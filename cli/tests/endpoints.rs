@@ -40,21 +40,6 @@ fn rules(path: &std::path::Path) -> Vec<(Option<String>, String)> {
         .collect()
 }
 
-/// `norn endpoints <app>`: (exit code, stdout).
-async fn norn_endpoints(h: &Harness, app: &str) -> (i32, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_norn"))
-        .args(["--api", &h.api, "endpoints", app])
-        .env_remove("NORN_URL")
-        .env_remove("NORN_API_TOKEN")
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.code().unwrap(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
 async fn wait_forge(h: &Harness, app: &str, status: &str, since: &Value) -> Value {
     let path = format!("/api/apps/{app}/forge");
     eventually(Duration::from_secs(60), status, || async {
@@ -145,7 +130,8 @@ async fn declared_hostnames_route_to_their_app_alone_and_get_tunnel_rules_until_
     assert_eq!(code, 202);
     let forged = wait_forge(&h, &app, "forged", &before["finishedAt"]).await;
     expect(true);
-    let (code, out) = norn_endpoints(&h, &app).await;
+    let run = common::norn(&h.api, &["endpoints", &app]).await;
+    let (code, out) = (run.code, run.stdout);
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains(&host) && out.contains("tunnel rule written"),
@@ -167,7 +153,7 @@ async fn declared_hostnames_route_to_their_app_alone_and_get_tunnel_rules_until_
         .clone();
     assert_eq!(step["status"], "complete", "{torn}");
     expect(false);
-    let (_, out) = norn_endpoints(&h, &app).await;
+    let out = common::norn(&h.api, &["endpoints", &app]).await.stdout;
     assert!(out.contains("no tunnel rule"), "{out}");
     common::remove_containers(&app).await;
 }

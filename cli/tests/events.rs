@@ -70,21 +70,6 @@ async fn deployed(h: &Harness, spec: Value) -> Value {
     d
 }
 
-/// `norn topics <app>`: (exit code, stdout).
-async fn norn_topics(h: &Harness, app: &str) -> (i32, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_norn"))
-        .args(["--api", &h.api, "topics", app])
-        .env_remove("NORN_URL")
-        .env_remove("NORN_API_TOKEN")
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.code().unwrap(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
 async fn forge_state(h: &Harness, app: &str) -> Value {
     h.get(&format!("/api/apps/{app}/forge")).await.1
 }
@@ -128,7 +113,8 @@ async fn an_app_gets_its_topics_under_its_prefix_and_reaches_them_from_its_conta
         "{events}"
     );
 
-    let (code, listed) = norn_topics(&h, &app).await;
+    let run = common::norn(&h.api, &["topics", &app]).await;
+    let (code, listed) = (run.code, run.stdout);
     assert_eq!(code, 0, "{listed}");
     for t in [&orders, &audit] {
         assert!(
@@ -223,7 +209,8 @@ async fn without_brokers_the_events_step_is_skipped_with_why_and_the_app_still_d
             .contains("no brokers are configured (NORN_EVENTS_BROKERS)"),
         "{events}"
     );
-    let (code, listed) = norn_topics(&h, &app).await;
+    let run = common::norn(&h.api, &["topics", &app]).await;
+    let (code, listed) = (run.code, run.stdout);
     assert_eq!(code, 0, "{listed}");
     assert!(listed.contains("not forged"), "{listed}");
     let (_, env) = exec_in(&running_instance(&app).await, "env").await;

@@ -513,3 +513,42 @@ pub fn cron_spec(app: &str, repo: &AppRepo, schedule: &str, command: &str, cron:
         "processes": {"job": {"schedule": schedule, "command": command, "cron": cron}},
     })
 }
+
+/// How a `norn` command ended.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `norn --api <api> <args>` with a clean environment for its own
+/// settings. Async: the in-process API it talks to runs on this runtime.
+pub async fn norn(api: &str, args: &[&str]) -> Run {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_norn"))
+        .arg("--api")
+        .arg(api)
+        .args(args)
+        .env_remove("NORN_URL")
+        .env_remove("NORN_API_TOKEN")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(240), out)
+        .await
+        .unwrap_or_else(|_| panic!("norn {args:?} did not exit"))
+        .unwrap();
+    Run {
+        code: out.status.code().expect("norn was killed by a signal"),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}

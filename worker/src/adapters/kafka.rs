@@ -41,6 +41,25 @@ impl KafkaTopics {
     }
 }
 
+/// One admin call within the deadline: `Ok(true)` when it did its work,
+/// `Ok(false)` when the broker answered `already` (the state asked for is
+/// there).
+async fn settle(
+    what: &str,
+    already: ProtocolError,
+    call: impl Future<Output = Result<(), Error>>,
+) -> Result<bool, ProvisionError> {
+    match tokio::time::timeout(brokers::TIMEOUT, call).await {
+        Ok(Ok(())) => Ok(true),
+        Ok(Err(e)) if is(&e, already) => Ok(false),
+        Ok(Err(e)) => Err(failed(what)(e.into())),
+        Err(_) => Err(ProvisionError::Failed(format!(
+            "{what}: no answer within {} s",
+            brokers::TIMEOUT.as_secs()
+        ))),
+    }
+}
+
 #[async_trait::async_trait]
 impl TopicProvisioner for KafkaTopics {
     async fn topics(&self, topics: &[String]) -> Result<String, ProvisionError> {
@@ -53,19 +72,14 @@ impl TopicProvisioner for KafkaTopics {
                 self.replication,
                 REQUEST_TIMEOUT_MS,
             );
-            match tokio::time::timeout(brokers::TIMEOUT, create).await {
-                Ok(Ok(())) => out.push(format!("created topic {topic}")),
-                Ok(Err(e)) if is(&e, ProtocolError::TopicAlreadyExists) => {
-                    out.push(format!("topic {topic} exists already: kept as it is"));
-                }
-                Ok(Err(e)) => return Err(failed(&format!("creating topic {topic}"))(e.into())),
-                Err(_) => {
-                    return Err(ProvisionError::Failed(format!(
-                        "creating topic {topic}: no answer within {} s",
-                        brokers::TIMEOUT.as_secs()
-                    )));
-                }
-            }
+            let what = format!("creating topic {topic}");
+            out.push(
+                if settle(&what, ProtocolError::TopicAlreadyExists, create).await? {
+                    format!("created topic {topic}")
+                } else {
+                    format!("topic {topic} exists already: kept as it is")
+                },
+            );
         }
         out.push(
             "no broker ACLs: Norn gives apps no broker principal of their own, so topics are \
@@ -80,19 +94,14 @@ impl TopicProvisioner for KafkaTopics {
         let mut out = Vec::with_capacity(topics.len());
         for topic in topics {
             let delete = controller.delete_topic(topic.as_str(), REQUEST_TIMEOUT_MS);
-            match tokio::time::timeout(brokers::TIMEOUT, delete).await {
-                Ok(Ok(())) => out.push(format!("deleted topic {topic}")),
-                Ok(Err(e)) if is(&e, ProtocolError::UnknownTopicOrPartition) => {
-                    out.push(format!("topic {topic} was gone already"));
-                }
-                Ok(Err(e)) => return Err(failed(&format!("deleting topic {topic}"))(e.into())),
-                Err(_) => {
-                    return Err(ProvisionError::Failed(format!(
-                        "deleting topic {topic}: no answer within {} s",
-                        brokers::TIMEOUT.as_secs()
-                    )));
-                }
-            }
+            let what = format!("deleting topic {topic}");
+            out.push(
+                if settle(&what, ProtocolError::UnknownTopicOrPartition, delete).await? {
+                    format!("deleted topic {topic}")
+                } else {
+                    format!("topic {topic} was gone already")
+                },
+            );
         }
         Ok(out.join("\n"))
     }
