@@ -1,7 +1,7 @@
 //! Cron apps end to end: real scheduler, worker, Postgres and Docker. The
 //! cron commands report to a [`Witness`] over HTTP (cron containers run on
-//! the host network), so runs are counted where they happen, not in Norn's
-//! own tables.
+//! the hardened app network and reach it at the network's gateway), so runs
+//! are counted where they happen, not in Norn's own tables.
 
 mod common;
 

@@ -1,7 +1,8 @@
 //! Three real norn-scheduler processes; the leader is SIGKILLed every ~10 s
 //! and restarted. Every scheduled second must run exactly once: each run
-//! reports to a witness HTTP server on the host (cron containers run on the
-//! host network), so runs are counted where they happen.
+//! reports to a witness HTTP server on the host (cron containers, on the app
+//! network, reach it at the network's gateway), so runs are counted where
+//! they happen.
 //! `NORN_CRON_FAILOVER_SECS` sets the length (default 180, the 3 minutes).
 
 mod common;

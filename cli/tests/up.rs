@@ -121,6 +121,29 @@ fn cluster_accepts(port: u16) -> bool {
     .is_ok()
 }
 
+/// Copies the child's stderr to ours (so its log stays visible) and keeps it
+/// for assertions.
+fn tee_stderr(child: &mut std::process::Child) -> std::sync::Arc<std::sync::Mutex<String>> {
+    use std::io::BufRead;
+    let said = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let stderr = child.stderr.take().unwrap();
+    let sink = said.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            eprintln!("{line}");
+            let mut text = sink.lock().unwrap();
+            if text.len() < 1 << 20 {
+                text.push_str(&line);
+                text.push('\n');
+            }
+        }
+    });
+    said
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn norn_up_without_database_url_deploys_the_example_and_stops_its_postgres() {
     let tmp = tempfile::tempdir().unwrap();
@@ -138,10 +161,11 @@ async fn norn_up_without_database_url_deploys_the_example_and_stops_its_postgres
     let mut server = Proc(
         up.command()
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
     );
+    let said = tee_stderr(&mut server.0);
     let api = format!("http://127.0.0.1:{}", up.api_port);
     let http = reqwest::Client::new();
     eventually(Duration::from_secs(120), "norn up to serve", || async {
@@ -150,6 +174,16 @@ async fn norn_up_without_database_url_deploys_the_example_and_stops_its_postgres
     })
     .await;
     norn_shared::testing::track(norn_shared::testing::Leftover::Cluster(up.data_dir()));
+    // It says where it serves and how to reach an app.
+    let serves = format!("api on http://127.0.0.1:{}", up.api_port);
+    let reach = format!("http://<app>.localhost:{}", up.ingress_port);
+    let announced = eventually(Duration::from_secs(10), "the announcement", || {
+        let text = said.lock().unwrap().clone();
+        let found = text.contains(&serves) && text.contains(&reach);
+        async move { found.then_some(text) }
+    })
+    .await;
+    assert!(announced.contains("Ctrl-C stops everything"), "{announced}");
     assert!(cluster_accepts(up.pg_port), "the private Postgres is up");
     assert!(
         cluster_accepts(up.kv_port),

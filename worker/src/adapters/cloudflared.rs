@@ -30,18 +30,8 @@ impl CloudflaredFile {
     /// writes the file back when it returns `true`.
     fn edit(&self, change: impl FnOnce(&mut Vec<Value>) -> bool) -> Result<bool, ProvisionError> {
         let path = self.path.display().to_string();
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(lock_path(&self.path))
+        let _lock = super::filelock::exclusive(&lock_path(&self.path))
             .map_err(failed(format!("locking {path}")))?;
-        // SAFETY: flock on a descriptor we own; released when `lock` closes.
-        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
-            return Err(failed(format!("locking {path}"))(
-                std::io::Error::last_os_error(),
-            ));
-        }
         let text =
             std::fs::read_to_string(&self.path).map_err(failed(format!("reading {path}")))?;
         let mut doc: Value = serde_yaml::from_str(&text)

@@ -3,6 +3,7 @@
 
 pub mod cloudflared;
 pub mod docker;
+pub mod filelock;
 pub mod git;
 pub mod kafka;
 pub mod network;

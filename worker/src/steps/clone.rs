@@ -28,9 +28,26 @@ pub async fn fetch(ctx: &DeployCtx<'_>, git_ref: GitRef) -> Result<Checkout, Ste
             .await
             .map_err(|e| StepFailure::new(format!("clearing {}: {e}", dest.display())))?;
     }
+    if let Some(parent) = dest.parent() {
+        private_dir(parent)
+            .await
+            .map_err(|e| StepFailure::new(format!("creating {}: {e}", parent.display())))?;
+    }
     let source = ctx.state.source.clone();
     tokio::task::spawn_blocking(move || source.fetch(&req, &dest))
         .await
         .map_err(|e| StepFailure::new(format!("clone task: {e}")))?
         .map_err(|e| StepFailure::new(e.to_string()))
+}
+
+/// Creates the checkouts directory readable by this user only: checkouts
+/// hold other people's code and, during a build, its secrets.
+async fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true).mode(0o700);
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || builder.create(dir))
+        .await
+        .map_err(std::io::Error::other)?
 }
