@@ -65,6 +65,31 @@ impl Api {
             .await
     }
 
+    /// POSTs raw bytes; the status with the body on success (202 and 200
+    /// mean different things to `norn invoke`), the API's error otherwise.
+    pub async fn post_bytes(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        content_type: Option<&str>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let mut req = self.req(reqwest::Method::POST, path).body(body);
+        if let Some(ct) = content_type {
+            req = req.header(reqwest::header::CONTENT_TYPE, ct);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the Norn API at {}", self.base))?;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let msg = body["error"].as_str().unwrap_or("request failed");
+            bail!("{msg} (HTTP {})", status.as_u16());
+        }
+        Ok((status.as_u16(), body))
+    }
+
     pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
         self.send(self.req(reqwest::Method::DELETE, path)).await
     }

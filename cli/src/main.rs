@@ -3,6 +3,7 @@
 mod client;
 mod cron;
 mod forge;
+mod invoke;
 mod keyfile;
 mod localpg;
 mod secrets;
@@ -117,6 +118,9 @@ enum Command {
         #[command(subcommand)]
         action: Option<secrets::Action>,
     },
+    /// Run an app's function once: the body goes to its stdin, its output
+    /// is printed, and norn exits with its exit code.
+    Invoke(invoke::Args),
     /// A cron app: show its state and recent runs, or act on it.
     Cron {
         app: String,
@@ -146,10 +150,18 @@ enum NodesAction {
 
 #[tokio::main]
 async fn main() {
-    let cli = Cli::parse();
-    let code = match run(cli).await {
-        Ok(true) => 0,
-        Ok(false) => 1,
+    let Cli {
+        api,
+        token,
+        command,
+    } = Cli::parse();
+    let api = client::Api::new(&api, token);
+    let result = match command {
+        Command::Invoke(args) => invoke::run(&api, args).await,
+        command => run(&api, command).await.map(|ok| if ok { 0 } else { 1 }),
+    };
+    let code = match result {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("norn: {e:#}");
             1
@@ -158,32 +170,31 @@ async fn main() {
     std::process::exit(code);
 }
 
-async fn run(cli: Cli) -> anyhow::Result<bool> {
-    let api = client::Api::new(&cli.api, cli.token);
-    match cli.command {
+async fn run(api: &client::Api, command: Command) -> anyhow::Result<bool> {
+    match command {
         Command::Up => {
             norn_shared::bootstrap::init_logging();
             up::run(norn_shared::Config::from_env()?).await?;
             Ok(true)
         }
         Command::Deploy { app, r#ref, quiet } => {
-            client::deploy(&api, &app, r#ref.as_deref(), quiet).await
+            client::deploy(api, &app, r#ref.as_deref(), quiet).await
         }
         Command::Logs {
             deployment,
             step,
             follow,
-        } => client::logs(&api, &deployment, step.as_deref(), follow)
+        } => client::logs(api, &deployment, step.as_deref(), follow)
             .await
             .map(|_| true),
-        Command::Status => client::status(&api).await.map(|_| true),
-        Command::Health => client::health(&api).await,
-        Command::Rollback { app, to } => client::rollback(&api, &app, to.as_deref()).await,
-        Command::Nodes { action: None } => client::nodes(&api).await.map(|_| true),
+        Command::Status => client::status(api).await.map(|_| true),
+        Command::Health => client::health(api).await,
+        Command::Rollback { app, to } => client::rollback(api, &app, to.as_deref()).await,
+        Command::Nodes { action: None } => client::nodes(api).await.map(|_| true),
         Command::Nodes {
             action: Some(NodesAction::Drain { id }),
-        } => client::drain(&api, &id).await.map(|_| true),
-        Command::Snapshots { app, action: None } => snapshots::list(&api, &app).await.map(|_| true),
+        } => client::drain(api, &id).await.map(|_| true),
+        Command::Snapshots { app, action: None } => snapshots::list(api, &app).await.map(|_| true),
         Command::Snapshots {
             app,
             action:
@@ -192,17 +203,18 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                     yes,
                     pre_restore,
                 }),
-        } => snapshots::restore(&api, &app, &ts, yes, pre_restore).await,
-        Command::Cancel { deployment } => client::cancel(&api, &deployment).await.map(|_| true),
-        Command::Forge { app, force } => forge::forge(&api, &app, force).await,
-        Command::Endpoints { app } => forge::endpoints(&api, &app).await.map(|_| true),
-        Command::Topics { app } => forge::topics(&api, &app).await.map(|_| true),
+        } => snapshots::restore(api, &app, &ts, yes, pre_restore).await,
+        Command::Cancel { deployment } => client::cancel(api, &deployment).await.map(|_| true),
+        Command::Forge { app, force } => forge::forge(api, &app, force).await,
+        Command::Endpoints { app } => forge::endpoints(api, &app).await.map(|_| true),
+        Command::Topics { app } => forge::topics(api, &app).await.map(|_| true),
         Command::Teardown {
             app,
             drop_data,
             yes,
-        } => forge::teardown(&api, &app, drop_data, yes).await,
-        Command::Secrets { app, action } => secrets::run(&api, &app, action).await,
-        Command::Cron { app, action } => cron::run(&api, &app, action).await.map(|_| true),
+        } => forge::teardown(api, &app, drop_data, yes).await,
+        Command::Secrets { app, action } => secrets::run(api, &app, action).await,
+        Command::Cron { app, action } => cron::run(api, &app, action).await.map(|_| true),
+        Command::Invoke(args) => invoke::run(api, args).await.map(|code| code == 0),
     }
 }

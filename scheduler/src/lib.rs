@@ -32,6 +32,8 @@ pub enum SchedulerError {
     Queue(#[from] norn_shared::queue::QueueError),
     #[error(transparent)]
     Apps(#[from] norn_shared::db::apps::AppError),
+    #[error(transparent)]
+    Functions(#[from] norn_shared::db::functions::FunctionError),
 }
 
 /// The leader connection's `application_name`, so operators (and tests) can

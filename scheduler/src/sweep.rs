@@ -17,6 +17,7 @@ const LOST_AFTER_DEADLINE_SECS: f64 = 30.0;
 pub async fn sweep(pool: &PgPool) -> Result<(), SchedulerError> {
     report_late_ticks(pool).await?;
     report_lost_executions(pool).await?;
+    end_lost_invocations(pool).await?;
     crate::recovery::fail_interrupted_forges(pool).await?;
     crate::recovery::requeue_abandoned_deploys(pool).await?;
     Ok(())
@@ -109,6 +110,28 @@ async fn report_lost_executions(pool: &PgPool) -> Result<(), SchedulerError> {
         events::publish(&mut tx, &Event::new("cron.failed", &app, payload)).await?;
     }
     tx.commit().await?;
+    Ok(())
+}
+
+/// Ends function runs no worker will end: their worker stopped beating, or
+/// they are long past their deadline. Each frees its slot for the next
+/// waiting invocation, like any other end.
+async fn end_lost_invocations(pool: &PgPool) -> Result<(), SchedulerError> {
+    use norn_shared::db::functions::{self, Outcome, Status};
+    let mut conn = pool.acquire().await?;
+    let lost = functions::lost(&mut conn, norn_shared::db::nodes::LOST_AFTER).await?;
+    for (id, app, process, why) in lost {
+        let concurrency = functions::concurrency_of(&mut conn, &app, &process).await;
+        let mut tx = pool.begin().await?;
+        let outcome = Outcome::failed(Status::Failed, why.reason());
+        if functions::end(&mut tx, id, &outcome, concurrency)
+            .await?
+            .is_some()
+        {
+            tracing::warn!(%app, execution = id, reason = why.reason(), "function run ended by the sweep");
+        }
+        tx.commit().await?;
+    }
     Ok(())
 }
 

@@ -68,6 +68,12 @@ pub struct Config {
     pub work_dir: PathBuf,
     /// `NORN_WORKER_CONCURRENCY`: jobs one worker runs at once per queue.
     pub worker_concurrency: usize,
+    /// `NORN_FUNCTION_WORKER_CONCURRENCY`: function runs one worker runs at
+    /// once (they mostly wait on their containers).
+    pub function_worker_concurrency: usize,
+    /// `NORN_FUNCTION_BACKLOG`: invocations of one function that may wait
+    /// beyond its `concurrency` before callers get 429.
+    pub function_backlog: u32,
     /// `NORN_DOCKER_NETWORK`: the bridge network app containers join.
     pub docker_network: String,
     /// `NORN_PG_BIN_DIR`: where `pg_dump`, `initdb`, `pg_ctl` live.
@@ -229,8 +235,17 @@ impl Config {
                 message: "must be at least 1".into(),
             });
         }
+        let function_worker_concurrency = parsed("NORN_FUNCTION_WORKER_CONCURRENCY", 32usize)?;
+        if function_worker_concurrency == 0 {
+            return Err(ConfigError {
+                var: "NORN_FUNCTION_WORKER_CONCURRENCY",
+                message: "must be at least 1".into(),
+            });
+        }
         let host = var("HOSTNAME").unwrap_or_else(|| "norn".into());
         Ok(Self {
+            function_worker_concurrency,
+            function_backlog: parsed("NORN_FUNCTION_BACKLOG", 100u32)?,
             bind_addr: parsed("NORN_BIND_ADDR", IpAddr::from([127, 0, 0, 1]))?,
             port: parsed("NORN_PORT", 8800u16)?,
             database_url: var("DATABASE_URL")
@@ -261,7 +276,13 @@ impl Config {
             step_log_max: parsed("NORN_STEP_LOG_MAX", 16usize << 20)?.max(64 << 10),
             work_dir: var("NORN_WORK_DIR")
                 .map(PathBuf::from)
-                .unwrap_or_else(|| std::env::temp_dir().join("norn-work")),
+                // One directory per user: another user's checkouts are neither
+                // readable nor a place to plant files.
+                .unwrap_or_else(|| {
+                    // SAFETY: getuid has no preconditions and cannot fail.
+                    let uid = unsafe { libc::getuid() };
+                    std::env::temp_dir().join(format!("norn-work-{uid}"))
+                }),
             worker_concurrency,
             docker_network: var("NORN_DOCKER_NETWORK").unwrap_or_else(|| "norn".into()),
             pg_bin_dir: var("NORN_PG_BIN_DIR").map(PathBuf::from),

@@ -55,3 +55,11 @@ pub enum ForgeAction {
     #[serde(rename_all = "camelCase")]
     Teardown { drop_data: bool },
 }
+
+/// Run one function execution (a `queued` row that was given a slot).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionJob {
+    pub execution_id: i64,
+    pub app: String,
+}

@@ -47,7 +47,20 @@ pub fn join(
     role: &'static str,
     shutdown: watch::Receiver<bool>,
 ) -> Membership {
-    join_counting(pool, config, role, shutdown, Arc::default(), None)
+    join_counting(
+        pool,
+        config,
+        role,
+        shutdown,
+        Arc::default(),
+        None,
+        new_node_id(),
+    )
+}
+
+/// A fresh node id (time-ordered, never reused by a restarted process).
+pub fn new_node_id() -> String {
+    uuid::Uuid::now_v7().to_string()
 }
 
 /// Checks the container engine for the heartbeat (workers only).
@@ -62,8 +75,8 @@ pub fn join_counting(
     shutdown: watch::Receiver<bool>,
     running: Arc<AtomicUsize>,
     engine: Option<EngineProbe>,
+    id: String,
 ) -> Membership {
-    let id = uuid::Uuid::now_v7().to_string();
     let (drain_tx, draining) = watch::channel(false);
     let task = tokio::spawn(beat(Beat {
         pool,

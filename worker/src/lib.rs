@@ -2,6 +2,7 @@
 
 pub mod adapters;
 pub mod forge;
+pub mod invocations;
 pub mod jobs;
 pub mod pipeline;
 mod route_refresh;
@@ -11,6 +12,9 @@ pub mod steps;
 pub mod supervisor;
 
 use std::sync::Arc;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 
 use norn_shared::Config;
 use tokio::sync::watch;
@@ -43,7 +47,14 @@ pub async fn run(
 ) -> Result<(), WorkerError> {
     // Set up (Docker reachable, app network made) before registering as ready.
     let running = Arc::default();
-    let state = state::WorkerState::new(pool.clone(), config.clone(), Arc::clone(&running)).await?;
+    let node_id = norn_shared::registry::new_node_id();
+    let state = state::WorkerState::new(
+        pool.clone(),
+        config.clone(),
+        Arc::clone(&running),
+        node_id.clone(),
+    )
+    .await?;
     let state = Arc::new(state);
     let membership = norn_shared::registry::join_counting(
         pool,
@@ -52,19 +63,49 @@ pub async fn run(
         shutdown.clone(),
         running,
         Some(state.engine_probe.clone()),
+        node_id,
     );
     tracing::info!(token = %state.token, node.id = %membership.id, "worker ready");
     // Draining stops the queue workers (no new claims); handlers already
     // running are on their own tasks and finish.
     let stop = stop_on_shutdown_or_drain(shutdown.clone(), membership.draining.clone());
-    tokio::join!(
-        supervisor::deploy_queue(state.clone(), stop.clone()),
-        supervisor::cron_queue(state.clone(), stop.clone()),
-        supervisor::snapshot_queue(state.clone(), stop.clone()),
-        supervisor::forge_queue(state.clone(), stop.clone()),
-        supervisor::health_queue(state.clone(), stop.clone()),
-        route_refresh::run(state, stop),
-    );
+    // Each role with its own waker: under one `join!` every wake-up of any
+    // role polls all of them, and an apalis worker polled without cause
+    // fetches from the database each time (an idle worker then spun).
+    // Not spawned: apalis' handler types are not `Send` for every lifetime.
+    let mut roles: FuturesUnordered<std::pin::Pin<Box<dyn Future<Output = ()>>>> =
+        FuturesUnordered::new();
+    roles.push(Box::pin(supervisor::deploy_queue(
+        state.clone(),
+        stop.clone(),
+    )));
+    roles.push(Box::pin(supervisor::cron_queue(
+        state.clone(),
+        stop.clone(),
+    )));
+    roles.push(Box::pin(supervisor::snapshot_queue(
+        state.clone(),
+        stop.clone(),
+    )));
+    roles.push(Box::pin(supervisor::forge_queue(
+        state.clone(),
+        stop.clone(),
+    )));
+    roles.push(Box::pin(supervisor::health_queue(
+        state.clone(),
+        stop.clone(),
+    )));
+    roles.push(Box::pin(supervisor::function_queue(
+        state.clone(),
+        stop.clone(),
+    )));
+    roles.push(Box::pin(invocations::listen_for_cancels(
+        state.clone(),
+        stop.clone(),
+    )));
+    roles.push(Box::pin(invocations::janitor(state.clone(), stop.clone())));
+    roles.push(Box::pin(route_refresh::run(state, stop)));
+    while roles.next().await.is_some() {}
     let mut shutdown = shutdown;
     let _ = shutdown.wait_for(|s| *s).await;
     membership.leave().await;

@@ -39,6 +39,11 @@ pub struct WorkerState {
     pub running: Arc<AtomicUsize>,
     /// The engine's state for the heartbeat (the API reports it from there).
     pub engine_probe: EngineProbe,
+    /// This process's id in the fleet registry (`cluster_nodes`): function
+    /// runs record it, so the sweep can tell when their worker is gone.
+    pub node_id: String,
+    /// The function runs in this process (for cancels).
+    pub invocations: crate::invocations::Invocations,
 }
 
 impl WorkerState {
@@ -51,6 +56,7 @@ impl WorkerState {
         pool: PgPool,
         config: Config,
         running: Arc<AtomicUsize>,
+        node_id: String,
     ) -> Result<Self, crate::WorkerError> {
         let defaults = crate::adapters::docker::Defaults {
             memory_mb: config.container_memory_mb,
@@ -161,6 +167,8 @@ impl WorkerState {
             config,
             running,
             engine_probe,
+            node_id,
+            invocations: Default::default(),
         })
     }
 }

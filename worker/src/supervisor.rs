@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use apalis::prelude::*;
 use apalis_postgres::PostgresStorage;
-use norn_shared::jobs::{CronJob, DeployJob, ForgeJob, HealthJob, RestoreJob};
+use norn_shared::jobs::{CronJob, DeployJob, ForgeJob, FunctionJob, HealthJob, RestoreJob};
 use norn_shared::queue::{self, Queue};
 use tokio::sync::watch;
 
@@ -42,6 +42,10 @@ where
 /// (backend, handler) do not name well in a generic signature.
 macro_rules! supervise {
     ($state:expr, $shutdown:expr, $job:ty, $queue:expr, $batch:expr, $handler:path) => {{
+        let concurrency = $state.config.worker_concurrency;
+        supervise!($state, $shutdown, $job, $queue, $batch, $handler, concurrency)
+    }};
+    ($state:expr, $shutdown:expr, $job:ty, $queue:expr, $batch:expr, $handler:path, $concurrency:expr) => {{
         let state: Arc<WorkerState> = $state;
         let shutdown: watch::Receiver<bool> = $shutdown;
         let mut backoff = Duration::from_millis(250);
@@ -56,7 +60,7 @@ macro_rules! supervise {
             let worker = WorkerBuilder::new(name.as_str())
                 .backend(backend)
                 .data(state.clone())
-                .concurrency(state.config.worker_concurrency)
+                .concurrency($concurrency)
                 // Handlers run on their own tasks, so a worker restarted after a
                 // database outage does not cancel jobs that are mid-flight.
                 .parallelize(spawn_handler)
@@ -117,5 +121,20 @@ pub async fn snapshot_queue(state: Arc<WorkerState>, shutdown: watch::Receiver<b
         Queue::Snapshot,
         1,
         jobs::restore::run
+    )
+}
+
+/// Function runs mostly wait on their containers: many at once per worker,
+/// claimed a few at a time.
+pub async fn function_queue(state: Arc<WorkerState>, shutdown: watch::Receiver<bool>) {
+    let concurrency = state.config.function_worker_concurrency;
+    supervise!(
+        state,
+        shutdown,
+        FunctionJob,
+        Queue::Function,
+        4,
+        jobs::function::run,
+        concurrency
     )
 }

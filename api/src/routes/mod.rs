@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod cron;
 pub mod deployments;
 pub mod forge;
+pub mod functions;
 pub mod health;
 pub mod logs;
 pub mod queueing;
@@ -15,7 +16,7 @@ pub mod snapshots;
 pub mod ws;
 
 use axum::Router;
-use axum::routing::{get, post, put};
+use axum::routing::{any, get, post, put};
 
 use crate::state::AppState;
 
@@ -48,6 +49,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/apps/{id}/cron/resume", post(cron::resume))
         .route("/api/apps/{id}/cron/schedule", put(cron::set_schedule))
         .route("/api/apps/{id}/health-checks", get(checks::list))
+        .route("/api/apps/{id}/invoke", any(functions::invoke))
+        .route("/api/apps/{id}/invoke/{*path}", any(functions::invoke))
+        .route("/api/apps/{id}/functions/executions", get(functions::list))
+        .route("/api/functions/executions/{id}", get(functions::get))
+        .route(
+            "/api/functions/executions/{id}/cancel",
+            post(functions::cancel),
+        )
         .route("/api/cluster/nodes", get(cluster::list))
         .route("/api/cluster/nodes/{id}/drain", post(cluster::drain))
         .route("/api/deployments", get(deployments::list))

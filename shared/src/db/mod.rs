@@ -5,6 +5,7 @@ pub mod credentials;
 pub mod cron;
 pub mod deployments;
 pub mod forge;
+pub mod functions;
 pub mod health;
 pub mod lease;
 pub mod locks;

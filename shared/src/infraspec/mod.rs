@@ -121,6 +121,9 @@ pub struct Function {
     #[serde(with = "secs")]
     pub timeout: Duration,
     pub memory_mb: u32,
+    /// Runs at once for this function; more wait in the queue (up to
+    /// `NORN_FUNCTION_BACKLOG`, then 429).
+    pub concurrency: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]

@@ -110,6 +110,7 @@ pub(super) struct RawHealth {
 pub(super) struct RawFunction {
     pub timeout: Option<Scalar>,
     pub memory: Option<i64>,
+    pub concurrency: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -11,7 +11,7 @@ processes:
     replicas: 2
     health: {path: /healthz, interval: 15s, timeout: 3s}
   nightly: {schedule: "30 2 * * *", timezone: Europe/Berlin, command: "./ledger reconcile"}
-  export: {function: {timeout: 45s, memory: 384}, command: "./ledger export"}
+  export: {function: {timeout: 45s, memory: 384, concurrency: 3}, command: "./ledger export"}
 services:
   postgres: {database: ledger_db}
   kv: {namespace: ledger}
@@ -47,6 +47,14 @@ fn parses_every_field() {
             .unwrap()
             .memory_mb,
         384
+    );
+    assert_eq!(
+        spec.processes["export"]
+            .function
+            .as_ref()
+            .unwrap()
+            .concurrency,
+        3
     );
     assert_eq!(
         spec.services.postgres.as_ref().unwrap().database,
@@ -124,4 +132,20 @@ fn six_field_schedules_have_seconds() {
             .contains("never fires")
     );
     assert!(validate::cron_schedule("61 * * * *").is_err());
+}
+
+#[test]
+fn a_functions_concurrency_defaults_to_ten_and_is_bounded() {
+    let spec =
+        |c: &str| format!("name: fn\nprocesses:\n  run: {{command: cat, function: {{{c}}}}}\n");
+    let parsed = InfraSpec::parse(&spec("")).unwrap();
+    let f = parsed.processes["run"].function.as_ref().unwrap();
+    assert_eq!(
+        (f.concurrency, f.memory_mb, f.timeout),
+        (10, 256, Duration::from_secs(30))
+    );
+    for bad in ["concurrency: 0", "concurrency: 101", "concurrency: -1"] {
+        let err = first_error(&spec(bad));
+        assert_eq!(err.field, "processes.run.function.concurrency", "{bad}");
+    }
 }

@@ -383,6 +383,17 @@ fn process(p: RawProcess, path: &str, errors: &mut Errors) -> Option<Process> {
                 256
             }
         };
+        let concurrency = match f.concurrency {
+            None => 10,
+            Some(c) if (1..=limits::MAX_FUNCTION_CONCURRENCY).contains(&c) => c as u32,
+            Some(_) => {
+                errors.push(
+                    format!("{fp}.concurrency"),
+                    format!("must be 1..{}", limits::MAX_FUNCTION_CONCURRENCY),
+                );
+                10
+            }
+        };
         Function {
             timeout: duration(
                 f.timeout,
@@ -391,6 +402,7 @@ fn process(p: RawProcess, path: &str, errors: &mut Errors) -> Option<Process> {
                 errors,
             ),
             memory_mb,
+            concurrency,
         }
     });
     if schedule.is_some() && function.is_some() {

@@ -54,6 +54,9 @@ pub trait Runtime: Send + Sync {
         match self.finish_once(&job.name, job.timeout, out).await? {
             Finished::Exited { exit_code } => Ok(exit_code),
             Finished::TimedOut => Err(RuntimeError::TimedOut(job.timeout)),
+            Finished::OutOfMemory => Err(RuntimeError::Failed(
+                "killed: it used more than its memory limit".into(),
+            )),
         }
     }
     /// Creates and starts a one-off container (replacing a leftover of the same name).
@@ -76,6 +79,17 @@ pub trait Runtime: Send + Sync {
     /// Every running release instance of every app on this engine, with its
     /// current address.
     async fn running(&self) -> Result<Vec<Running>, RuntimeError>;
+    /// Runs a function: `job` with `input` on its stdin, to its end or
+    /// `job.timeout` (then killed); its output goes to `out`. The container
+    /// is removed afterwards, without the caller waiting for it.
+    async fn invoke(
+        &self,
+        job: &OneOff,
+        input: bytes::Bytes,
+        out: &mut dyn Output,
+    ) -> Result<Finished, RuntimeError>;
+    /// Function containers on this engine, running or not.
+    async fn function_containers(&self) -> Result<Vec<super::FunctionContainer>, RuntimeError>;
 }
 
 #[derive(Clone)]
@@ -119,6 +133,41 @@ fn hardened(network_id: String, memory_mb: u32, pids: i64) -> HostConfig {
 }
 
 impl DockerEngine {
+    /// What a one-off container (test, migration, cron run, function) is
+    /// created with. On the app network like the app's instances: it is the
+    /// app's code too, and gets no more than they do.
+    pub(super) async fn oneoff_body(
+        &self,
+        job: &OneOff,
+    ) -> Result<ContainerCreateBody, RuntimeError> {
+        let network_id = self.ensure_network().await?;
+        let host_config = match job.limits {
+            Some(l) => HostConfig {
+                nano_cpus: Some((l.cpus * 1e9) as i64),
+                ..hardened(network_id, l.memory_mb, l.pids)
+            },
+            None => hardened(network_id, self.defaults.memory_mb, self.defaults.pids),
+        };
+        Ok(ContainerCreateBody {
+            image: Some(job.image.clone()),
+            cmd: Some(vec!["/bin/sh".into(), "-c".into(), job.command.clone()]),
+            env: Some(env(&job.env)),
+            labels: Some(labels(&job.labels)),
+            host_config: Some(host_config),
+            ..Default::default()
+        })
+    }
+
+    /// Whether the engine killed the container for its memory cap.
+    pub(super) async fn oom_killed(&self, name: &str) -> bool {
+        self.client
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await
+            .ok()
+            .and_then(|info| info.state?.oom_killed)
+            .unwrap_or(false)
+    }
+
     pub async fn connect(
         network: &str,
         lock_pool: Option<sqlx::PgPool>,
@@ -156,7 +205,7 @@ impl DockerEngine {
         }
     }
 
-    async fn wait_exit(&self, name: &str) -> Result<i64, RuntimeError> {
+    pub(super) async fn wait_exit(&self, name: &str) -> Result<i64, RuntimeError> {
         let mut stream = self.client.wait_container(
             name,
             None::<bollard::query_parameters::WaitContainerOptions>,
@@ -172,7 +221,7 @@ impl DockerEngine {
     }
 }
 
-fn labels(map: &std::collections::BTreeMap<String, String>) -> HashMap<String, String> {
+pub(super) fn labels(map: &std::collections::BTreeMap<String, String>) -> HashMap<String, String> {
     map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
@@ -270,25 +319,8 @@ impl ImageBuilder for DockerEngine {
 #[async_trait::async_trait]
 impl Runtime for DockerEngine {
     async fn start_once(&self, job: &OneOff) -> Result<(), RuntimeError> {
-        // On the app network like the app's instances: a test, migration or
-        // cron run is the app's code too, and gets no more than they do.
-        let network_id = self.ensure_network().await?;
         self.remove(&job.name).await?;
-        let host_config = match job.limits {
-            Some(l) => HostConfig {
-                nano_cpus: Some((l.cpus * 1e9) as i64),
-                ..hardened(network_id, l.memory_mb, l.pids)
-            },
-            None => hardened(network_id, self.defaults.memory_mb, self.defaults.pids),
-        };
-        let body = ContainerCreateBody {
-            image: Some(job.image.clone()),
-            cmd: Some(vec!["/bin/sh".into(), "-c".into(), job.command.clone()]),
-            env: Some(env(&job.env)),
-            labels: Some(labels(&job.labels)),
-            host_config: Some(host_config),
-            ..Default::default()
-        };
+        let body = self.oneoff_body(job).await?;
         let opts = CreateContainerOptionsBuilder::default()
             .name(&job.name)
             .build();
@@ -317,11 +349,19 @@ impl Runtime for DockerEngine {
                 )
                 .await;
         }
+        let finished = match exit {
+            Ok(code) => {
+                let exit_code = code?;
+                if exit_code != 0 && self.oom_killed(name).await {
+                    Finished::OutOfMemory
+                } else {
+                    Finished::Exited { exit_code }
+                }
+            }
+            Err(_) => Finished::TimedOut,
+        };
         self.remove(name).await?;
-        match exit {
-            Ok(code) => Ok(Finished::Exited { exit_code: code? }),
-            Err(_) => Ok(Finished::TimedOut),
-        }
+        Ok(finished)
     }
 
     async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError> {
@@ -428,6 +468,19 @@ impl Runtime for DockerEngine {
                 Some((name, dep))
             })
             .collect())
+    }
+
+    async fn invoke(
+        &self,
+        job: &OneOff,
+        input: bytes::Bytes,
+        out: &mut dyn Output,
+    ) -> Result<Finished, RuntimeError> {
+        self.run_function(job, input, out).await
+    }
+
+    async fn function_containers(&self) -> Result<Vec<super::FunctionContainer>, RuntimeError> {
+        self.function_containers_listed().await
     }
 
     async fn running(&self) -> Result<Vec<Running>, RuntimeError> {

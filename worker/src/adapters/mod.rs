@@ -5,6 +5,7 @@ pub mod cloudflared;
 pub mod docker;
 pub mod filelock;
 pub mod git;
+pub mod invoke;
 pub mod kafka;
 pub mod network;
 pub mod postgres;
@@ -58,10 +59,16 @@ pub struct MaskedTail {
 }
 
 impl MaskedTail {
-    pub fn finish(mut self) -> String {
+    pub fn finish(self) -> String {
+        self.finish_counting().0
+    }
+
+    /// The kept text and how many bytes fell off its front.
+    pub fn finish_counting(mut self) -> (String, u64) {
         let rest = self.masker.finish();
         self.tail.push(&rest);
-        self.tail.finish()
+        let dropped = self.tail.dropped();
+        (self.tail.finish(), dropped)
     }
 }
 
@@ -108,6 +115,17 @@ pub enum Finished {
     },
     /// Killed at its deadline.
     TimedOut,
+    /// Killed by the engine for using more than its memory cap.
+    OutOfMemory,
+}
+
+/// A function's container as the engine lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionContainer {
+    pub name: String,
+    pub execution: i64,
+    /// The fleet node (worker) that ran it.
+    pub node: String,
 }
 
 /// One long-running container of a release.

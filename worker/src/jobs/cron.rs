@@ -343,6 +343,14 @@ async fn record_end(
             None,
             Some(format!("timed out after {timeout:?}")),
         ),
+        Ok(Finished::OutOfMemory) => (
+            "failed",
+            None,
+            Some(format!(
+                "killed: out of memory (limit {} MiB)",
+                start.oneoff.limits.map(|l| l.memory_mb).unwrap_or_default()
+            )),
+        ),
         Err(reason) => ("failed", None, Some(reason)),
     };
     let mut tx = state.pool.begin().await?;

@@ -3,6 +3,7 @@
 pub mod cron;
 pub mod deploy;
 pub mod forge;
+pub mod function;
 pub mod health;
 pub mod lease_wait;
 pub mod restore;
