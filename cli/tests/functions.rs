@@ -463,3 +463,98 @@ async fn a_deploy_never_cuts_off_a_running_invocation_and_events_go_out_on_ws() 
     assert_eq!(seen, ["func.started", "func.completed"]);
     no_function_containers_left(&app).await;
 }
+
+/// Warm containers of `app` that no run has taken yet (running, and not
+/// any execution's container).
+async fn idle_warm(h: &Harness, app: &str) -> Vec<String> {
+    let used: Vec<(Option<String>,)> =
+        sqlx::query_as("SELECT container FROM func_executions WHERE app = $1")
+            .bind(app)
+            .fetch_all(&h.pool)
+            .await
+            .unwrap();
+    let used: Vec<String> = used.into_iter().filter_map(|(c,)| c).collect();
+    common::all_containers()
+        .await
+        .into_iter()
+        .filter(|c| {
+            c.state.as_ref().map(|s| s.to_string()).as_deref() == Some("running")
+                && c.labels.as_ref().is_some_and(|l| {
+                    l.get("norn.app").map(String::as_str) == Some(app)
+                        && l.contains_key("norn.function.warm")
+                })
+        })
+        .filter_map(|c| {
+            c.names?
+                .first()
+                .map(|n| n.trim_start_matches('/').to_owned())
+        })
+        .filter(|n| !used.contains(n))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_warm_function_runs_in_containers_made_ahead_each_used_once_and_made_again_after_a_deploy()
+ {
+    let h = Harness::start().await;
+    let app = unique_app("fnwarm");
+    let repo = AppRepo::create(h.tmp.path(), &app);
+    let spec = function_app(
+        &app,
+        &repo,
+        json!({"page": {"function": {"warm": 2}, "command":
+            "echo \"host=$(hostname) in=$(cat) path=$NORN_REQUEST_PATH id=$NORN_EXECUTION_ID page=$(cat /www/index.html)\""}}),
+    );
+    h.register_and_deploy(spec).await;
+    // The first run is cold, and fills the pool.
+    let (code, _, first) = invoke(&h, &format!("/api/apps/{app}/invoke"), "cold", None).await;
+    assert_eq!(code, 200, "{first}");
+    let mut hosts = std::collections::HashSet::new();
+    for i in 0..3 {
+        let ready = eventually(Duration::from_secs(120), "two warm containers", || async {
+            let idle = idle_warm(&h, &app).await;
+            (idle.len() >= 2).then_some(idle)
+        })
+        .await;
+        let body: &'static str = ["one", "two", "three"][i];
+        let (code, _, a) = invoke(&h, &format!("/api/apps/{app}/invoke/p{i}"), body, None).await;
+        assert_eq!(
+            (code, a["status"].as_str()),
+            (200, Some("succeeded")),
+            "{a}"
+        );
+        let id = a["id"].as_i64().unwrap();
+        let out = a["output"].as_str().unwrap();
+        assert!(
+            out.contains(&format!("in={body} path=/p{i} id={id} page=v1")),
+            "{out}"
+        );
+        let host = out.split_whitespace().next().unwrap().to_owned();
+        assert!(hosts.insert(host), "a container ran two requests: {out}");
+        let (_, e) = h.get(&format!("/api/functions/executions/{id}")).await;
+        let container = e["container"].as_str().unwrap().to_owned();
+        assert!(
+            ready.contains(&container),
+            "{container} was not made ahead: {ready:?}"
+        );
+    }
+    // A new release: the pool made for the old image is not used again.
+    repo.commit("v2");
+    let second = h.deploy(&app, "HEAD").await;
+    assert_eq!(h.wait_terminal(&second).await["status"], "deployed");
+    let old = idle_warm(&h, &app).await;
+    let (_, _, a) = invoke(&h, &format!("/api/apps/{app}/invoke"), "new", None).await;
+    assert!(a["output"].as_str().unwrap().contains("page=v2"), "{a}");
+    eventually(
+        Duration::from_secs(60),
+        "the old release's warm containers to go",
+        || async {
+            let idle = idle_warm(&h, &app).await;
+            (!old.iter().any(|o| idle.contains(o))).then_some(())
+        },
+    )
+    .await;
+    // Stopping the worker removes what it kept warm.
+    drop(h);
+    no_function_containers_left(&app).await;
+}

@@ -1,8 +1,9 @@
 //! The function runs of this worker: who is running (so a cancel finds its
 //! run), the one LISTEN connection cancels arrive on, and the janitor that
-//! removes function containers whose execution ended (a worker killed
-//! mid-run leaves its container behind; the next janitor pass on that engine
-//! removes it once the sweep has ended the execution).
+//! removes function containers whose execution ended, and warm containers
+//! whose worker is gone (a worker killed mid-run leaves its containers
+//! behind; the next janitor pass on that engine removes them once the sweep
+//! has ended the execution, or the worker's heartbeat is lost).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -142,15 +143,30 @@ async fn sweep_containers(state: &WorkerState) -> Result<(), crate::WorkerError>
     }
     let pairs: Vec<(i64, String)> = found
         .iter()
-        .map(|c| (c.execution, c.node.clone()))
+        .filter_map(|c| Some((c.execution?, c.node.clone())))
         .collect();
+    // Warm containers (no execution yet, or taken by a run whose worker
+    // died) belong to their worker while it lives.
+    let mut nodes: Vec<String> = found
+        .iter()
+        .filter(|c| c.execution.is_none() && c.node != state.node_id)
+        .map(|c| c.node.clone())
+        .collect();
+    nodes.sort();
+    nodes.dedup();
     let mut conn = state.pool.acquire().await?;
     let ended = functions::ended_among(&mut conn, &pairs).await?;
+    let gone = norn_shared::db::nodes::gone_among(&mut conn, &nodes).await?;
     drop(conn);
     for c in found {
-        if ended.contains(&c.execution) {
+        let remove = match c.execution {
+            Some(id) => ended.contains(&id),
+            None => gone.contains(&c.node),
+        };
+        if remove {
             state.runtime.remove(&c.name).await?;
-            tracing::info!(container = %c.name, execution = c.execution, "removed an ended function's container");
+            tracing::info!(container = %c.name, execution = ?c.execution,
+                "removed a function container nobody will use");
         }
     }
     Ok(())

@@ -10,6 +10,7 @@ pub mod services;
 pub mod state;
 pub mod steps;
 pub mod supervisor;
+pub mod warm;
 
 use std::sync::Arc;
 
@@ -104,8 +105,13 @@ pub async fn run(
         stop.clone(),
     )));
     roles.push(Box::pin(invocations::janitor(state.clone(), stop.clone())));
-    roles.push(Box::pin(route_refresh::run(state, stop)));
+    roles.push(Box::pin(route_refresh::run(state.clone(), stop)));
     while roles.next().await.is_some() {}
+    // Nothing will take them now.
+    state
+        .warm
+        .close(&state, std::time::Duration::from_secs(30))
+        .await;
     let mut shutdown = shutdown;
     let _ = shutdown.wait_for(|s| *s).await;
     membership.leave().await;

@@ -44,6 +44,8 @@ pub struct WorkerState {
     pub node_id: String,
     /// The function runs in this process (for cancels).
     pub invocations: crate::invocations::Invocations,
+    /// Warm function containers this process keeps ready.
+    pub warm: crate::warm::WarmPools,
 }
 
 impl WorkerState {
@@ -169,6 +171,7 @@ impl WorkerState {
             engine_probe,
             node_id,
             invocations: Default::default(),
+            warm: Default::default(),
         })
     }
 }

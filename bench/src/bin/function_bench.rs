@@ -34,6 +34,11 @@ struct Args {
     /// How many at once in the concurrent mode.
     #[arg(long, default_value_t = 10)]
     concurrency: usize,
+    /// Norn's app network (`NORN_DOCKER_NETWORK`): a third column runs the
+    /// bare `docker run` on it too, where function containers run. Empty:
+    /// not measured.
+    #[arg(long, default_value = "norn")]
+    network: String,
 }
 
 struct Bench {
@@ -63,9 +68,14 @@ impl Bench {
         Ok(answer)
     }
 
-    async fn docker_run(&self) -> anyhow::Result<()> {
-        let mut child = tokio::process::Command::new("docker")
-            .args(["run", "--rm", "-i", &self.image, "/bin/sh", "-c", "cat"])
+    async fn docker_run(&self, network: Option<&str>) -> anyhow::Result<()> {
+        let mut cmd = tokio::process::Command::new("docker");
+        cmd.args(["run", "--rm", "-i"]);
+        if let Some(network) = network {
+            cmd.args(["--network", network]);
+        }
+        let mut child = cmd
+            .args([&self.image, "/bin/sh", "-c", "cat"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -90,9 +100,9 @@ impl Bench {
         Ok(start.elapsed())
     }
 
-    async fn timed_docker(&self) -> anyhow::Result<Duration> {
+    async fn timed_docker(&self, network: Option<&str>) -> anyhow::Result<Duration> {
         let start = Instant::now();
-        self.docker_run().await?;
+        self.docker_run(network).await?;
         Ok(start.elapsed())
     }
 }
@@ -119,7 +129,8 @@ async fn main() -> anyhow::Result<()> {
         .as_str()
         .context("the execution names no image")?
         .to_owned();
-    bench.docker_run().await?;
+    bench.docker_run(None).await?;
+    let network = (!bench.args.network.is_empty()).then(|| bench.args.network.clone());
 
     let n = bench.args.n;
     println!("# function-bench\n");
@@ -131,21 +142,40 @@ async fn main() -> anyhow::Result<()> {
     println!("|---|---|---|---|---|---|");
 
     // Sequential, alternating, so drift in the machine hits both alike.
-    let (mut bare, mut norn) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut bare, mut on_net, mut norn) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..n {
-        bare.push(bench.timed_docker().await?);
+        bare.push(bench.timed_docker(None).await?);
+        if let Some(net) = &network {
+            on_net.push(bench.timed_docker(Some(net)).await?);
+        }
         norn.push(bench.timed_norn().await?);
     }
     let sequential = (summarize(bare), summarize(norn));
     row("sequential", "docker run", &sequential.0);
+    if let Some(net) = &network {
+        row(
+            "sequential",
+            &format!("docker run --network {net}"),
+            &summarize(on_net),
+        );
+    }
     row("sequential", "norn invoke", &sequential.1);
 
     let c = bench.args.concurrency;
-    let bare = concurrently(n, c, || bench.timed_docker()).await?;
-    let norn = concurrently(n, c, || bench.timed_norn()).await?;
-    let concurrent = (summarize(bare), summarize(norn));
     let mode = format!("{c} at a time");
-    row(&mode, "docker run", &concurrent.0);
+    let bare = concurrently(n, c, || bench.timed_docker(None)).await?;
+    let bare = summarize(bare);
+    row(&mode, "docker run", &bare);
+    if let Some(net) = &network {
+        let on_net = concurrently(n, c, || bench.timed_docker(Some(net))).await?;
+        row(
+            &mode,
+            &format!("docker run --network {net}"),
+            &summarize(on_net),
+        );
+    }
+    let norn = concurrently(n, c, || bench.timed_norn()).await?;
+    let concurrent = (bare, summarize(norn));
     row(&mode, "norn invoke", &concurrent.1);
 
     println!("\n| mode | added at p50 | ratio p50 (norn / docker run) |");

@@ -152,3 +152,26 @@ pub async fn engine_states(
     .fetch_all(pool)
     .await
 }
+
+/// Of `ids`, the nodes of this fleet that are gone: removed, or silent for
+/// [`LOST_AFTER`]. An id this database never saw is another installation's
+/// (sharing the engine) and is never called gone.
+pub async fn gone_among(
+    conn: &mut PgConnection,
+    ids: &[String],
+) -> Result<Vec<String>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT id FROM cluster_nodes
+         WHERE id = ANY($1)
+           AND (status NOT IN ('ready', 'draining')
+                OR last_heartbeat_at <= now() - make_interval(secs => $2))",
+    )
+    .bind(ids)
+    .bind(LOST_AFTER.as_secs_f64())
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}

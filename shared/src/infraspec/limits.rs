@@ -10,6 +10,8 @@ pub const MAX_PROCESSES: usize = 50;
 pub const MAX_REPLICAS: i64 = 100;
 /// A function's `concurrency`: runs of one function at once.
 pub const MAX_FUNCTION_CONCURRENCY: i64 = 100;
+/// A function's `warm`: containers kept ready per worker.
+pub const MAX_FUNCTION_WARM: i64 = 10;
 pub const MAX_ENV_ENTRIES: usize = 200;
 /// Keys plus values of `env`.
 pub const MAX_ENV_BYTES: usize = 65_536;

@@ -124,6 +124,9 @@ pub struct Function {
     /// Runs at once for this function; more wait in the queue (up to
     /// `NORN_FUNCTION_BACKLOG`, then 429).
     pub concurrency: u32,
+    /// Containers each worker keeps created and started ahead, waiting for a
+    /// request (each used once, then replaced).
+    pub warm: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]

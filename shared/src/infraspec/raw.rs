@@ -111,6 +111,7 @@ pub(super) struct RawFunction {
     pub timeout: Option<Scalar>,
     pub memory: Option<i64>,
     pub concurrency: Option<i64>,
+    pub warm: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -148,4 +148,10 @@ fn a_functions_concurrency_defaults_to_ten_and_is_bounded() {
         let err = first_error(&spec(bad));
         assert_eq!(err.field, "processes.run.function.concurrency", "{bad}");
     }
+    assert_eq!(
+        first_error(&spec("warm: 11")).field,
+        "processes.run.function.warm"
+    );
+    let warm = InfraSpec::parse(&spec("warm: 2")).unwrap();
+    assert_eq!(warm.processes["run"].function.as_ref().unwrap().warm, 2);
 }

@@ -394,6 +394,17 @@ fn process(p: RawProcess, path: &str, errors: &mut Errors) -> Option<Process> {
                 10
             }
         };
+        let warm = match f.warm {
+            None => 0,
+            Some(w) if (0..=limits::MAX_FUNCTION_WARM).contains(&w) => w as u32,
+            Some(_) => {
+                errors.push(
+                    format!("{fp}.warm"),
+                    format!("must be 0..{}", limits::MAX_FUNCTION_WARM),
+                );
+                0
+            }
+        };
         Function {
             timeout: duration(
                 f.timeout,
@@ -403,6 +414,7 @@ fn process(p: RawProcess, path: &str, errors: &mut Errors) -> Option<Process> {
             ),
             memory_mb,
             concurrency,
+            warm,
         }
     });
     if schedule.is_some() && function.is_some() {

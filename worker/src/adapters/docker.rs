@@ -88,6 +88,17 @@ pub trait Runtime: Send + Sync {
         input: bytes::Bytes,
         out: &mut dyn Output,
     ) -> Result<Finished, RuntimeError>;
+    /// Creates and starts a warm function container (`job.command` must
+    /// wait on stdin for its request).
+    async fn start_warm(&self, job: &OneOff) -> Result<(), RuntimeError>;
+    /// Runs a request on a warm container, like [`Runtime::invoke`].
+    async fn invoke_warm(
+        &self,
+        name: &str,
+        timeout: Duration,
+        input: bytes::Bytes,
+        out: &mut dyn Output,
+    ) -> Result<Finished, RuntimeError>;
     /// Function containers on this engine, running or not.
     async fn function_containers(&self) -> Result<Vec<super::FunctionContainer>, RuntimeError>;
 }
@@ -477,6 +488,20 @@ impl Runtime for DockerEngine {
         out: &mut dyn Output,
     ) -> Result<Finished, RuntimeError> {
         self.run_function(job, input, out).await
+    }
+
+    async fn start_warm(&self, job: &OneOff) -> Result<(), RuntimeError> {
+        self.start_warm_function(job).await
+    }
+
+    async fn invoke_warm(
+        &self,
+        name: &str,
+        timeout: Duration,
+        input: bytes::Bytes,
+        out: &mut dyn Output,
+    ) -> Result<Finished, RuntimeError> {
+        self.run_warm_function(name, timeout, input, out).await
     }
 
     async fn function_containers(&self) -> Result<Vec<super::FunctionContainer>, RuntimeError> {

@@ -26,38 +26,82 @@ impl DockerEngine {
         input: bytes::Bytes,
         out: &mut dyn Output,
     ) -> Result<Finished, RuntimeError> {
+        self.create_function(job).await?;
+        // From here on the container exists: it is removed however this ends.
+        let ran = self
+            .attach_and_run(&job.name, true, job.timeout, input, out)
+            .await;
+        self.ended(&job.name, ran).await
+    }
+
+    /// Creates and starts a warm container: its shell waits for the first
+    /// line of its stdin before it runs the function.
+    pub(super) async fn start_warm_function(&self, job: &OneOff) -> Result<(), RuntimeError> {
+        self.create_function(job).await?;
+        if let Err(e) = self.client.start_container(&job.name, None).await {
+            self.remove_later(&job.name);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Runs a request on a warm container started by
+    /// [`DockerEngine::start_warm_function`]; `input` starts with the line
+    /// its shell waits for.
+    pub(super) async fn run_warm_function(
+        &self,
+        name: &str,
+        timeout: std::time::Duration,
+        input: bytes::Bytes,
+        out: &mut dyn Output,
+    ) -> Result<Finished, RuntimeError> {
+        let ran = self.attach_and_run(name, false, timeout, input, out).await;
+        self.ended(name, ran).await
+    }
+
+    /// Creates a function container with its stdin open: the engine closes
+    /// the container's stdin when the attached client closes its side, so
+    /// the function reads to EOF.
+    async fn create_function(&self, job: &OneOff) -> Result<(), RuntimeError> {
         let mut body = self.oneoff_body(job).await?;
         body.attach_stdin = Some(true);
         body.attach_stdout = Some(true);
         body.attach_stderr = Some(true);
         body.open_stdin = Some(true);
-        // The engine closes the container's stdin when the attached client
-        // closes its side: the function reads to EOF.
         body.stdin_once = Some(true);
         let opts = CreateContainerOptionsBuilder::default()
             .name(&job.name)
             .build();
         self.client.create_container(Some(opts), body).await?;
-        // From here on the container exists: it is removed however this ends.
-        let ran = self.attach_and_run(job, input, out).await;
+        Ok(())
+    }
+
+    /// How a run ended; its container is removed without the caller waiting.
+    async fn ended(
+        &self,
+        name: &str,
+        ran: Result<Option<i64>, RuntimeError>,
+    ) -> Result<Finished, RuntimeError> {
         let finished = match ran {
-            Ok(Some(exit_code)) if exit_code != 0 && self.oom_killed(&job.name).await => {
+            Ok(Some(exit_code)) if exit_code != 0 && self.oom_killed(name).await => {
                 Ok(Finished::OutOfMemory)
             }
             Ok(Some(exit_code)) => Ok(Finished::Exited { exit_code }),
             Ok(None) => Ok(Finished::TimedOut),
             Err(e) => Err(e),
         };
-        self.remove_later(&job.name);
+        self.remove_later(name);
         finished
     }
 
-    /// Attaches before the start (so no output is missed), starts, feeds
-    /// stdin and streams the output until the container exits. `None`:
+    /// Attaches (before the start, when `start`, so no output is missed),
+    /// feeds stdin and streams the output until the container exits. `None`:
     /// killed at its timeout.
     async fn attach_and_run(
         &self,
-        job: &OneOff,
+        name: &str,
+        start: bool,
+        timeout: std::time::Duration,
         input: bytes::Bytes,
         out: &mut dyn Output,
     ) -> Result<Option<i64>, RuntimeError> {
@@ -67,10 +111,12 @@ impl DockerEngine {
             .stderr(true)
             .stream(true)
             .build();
-        let attached = self.client.attach_container(&job.name, Some(opts)).await?;
+        let attached = self.client.attach_container(name, Some(opts)).await?;
         let mut stdin = attached.input;
         let mut output = attached.output;
-        self.client.start_container(&job.name, None).await?;
+        if start {
+            self.client.start_container(name, None).await?;
+        }
         // A function that never reads its stdin must not block the output.
         let feed = tokio::spawn(async move {
             let _ = stdin.write_all(&input).await;
@@ -81,16 +127,16 @@ impl DockerEngine {
                 out.write(&String::from_utf8_lossy(&chunk.into_bytes()))
                     .await;
             }
-            self.wait_exit(&job.name).await
+            self.wait_exit(name).await
         };
-        let ended = tokio::time::timeout(job.timeout, run).await;
+        let ended = tokio::time::timeout(timeout, run).await;
         feed.abort();
         match ended {
             Ok(code) => code.map(Some),
             Err(_) => {
                 let _ = self
                     .client
-                    .kill_container(&job.name, None::<KillContainerOptions>)
+                    .kill_container(name, None::<KillContainerOptions>)
                     .await;
                 Ok(None)
             }
@@ -112,7 +158,7 @@ impl DockerEngine {
     pub(super) async fn function_containers_listed(
         &self,
     ) -> Result<Vec<super::FunctionContainer>, RuntimeError> {
-        let filters = HashMap::from([("label".to_string(), vec![EXECUTION_LABEL.to_string()])]);
+        let filters = HashMap::from([("label".to_string(), vec![NODE_LABEL.to_string()])]);
         let opts = ListContainersOptionsBuilder::default()
             .all(true)
             .filters(&filters)
@@ -125,7 +171,7 @@ impl DockerEngine {
                 let labels = c.labels?;
                 Some(super::FunctionContainer {
                     name,
-                    execution: labels.get(EXECUTION_LABEL)?.parse().ok()?,
+                    execution: labels.get(EXECUTION_LABEL).and_then(|id| id.parse().ok()),
                     node: labels.get(NODE_LABEL)?.clone(),
                 })
             })

@@ -123,7 +123,8 @@ pub enum Finished {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FunctionContainer {
     pub name: String,
-    pub execution: i64,
+    /// `None`: a warm container, made before any request.
+    pub execution: Option<i64>,
     /// The fleet node (worker) that ran it.
     pub node: String,
 }

@@ -30,7 +30,7 @@ pub async fn run(job: FunctionJob, state: Data<Arc<WorkerState>>) -> Result<(), 
     })
 }
 
-async fn execute(job: &FunctionJob, state: &WorkerState) -> Result<(), WorkerError> {
+async fn execute(job: &FunctionJob, state: &Arc<WorkerState>) -> Result<(), WorkerError> {
     let mut conn = state.pool.acquire().await?;
     let Some(execution) = functions::get(&mut conn, job.execution_id).await? else {
         return Ok(());
@@ -45,24 +45,39 @@ async fn execute(job: &FunctionJob, state: &WorkerState) -> Result<(), WorkerErr
         .flatten()
         .map(|a| a.spec);
     drop(conn);
-    // `_` separates: app and process names cannot contain it.
-    let container = format!(
-        "{}_{}_fn_{}",
-        execution.app, execution.process, execution.id
-    );
-    let mut tx = state.pool.begin().await?;
-    let started = functions::start(&mut tx, execution.id, &state.node_id, &container).await?;
-    tx.commit().await?;
-    let Some(started) = started else {
-        return Ok(());
-    };
     let concurrency = spec
         .as_ref()
         .and_then(|s| s.processes.get(&execution.process)?.function.as_ref())
         .map_or(10, |f| f.concurrency);
-    let outcome = match spec {
-        Some(spec) => run_started(state, &spec, started, container).await,
-        None => Outcome::failed(Status::Failed, "the app no longer exists"),
+    // Everything that can be known before the run starts, so a warm
+    // container can be picked before it is recorded as the run's.
+    let plan = match &spec {
+        Some(spec) => plan(state, spec, &execution).await,
+        None => Err(Outcome::failed(Status::Failed, "the app no longer exists")),
+    };
+    let warm = match &plan {
+        Ok(plan) if plan.warm > 0 => take_warm(state, &execution, plan),
+        _ => None,
+    };
+    let container = warm.clone().unwrap_or_else(|| cold_name(&execution));
+    let mut tx = state.pool.begin().await?;
+    let started = functions::start(&mut tx, execution.id, &state.node_id, &container).await?;
+    tx.commit().await?;
+    let Some(started) = started else {
+        if let (Some(name), Ok(plan)) = (warm, &plan) {
+            let key = crate::warm::key_of(&plan.template);
+            if let Some(stale) = state
+                .warm
+                .put_back(&execution.app, &execution.process, key, name)
+            {
+                crate::warm::remove(state, vec![stale]).await;
+            }
+        }
+        return Ok(());
+    };
+    let outcome = match plan {
+        Ok(plan) => run_planned(state, plan, started, warm).await,
+        Err(outcome) => outcome,
     };
     let mut tx = state.pool.begin().await?;
     let ended = functions::end(&mut tx, execution.id, &outcome, concurrency)
@@ -76,44 +91,53 @@ async fn execute(job: &FunctionJob, state: &WorkerState) -> Result<(), WorkerErr
     Ok(())
 }
 
-/// Runs a started execution to its outcome; every failure is an outcome.
-async fn run_started(
+/// `_` separates: app and process names cannot contain it.
+fn cold_name(execution: &Execution) -> String {
+    format!(
+        "{}_{}_fn_{}",
+        execution.app, execution.process, execution.id
+    )
+}
+
+/// What a run needs besides its request: the container template (the
+/// app's env, no request variables), the masker and the pool size.
+struct Plan {
+    template: OneOff,
+    masker: norn_shared::text::Masker,
+    memory_mb: u32,
+    warm: u32,
+}
+
+async fn plan(
     state: &WorkerState,
     spec: &InfraSpec,
-    started: Started,
-    container: String,
-) -> Outcome {
-    let execution = &started.execution;
+    execution: &Execution,
+) -> Result<Plan, Outcome> {
     let Some((command, policy)) = spec
         .processes
         .get(&execution.process)
         .and_then(|p| Some((p.command.clone()?, p.function.clone()?)))
     else {
         let reason = format!("the app no longer has function {}", execution.process);
-        return Outcome::failed(Status::Failed, reason);
+        return Err(Outcome::failed(Status::Failed, reason));
     };
     let Some(image) = execution.image_tag.clone() else {
-        return Outcome::failed(Status::Failed, "no image recorded for the invocation");
+        return Err(Outcome::failed(
+            Status::Failed,
+            "no image recorded for the invocation",
+        ));
     };
-    let mut env = match crate::services::app_env(state, &execution.app, spec).await {
-        Ok(env) => env,
-        Err(e) => return Outcome::failed(Status::Failed, e.to_string()),
-    };
-    env.extend(request_env(execution));
-    let masker = match crate::services::masker(state, &execution.app).await {
-        Ok(m) => m,
-        Err(e) => {
+    let env = crate::services::app_env(state, &execution.app, spec)
+        .await
+        .map_err(|e| Outcome::failed(Status::Failed, e.to_string()))?;
+    let masker = crate::services::masker(state, &execution.app)
+        .await
+        .map_err(|e| {
             let reason = format!("could not read the app's secrets: {e}");
-            return Outcome::failed(Status::Failed, reason);
-        }
-    };
-    let mut output = MaskedTail {
-        masker,
-        tail: Tail::new(MAX_OUTPUT),
-    };
-    let timeout = Duration::from_millis(execution.timeout_ms.max(1) as u64);
-    let job = OneOff {
-        name: container,
+            Outcome::failed(Status::Failed, reason)
+        })?;
+    let template = OneOff {
+        name: String::new(),
         image,
         command,
         env,
@@ -122,30 +146,99 @@ async fn run_started(
             ("norn.job".into(), "function".into()),
             ("norn.function".into(), execution.process.clone()),
             (
-                crate::adapters::invoke::EXECUTION_LABEL.into(),
-                execution.id.to_string(),
-            ),
-            (
                 crate::adapters::invoke::NODE_LABEL.into(),
                 state.node_id.clone(),
             ),
         ]),
-        timeout,
+        timeout: Duration::from_millis(execution.timeout_ms.max(1) as u64),
         limits: Some(Limits {
             memory_mb: policy.memory_mb,
             cpus: 1.0,
             pids: state.config.container_pids,
         }),
     };
+    Ok(Plan {
+        template,
+        masker,
+        memory_mb: policy.memory_mb,
+        warm: policy.warm,
+    })
+}
+
+/// A ready warm container for this run, if the pool has one; either way the
+/// pool is topped up again, and containers made for an older release or
+/// older secrets are removed.
+fn take_warm(state: &Arc<WorkerState>, execution: &Execution, plan: &Plan) -> Option<String> {
+    let key = crate::warm::key_of(&plan.template);
+    let (taken, stale) = state.warm.take(&execution.app, &execution.process, key);
+    if !stale.is_empty() {
+        let state = state.clone();
+        tokio::spawn(async move { crate::warm::remove(&state, stale).await });
+    }
+    crate::warm::refill(
+        state.clone(),
+        execution.app.clone(),
+        execution.process.clone(),
+        plan.template.clone(),
+        plan.warm,
+    );
+    taken
+}
+
+/// Runs a started execution to its outcome; every failure is an outcome.
+async fn run_planned(
+    state: &WorkerState,
+    plan: Plan,
+    started: Started,
+    warm: Option<String>,
+) -> Outcome {
+    let execution = &started.execution;
+    let mut output = MaskedTail {
+        masker: plan.masker,
+        tail: Tail::new(MAX_OUTPUT),
+    };
+    let timeout = plan.template.timeout;
+    let request = request_env(execution);
+    let mut job = plan.template;
+    job.labels.insert(
+        crate::adapters::invoke::EXECUTION_LABEL.into(),
+        execution.id.to_string(),
+    );
     let registered = state.invocations.register(execution.id);
-    let finished = tokio::select! {
-        finished = state.runtime.invoke(&job, started.input.into(), &mut output) => Some(finished),
+    let run = async {
+        if let Some(name) = &warm {
+            let mut input = crate::warm::request_line(&request).into_bytes();
+            input.extend_from_slice(&started.input);
+            match state
+                .runtime
+                .invoke_warm(name, timeout, input.into(), &mut output)
+                .await
+            {
+                Ok(finished) => return (name.clone(), Ok(finished)),
+                // Gone while it waited (an engine restart): run it cold.
+                Err(e) => tracing::warn!(container = %name, error = %e,
+                    "a warm container could not be used; running cold"),
+            }
+        }
+        job.name = cold_name(execution);
+        job.env.extend(request.clone());
+        let finished = state
+            .runtime
+            .invoke(&job, started.input.clone().into(), &mut output)
+            .await;
+        (job.name.clone(), finished)
+    };
+    let ran = tokio::select! {
+        ran = run => Some(ran),
         () = registered.cancelled.notified() => None,
     };
     drop(registered);
-    let Some(finished) = finished else {
-        if let Err(e) = state.runtime.remove(&job.name).await {
-            tracing::warn!(container = %job.name, error = %e, "could not remove a cancelled function's container");
+    let Some((_, finished)) = ran else {
+        // Whichever container the run was in (warm, or cold after it).
+        for name in warm.iter().chain([&cold_name(execution)]) {
+            if let Err(e) = state.runtime.remove(name).await {
+                tracing::warn!(container = %name, error = %e, "could not remove a cancelled function's container");
+            }
         }
         let mut outcome = Outcome::failed(Status::Canceled, "canceled");
         (outcome.output, outcome.output_truncated) = finish_output(output);
@@ -169,7 +262,7 @@ async fn run_started(
         }
         Ok(Finished::OutOfMemory) => Outcome::failed(
             Status::Failed,
-            format!("killed: out of memory (limit {} MiB)", policy.memory_mb),
+            format!("killed: out of memory (limit {} MiB)", plan.memory_mb),
         ),
         Err(e) => Outcome::failed(Status::Failed, format!("could not run the container: {e}")),
     };
