@@ -31,6 +31,11 @@ impl Api {
     }
 
     async fn send(&self, r: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        Ok(self.send_status(r).await?.1)
+    }
+
+    /// The status with the body on success, the API's error otherwise.
+    async fn send_status(&self, r: reqwest::RequestBuilder) -> anyhow::Result<(u16, Value)> {
         let resp = r
             .send()
             .await
@@ -41,7 +46,7 @@ impl Api {
             let msg = body["error"].as_str().unwrap_or("request failed");
             bail!("{msg} (HTTP {})", status.as_u16());
         }
-        Ok(body)
+        Ok((status.as_u16(), body))
     }
 
     /// GET that returns the status with the body whatever it is (health
@@ -77,17 +82,7 @@ impl Api {
         if let Some(ct) = content_type {
             req = req.header(reqwest::header::CONTENT_TYPE, ct);
         }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the Norn API at {}", self.base))?;
-        let status = resp.status();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            let msg = body["error"].as_str().unwrap_or("request failed");
-            bail!("{msg} (HTTP {})", status.as_u16());
-        }
-        Ok((status.as_u16(), body))
+        self.send_status(req).await
     }
 
     pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {

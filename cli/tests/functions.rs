@@ -424,7 +424,7 @@ async fn a_deploy_never_cuts_off_a_running_invocation_and_events_go_out_on_ws() 
     let spec = function_app(
         &app,
         &repo,
-        json!({"page": {"function": {"timeout": "120s"}, "command": "sleep 6; cat /www/index.html"}}),
+        json!({"page": {"function": {"timeout": "180s"}, "command": "sleep 25; cat /www/index.html"}}),
     );
     h.register_and_deploy(spec).await;
     let (mut ws, _) =
@@ -436,12 +436,21 @@ async fn a_deploy_never_cuts_off_a_running_invocation_and_events_go_out_on_ws() 
     running(&h, id).await;
     repo.commit("v2");
     let second = h.deploy(&app, "HEAD").await;
-    assert_eq!(h.wait_terminal(&second).await["status"], "deployed");
+    let deployed = h.wait_terminal(&second).await;
+    assert_eq!(deployed["status"], "deployed");
     let e = ended(&h, id).await;
     assert_eq!(
         (e["status"].as_str(), e["output"].as_str()),
         (Some("succeeded"), Some("v1")),
         "{e}"
+    );
+    // It was still running when the new release took over (else this
+    // proves nothing), and it finished on the image it started with.
+    let at =
+        |v: &Value, f: &str| chrono::DateTime::parse_from_rfc3339(v[f].as_str().unwrap()).unwrap();
+    assert!(
+        at(&e, "finishedAt") > at(&deployed, "finishedAt"),
+        "the run ended before the deploy did: {e} / {deployed}"
     );
     let (_, _, after) = invoke(&h, &format!("/api/apps/{app}/invoke"), "", None).await;
     assert_eq!(after["output"], "v2", "{after}");

@@ -169,6 +169,20 @@ impl DockerEngine {
         })
     }
 
+    /// Every container (running or not) with the label `filter`
+    /// (`key` or `key=value`).
+    pub(super) async fn labelled(
+        &self,
+        filter: &str,
+    ) -> Result<Vec<bollard::models::ContainerSummary>, RuntimeError> {
+        let filters = HashMap::from([("label".to_string(), vec![filter.to_owned()])]);
+        let opts = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        Ok(self.client.list_containers(Some(opts)).await?)
+    }
+
     /// Whether the engine killed the container for its memory cap.
     pub(super) async fn oom_killed(&self, name: &str) -> bool {
         self.client
@@ -460,12 +474,7 @@ impl Runtime for DockerEngine {
     }
 
     async fn instances(&self, app: &str) -> Result<Vec<(String, String)>, RuntimeError> {
-        let filters = HashMap::from([("label".to_string(), vec![format!("norn.app={app}")])]);
-        let opts = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let list = self.client.list_containers(Some(opts)).await?;
+        let list = self.labelled(&format!("norn.app={app}")).await?;
         Ok(list
             .into_iter()
             .filter(|c| {

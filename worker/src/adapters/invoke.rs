@@ -2,11 +2,8 @@
 //! container's stdin, its output comes back over the same attached
 //! connection, and nothing waits for the container's removal.
 
-use std::collections::HashMap;
-
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, KillContainerOptions,
-    ListContainersOptionsBuilder,
 };
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
@@ -158,12 +155,7 @@ impl DockerEngine {
     pub(super) async fn function_containers_listed(
         &self,
     ) -> Result<Vec<super::FunctionContainer>, RuntimeError> {
-        let filters = HashMap::from([("label".to_string(), vec![NODE_LABEL.to_string()])]);
-        let opts = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let list = self.client.list_containers(Some(opts)).await?;
+        let list = self.labelled(NODE_LABEL).await?;
         Ok(list
             .into_iter()
             .filter_map(|c| {
