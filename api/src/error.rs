@@ -13,6 +13,8 @@ pub enum ApiError {
         field: Option<String>,
     },
     Unauthorized,
+    /// 403: a valid token whose role is below what the route needs.
+    Forbidden(String),
     NotFound(String),
     /// The request is valid but the resource is not in a state to accept it.
     Conflict(String),
@@ -73,6 +75,7 @@ impl IntoResponse for ApiError {
                 StatusCode::UNAUTHORIZED,
                 json!({"error": "missing or invalid bearer token"}),
             ),
+            ApiError::Forbidden(what) => (StatusCode::FORBIDDEN, json!({ "error": what })),
             ApiError::NotFound(what) => (StatusCode::NOT_FOUND, json!({ "error": what })),
             ApiError::Conflict(what) => (StatusCode::CONFLICT, json!({ "error": what })),
             ApiError::ConflictOn { message, field } => (

@@ -117,12 +117,22 @@ impl Api {
         Ok(())
     }
 
-    fn ws_url(&self, app: &str) -> String {
-        let mut url = format!("{}/ws?app={app}", self.base.replacen("http", "ws", 1));
-        if let Some(t) = &self.token {
-            url.push_str(&format!("&token={t}"));
-        }
-        url
+    /// The `/ws` request for `app`'s events; the token goes as a
+    /// subprotocol, never in the URL.
+    fn ws_request(
+        &self,
+        app: &str,
+    ) -> anyhow::Result<tokio_tungstenite::tungstenite::handshake::client::Request> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = format!("{}/ws?app={app}", self.base.replacen("http", "ws", 1));
+        let mut req = url.into_client_request()?;
+        let protocols = match &self.token {
+            Some(t) => format!("norn, norn.bearer.{t}"),
+            None => "norn".into(),
+        };
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", protocols.parse()?);
+        Ok(req)
     }
 }
 
@@ -209,10 +219,13 @@ async fn queue_and_follow(
     quiet: bool,
 ) -> anyhow::Result<bool> {
     // Subscribe before queueing so no step event is missed.
-    let ws = tokio_tungstenite::connect_async(api.ws_url(app))
-        .await
-        .ok()
-        .map(|(s, _)| s);
+    let ws = match api.ws_request(app) {
+        Ok(req) => tokio_tungstenite::connect_async(req)
+            .await
+            .ok()
+            .map(|(s, _)| s),
+        Err(_) => None,
+    };
     let queued = api.post(path, body).await?;
     let id = queued["id"]
         .as_str()
@@ -360,4 +373,18 @@ pub async fn health(api: &Api) -> anyhow::Result<bool> {
     }
     // `not_configured` is not a failure: nothing needs it yet.
     Ok(all_up)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_ws_request_carries_the_token_as_a_subprotocol_and_not_in_its_url() {
+        let api = super::Api::new("http://127.0.0.1:8800", Some("norn_abc".into()));
+        let req = api.ws_request("hello").unwrap();
+        assert_eq!(req.uri().to_string(), "ws://127.0.0.1:8800/ws?app=hello");
+        assert_eq!(
+            req.headers()["sec-websocket-protocol"],
+            "norn, norn.bearer.norn_abc"
+        );
+    }
 }

@@ -8,6 +8,7 @@ mod keyfile;
 mod localpg;
 mod secrets;
 mod snapshots;
+mod tokens;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -118,6 +119,11 @@ enum Command {
         #[command(subcommand)]
         action: Option<secrets::Action>,
     },
+    /// API tokens with a role (admin only): create (shown once), list, revoke.
+    Tokens {
+        #[command(subcommand)]
+        action: tokens::Action,
+    },
     /// Run an app's function once: the body goes to its stdin, its output
     /// is printed, and norn exits with its exit code.
     Invoke(invoke::Args),
@@ -216,5 +222,6 @@ async fn run(api: &client::Api, command: Command) -> anyhow::Result<bool> {
         Command::Secrets { app, action } => secrets::run(api, &app, action).await,
         Command::Cron { app, action } => cron::run(api, &app, action).await.map(|_| true),
         Command::Invoke(args) => invoke::run(api, args).await.map(|code| code == 0),
+        Command::Tokens { action } => tokens::run(api, action).await,
     }
 }

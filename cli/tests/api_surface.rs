@@ -373,7 +373,8 @@ async fn ws_streams_queued_every_step_in_order_and_completed_and_filters_by_app(
 const TOKEN: &str = "s3cret-token-for-the-api-test";
 
 #[tokio::test]
-async fn with_an_api_token_set_every_api_route_but_health_needs_it_and_ws_takes_it_as_query_too() {
+async fn with_an_api_token_set_every_api_route_but_health_needs_it_and_ws_takes_it_as_a_subprotocol_from_its_own_origin()
+ {
     let db = norn_shared::testing::fresh_database().await;
     let pool = norn_shared::db::connect(&db, 2).await.unwrap();
     let tmp = tempfile::tempdir().unwrap();
@@ -465,19 +466,42 @@ async fn with_an_api_token_set_every_api_route_but_health_needs_it_and_ws_takes_
         .unwrap();
     assert_eq!(resp.status().as_u16(), 201);
 
-    // /ws: refused without the token, open with it as header or query.
+    // /ws: refused without the token and with it in the URL (where proxies
+    // and logs keep it); open with it as a header or a subprotocol.
     let base = ws_url(&api, "");
     assert_eq!(ws_connect(base.clone()).await.err(), Some(401));
-    let wrong = format!("{base}?app={app}&token=wrong");
-    assert_eq!(ws_connect(wrong).await.err(), Some(401));
+    let in_url = format!("{base}?app={app}&token={TOKEN}");
+    assert_eq!(ws_connect(in_url).await.err(), Some(401));
+    let with_protocol = |token: &str| {
+        let mut req = format!("{base}?app={app}").into_client_request().unwrap();
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            format!("norn, norn.bearer.{token}").parse().unwrap(),
+        );
+        req
+    };
+    assert_eq!(ws_connect(with_protocol("wrong")).await.err(), Some(401));
     let mut with_header = base.clone().into_client_request().unwrap();
     with_header
         .headers_mut()
         .insert("authorization", bearer(TOKEN).unwrap().parse().unwrap());
     let mut by_header = ws_connect(with_header).await.expect("header token refused");
-    let mut by_query = ws_connect(format!("{base}?app={app}&token={TOKEN}"))
+    let mut by_protocol = ws_connect(with_protocol(TOKEN))
         .await
-        .expect("query token refused");
+        .expect("subprotocol token refused");
+    // A page of another origin may not open it, even with the token; the
+    // API's own origin may.
+    let mut foreign = with_protocol(TOKEN);
+    foreign
+        .headers_mut()
+        .insert("origin", "https://evil.example".parse().unwrap());
+    assert_eq!(ws_connect(foreign).await.err(), Some(403));
+    let mut same = with_protocol(TOKEN);
+    same.headers_mut().insert(
+        "origin",
+        format!("http://127.0.0.1:{port}").parse().unwrap(),
+    );
+    ws_connect(same).await.expect("same-origin page refused");
     wait_events_flow(&pool, &mut by_header).await;
 
     // Both sockets carry events; the deploy is recorded as the token's.
@@ -493,7 +517,7 @@ async fn with_an_api_token_set_every_api_route_but_health_needs_it_and_ws_takes_
         .as_str()
         .unwrap()
         .to_owned();
-    for ws in [&mut by_header, &mut by_query] {
+    for ws in [&mut by_header, &mut by_protocol] {
         let event = loop {
             let e = next_event(ws, "deploy.queued").await;
             if e["type"] != "test.ping" {

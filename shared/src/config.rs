@@ -71,6 +71,9 @@ pub struct Config {
     /// `NORN_FUNCTION_WORKER_CONCURRENCY`: function runs one worker runs at
     /// once (they mostly wait on their containers).
     pub function_worker_concurrency: usize,
+    /// `NORN_ALLOWED_ORIGINS`: browser origins (comma-separated, e.g.
+    /// `https://norn.example.com`) allowed besides this host itself.
+    pub allowed_origins: Vec<String>,
     /// `NORN_FUNCTION_BACKLOG`: invocations of one function that may wait
     /// beyond its `concurrency` before callers get 429.
     pub function_backlog: u32,
@@ -246,6 +249,14 @@ impl Config {
         Ok(Self {
             function_worker_concurrency,
             function_backlog: parsed("NORN_FUNCTION_BACKLOG", 100u32)?,
+            allowed_origins: var("NORN_ALLOWED_ORIGINS")
+                .map(|v| {
+                    v.split(',')
+                        .map(|o| o.trim().trim_end_matches('/').to_owned())
+                        .filter(|o| !o.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
             bind_addr: parsed("NORN_BIND_ADDR", IpAddr::from([127, 0, 0, 1]))?,
             port: parsed("NORN_PORT", 8800u16)?,
             database_url: var("DATABASE_URL")

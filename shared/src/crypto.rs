@@ -129,6 +129,31 @@ pub fn random_password() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The prefix of every API token Norn makes: a leaked one is recognisable
+/// (secret scanners), and it is never mistaken for another credential.
+pub const TOKEN_PREFIX: &str = "norn_";
+
+/// A new API token: the prefix and 256 random bits (base64url).
+pub fn new_api_token() -> String {
+    let mut bytes = [0u8; 32];
+    OsRng.fill_bytes(&mut bytes);
+    format!(
+        "{TOKEN_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+/// What is stored of an API token: its SHA-256. The token carries 256
+/// random bits, so a slow hash would add nothing.
+pub fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Equality whose time does not depend on where the inputs differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// What Postgres stores for a SCRAM-SHA-256 password (RFC 5802/7677, the
 /// format of `pg_authid.rolpassword`), made here so that `CREATE ROLE … PASSWORD`
 /// carries only the verifier: the password itself never reaches the server,

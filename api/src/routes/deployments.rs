@@ -1,6 +1,6 @@
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::{Extension, Json};
 use norn_shared::db::deployments::{self, ListFilter, NewDeployment};
 use norn_shared::db::saga::{self, NewSagaEvent};
 use norn_shared::domain::{DeploymentStatus, GitRef, new_deployment_id};
@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use super::apps::app_id;
 use super::queueing;
+use crate::auth::Principal;
 use crate::body::{Body, Query, SMALL_LIMIT, optional_json};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -24,6 +25,7 @@ struct DeployBody {
 /// Records a `queued` deployment and pushes its job in one transaction.
 pub async fn deploy(
     State(state): State<AppState>,
+    Extension(by): Extension<Principal>,
     Path(id): Path<String>,
     headers: HeaderMap,
     Body(body): Body<SMALL_LIMIT>,
@@ -43,7 +45,7 @@ pub async fn deploy(
                 })?,
         ),
     };
-    let actor = super::actor(&state);
+    let actor = by.name.as_str();
 
     let mut tx = state.pool.begin().await?;
     let registered = queueing::lock_app(&mut tx, app.as_str()).await?;
@@ -168,10 +170,11 @@ pub async fn events(
 /// releases the app). Terminal deployments give 409.
 pub async fn cancel(
     State(state): State<AppState>,
+    Extension(by): Extension<Principal>,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let id = deployment_id(&id)?;
-    let actor = super::actor(&state);
+    let actor = by.name.as_str();
     let mut tx = state.pool.begin().await?;
     let d = deployments::lock(&mut tx, id)
         .await?

@@ -3,9 +3,9 @@
 //! `POST /api/apps/{id}/teardown?dropData=true&confirm=true`, each queued
 //! as a `norn.forge` job that runs under the app lease.
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use norn_shared::db::apps;
 use norn_shared::db::forge::{self, ForgeState};
 use norn_shared::db::saga::{self, NewSagaEvent};
@@ -18,6 +18,7 @@ use sqlx::PgConnection;
 
 use super::apps::app_id;
 use super::snapshots::flag;
+use crate::auth::Principal;
 use crate::body::{Body, Query, SMALL_LIMIT, optional_json};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -51,6 +52,7 @@ pub struct ForgeBody {
 
 pub async fn forge(
     State(state): State<AppState>,
+    Extension(by): Extension<Principal>,
     Path(id): Path<String>,
     Body(body): Body<SMALL_LIMIT>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
@@ -65,7 +67,7 @@ pub async fn forge(
         )));
     }
     let action = ForgeAction::Forge { force };
-    queue_job(&state, tx, &app.id, action).await
+    queue_job(&by, tx, &app.id, action).await
 }
 
 #[derive(Deserialize, Default)]
@@ -77,6 +79,7 @@ pub struct TeardownQuery {
 
 pub async fn teardown(
     State(state): State<AppState>,
+    Extension(by): Extension<Principal>,
     Path(id): Path<String>,
     Query(q): Query<TeardownQuery>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
@@ -97,7 +100,7 @@ pub async fn teardown(
         )));
     }
     let action = ForgeAction::Teardown { drop_data };
-    queue_job(&state, tx, &app.id, action).await
+    queue_job(&by, tx, &app.id, action).await
 }
 
 fn refuse_busy(current: &ForgeState) -> ApiResult<()> {
@@ -111,7 +114,7 @@ fn refuse_busy(current: &ForgeState) -> ApiResult<()> {
 }
 
 async fn queue_job(
-    state: &AppState,
+    by: &Principal,
     mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
     app: &str,
     action: ForgeAction,
@@ -123,7 +126,7 @@ async fn queue_job(
         action,
     };
     queue::enqueue(&mut tx, Queue::Forge, &job, Some(&id)).await?;
-    let actor = super::actor(state);
+    let actor = by.name.as_str();
     saga::append(
         &mut tx,
         NewSagaEvent {

@@ -7,10 +7,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use norn_shared::db::functions::{self, Invoked, NewInvocation, Outcome, Status, Trigger};
 use norn_shared::db::{apps, deployments};
 use norn_shared::infraspec::{Function, InfraSpec};
@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use super::apps::app_id;
+use crate::auth::Principal;
 use crate::body::{Body, Query};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -40,6 +41,7 @@ const RECHECK: Duration = Duration::from_secs(5);
 /// `ANY /api/apps/{id}/invoke[/{*path}]`.
 pub async fn invoke(
     State(state): State<AppState>,
+    Extension(by): Extension<Principal>,
     Path(params): Path<HashMap<String, String>>,
     method: Method,
     uri: Uri,
@@ -98,7 +100,7 @@ pub async fn invoke(
             } else {
                 Trigger::Sync
             },
-            invoked_by: super::actor(&state),
+            invoked_by: &by.name,
             method: method.as_str(),
             path: &path,
             query: &request.rest,

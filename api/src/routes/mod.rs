@@ -13,6 +13,7 @@ pub mod queueing;
 pub mod rollback;
 pub mod secrets;
 pub mod snapshots;
+pub mod tokens;
 pub mod ws;
 
 use axum::Router;
@@ -64,20 +65,15 @@ pub fn router(state: AppState) -> Router {
         .route("/api/deployments/{id}/events", get(deployments::events))
         .route("/api/deployments/{id}/logs", get(logs::logs))
         .route("/api/deployments/{id}/cancel", post(deployments::cancel))
+        .route("/api/tokens", get(tokens::list).post(tokens::create))
+        .route("/api/tokens/{name}", axum::routing::delete(tokens::revoke))
         .route("/ws", get(ws::upgrade))
-        .fallback(|| async { crate::error::ApiError::NotFound("no such route".into()) })
-        .layer(axum::middleware::from_fn_with_state(
+        // After routing: the role a route needs is looked up by its pattern,
+        // and an unknown path is a 404 for anyone.
+        .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            crate::auth::require_token,
+            crate::auth::require_role,
         ))
+        .fallback(|| async { crate::error::ApiError::NotFound("no such route".into()) })
         .with_state(state)
-}
-
-/// Who a saga event says triggered an API action.
-pub(crate) fn actor(state: &AppState) -> &'static str {
-    if state.config.api_token.is_some() {
-        "api-token"
-    } else {
-        "api"
-    }
 }

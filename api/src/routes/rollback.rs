@@ -1,9 +1,9 @@
 //! `POST /api/apps/{id}/rollback {deploymentId?}`: queue a deployment that
 //! puts an earlier release's image back, with no build and no migration.
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use norn_shared::db::deployments::{self, Deployment};
 use norn_shared::db::saga::{self, NewSagaEvent};
 use norn_shared::domain::{DeploymentStatus, new_deployment_id};
@@ -14,6 +14,7 @@ use sqlx::PgConnection;
 
 use super::apps::app_id;
 use super::queueing;
+use crate::auth::Principal;
 use crate::body::{Body, SMALL_LIMIT, optional_json};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -26,12 +27,13 @@ struct RollbackBody {
 
 pub async fn rollback(
     State(state): State<AppState>,
+    Extension(by): Extension<Principal>,
     Path(id): Path<String>,
     Body(body): Body<SMALL_LIMIT>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let app = app_id(&id)?;
     let body: RollbackBody = optional_json(&body)?;
-    let actor = super::actor(&state);
+    let actor = by.name.as_str();
     let mut tx = state.pool.begin().await?;
     let registered = queueing::lock_app(&mut tx, app.as_str()).await?;
     let target = target(&mut tx, app.as_str(), body.deployment_id.as_deref()).await?;

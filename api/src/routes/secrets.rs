@@ -5,14 +5,15 @@
 
 use std::collections::BTreeMap;
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use norn_shared::db::saga::{self, NewSagaEvent};
 use norn_shared::db::{apps, secrets};
 use serde_json::{Value, json};
 
 use super::apps::app_id;
+use crate::auth::Principal;
 use crate::body::{Body, SMALL_LIMIT};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -70,6 +71,7 @@ fn bad_name(name: &str) -> Option<String> {
 
 pub async fn put(
     State(state): State<AppState>,
+    Extension(by): Extension<Principal>,
     Path(id): Path<String>,
     Body(body): Body<SMALL_LIMIT>,
 ) -> ApiResult<Json<Value>> {
@@ -108,7 +110,7 @@ pub async fn put(
         )));
     }
     let names: Vec<&String> = values.keys().collect();
-    trail(&state, &mut tx, &app, "secrets.set", &names).await?;
+    trail(&by, &mut tx, &app, "secrets.set", &names).await?;
     tx.commit().await?;
     tracing::info!(app = %app, names = ?names, "secrets set");
     Ok(Json(json!({"app": app, "set": names})))
@@ -116,6 +118,7 @@ pub async fn put(
 
 pub async fn delete(
     State(state): State<AppState>,
+    Extension(by): Extension<Principal>,
     Path((id, name)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let mut tx = state.pool.begin().await?;
@@ -125,14 +128,14 @@ pub async fn delete(
             "app {app} has no secret {name}"
         )));
     }
-    trail(&state, &mut tx, &app, "secrets.unset", &[&name]).await?;
+    trail(&by, &mut tx, &app, "secrets.unset", &[&name]).await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Names only: the values never reach the saga.
 async fn trail(
-    state: &AppState,
+    by: &Principal,
     tx: &mut sqlx::PgConnection,
     app: &str,
     action: &str,
@@ -148,7 +151,7 @@ async fn trail(
             action,
             step: None,
             message: &list.join(", "),
-            actor: super::actor(state),
+            actor: &by.name,
             metadata: json!({"names": list}),
         },
     )

@@ -3,9 +3,9 @@
 //! The API reads `NORN_SNAPSHOTS_DIR`, so api and workers must share it
 //! (one host, or a shared volume).
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use norn_shared::db::apps::{self, App};
 use norn_shared::db::restores::{self, NewRestore};
 use norn_shared::db::saga::{self, NewSagaEvent};
@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use sqlx::PgConnection;
 
 use super::apps::app_id;
+use crate::auth::Principal;
 use crate::body::Query;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -79,6 +80,7 @@ pub(crate) fn flag(value: Option<&str>, field: &str) -> ApiResult<bool> {
 /// `preRestore=true` dumps the current state first.
 pub async fn restore(
     State(state): State<AppState>,
+    Extension(by): Extension<Principal>,
     Path((id, ts)): Path<(String, String)>,
     Query(q): Query<RestoreQuery>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
@@ -101,7 +103,7 @@ pub async fn restore(
         .map(|f| f.to_string_lossy().into_owned())
         .unwrap_or_default();
     let restore_id = uuid::Uuid::now_v7().to_string();
-    let actor = super::actor(&state);
+    let actor = by.name.as_str();
     restores::insert(
         &mut tx,
         &NewRestore {

@@ -15,6 +15,7 @@ pub mod restores;
 pub mod routes;
 pub mod saga;
 pub mod secrets;
+pub mod tokens;
 
 use std::time::Duration;
 
