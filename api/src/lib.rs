@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod body;
 pub mod error;
+pub mod http_policy;
 pub mod ingress;
 pub mod listener;
 pub mod routes;

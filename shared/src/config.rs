@@ -71,6 +71,9 @@ pub struct Config {
     /// `NORN_FUNCTION_WORKER_CONCURRENCY`: function runs one worker runs at
     /// once (they mostly wait on their containers).
     pub function_worker_concurrency: usize,
+    /// `NORN_REQUEST_TIMEOUT`: how long an API request may take (streams,
+    /// `/ws` and sync invocations have their own bounds).
+    pub request_timeout: Duration,
     /// `NORN_ALLOWED_ORIGINS`: browser origins (comma-separated, e.g.
     /// `https://norn.example.com`) allowed besides this host itself.
     pub allowed_origins: Vec<String>,
@@ -249,6 +252,7 @@ impl Config {
         Ok(Self {
             function_worker_concurrency,
             function_backlog: parsed("NORN_FUNCTION_BACKLOG", 100u32)?,
+            request_timeout: duration("NORN_REQUEST_TIMEOUT", Duration::from_secs(30))?,
             allowed_origins: var("NORN_ALLOWED_ORIGINS")
                 .map(|v| {
                     v.split(',')

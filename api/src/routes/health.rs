@@ -5,6 +5,9 @@ use serde_json::{Value, json};
 
 use crate::state::AppState;
 
+/// How long one probe of Norn's database may take.
+const PROBE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Postgres, the workers' container engines and queue depth. 503 when
 /// Postgres is down, so load balancers take this replica out. The API holds
 /// no Docker socket: the engine's state is what live workers reported in
@@ -14,9 +17,20 @@ pub async fn health(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> (StatusCode, Json<Value>) {
-    let postgres = sqlx::query("SELECT 1").execute(&state.pool).await;
-    let pg_up = postgres.is_ok();
-    let engines = norn_shared::db::nodes::engine_states(&state.pool).await;
+    // Bounded, and nothing else asks the database once it is down: a probe
+    // must answer within the load balancer's patience, not after one pool
+    // timeout per query.
+    let pg_up = matches!(
+        tokio::time::timeout(PROBE, sqlx::query("SELECT 1").execute(&state.pool)).await,
+        Ok(Ok(_))
+    );
+    let engines = if pg_up {
+        norn_shared::db::nodes::engine_states(&state.pool)
+            .await
+            .map_err(|e| e.to_string())
+    } else {
+        Err("Postgres is down".to_owned())
+    };
     let docker = match &engines {
         Err(_) => json!({"status": "unknown"}),
         Ok(rows) if rows.is_empty() => {
@@ -44,18 +58,23 @@ pub async fn health(
     let status = if ok { "ok" } else { "degraded" };
     // Details for any valid token (a named one needs the database, which
     // may be what is down: the bootstrap token never does).
-    let known = crate::auth::principal(&state, &headers)
+    let known = tokio::time::timeout(PROBE, crate::auth::principal(&state, &headers))
         .await
         .ok()
+        .and_then(Result::ok)
         .flatten()
         .is_some();
     if !known {
         return (code, Json(json!({ "status": status })));
     }
-    let queues: serde_json::Map<String, Value> = norn_shared::queue::depth(&state.pool)
-        .await
-        .map(|rows| rows.into_iter().map(|(q, n)| (q, json!(n))).collect())
-        .unwrap_or_default();
+    let queues: serde_json::Map<String, Value> = if pg_up {
+        norn_shared::queue::depth(&state.pool)
+            .await
+            .map(|rows| rows.into_iter().map(|(q, n)| (q, json!(n))).collect())
+            .unwrap_or_default()
+    } else {
+        serde_json::Map::new()
+    };
     let body = json!({
         "status": status,
         "services": {

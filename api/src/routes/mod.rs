@@ -22,7 +22,8 @@ use axum::routing::{any, get, post, put};
 use crate::state::AppState;
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    // Routes that answer at once, under NORN_REQUEST_TIMEOUT.
+    let bounded = Router::new()
         .route("/api/health", get(health::health))
         .route("/api/apps", get(apps::list).post(apps::register))
         .route("/api/apps/{id}", get(apps::get))
@@ -50,8 +51,6 @@ pub fn router(state: AppState) -> Router {
         .route("/api/apps/{id}/cron/resume", post(cron::resume))
         .route("/api/apps/{id}/cron/schedule", put(cron::set_schedule))
         .route("/api/apps/{id}/health-checks", get(checks::list))
-        .route("/api/apps/{id}/invoke", any(functions::invoke))
-        .route("/api/apps/{id}/invoke/{*path}", any(functions::invoke))
         .route("/api/apps/{id}/functions/executions", get(functions::list))
         .route("/api/functions/executions/{id}", get(functions::get))
         .route(
@@ -63,11 +62,21 @@ pub fn router(state: AppState) -> Router {
         .route("/api/deployments", get(deployments::list))
         .route("/api/deployments/{id}", get(deployments::get))
         .route("/api/deployments/{id}/events", get(deployments::events))
-        .route("/api/deployments/{id}/logs", get(logs::logs))
         .route("/api/deployments/{id}/cancel", post(deployments::cancel))
         .route("/api/tokens", get(tokens::list).post(tokens::create))
         .route("/api/tokens/{name}", axum::routing::delete(tokens::revoke))
-        .route("/ws", get(ws::upgrade))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::http_policy::deadline,
+        ));
+    // Routes that stream or wait, each with a bound of its own.
+    let long = Router::new()
+        .route("/api/apps/{id}/invoke", any(functions::invoke))
+        .route("/api/apps/{id}/invoke/{*path}", any(functions::invoke))
+        .route("/api/deployments/{id}/logs", get(logs::logs))
+        .route("/ws", get(ws::upgrade));
+    bounded
+        .merge(long)
         // After routing: the role a route needs is looked up by its pattern,
         // and an unknown path is a 404 for anyone.
         .route_layer(axum::middleware::from_fn_with_state(
@@ -75,5 +84,10 @@ pub fn router(state: AppState) -> Router {
             crate::auth::require_role,
         ))
         .fallback(|| async { crate::error::ApiError::NotFound("no such route".into()) })
+        // Outermost: a refused origin never reaches auth or a handler.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::http_policy::origins_and_headers,
+        ))
         .with_state(state)
 }

@@ -4,19 +4,16 @@
 //!
 //! The token comes as a subprotocol (`norn.bearer.<token>`, offered beside
 //! `norn`, which the server picks), checked by the auth layer like a bearer
-//! header. A browser page from another origin is refused: a page a user
-//! visits must not read their events with their token (the `Origin` must be
-//! this host or one of `NORN_ALLOWED_ORIGINS`).
+//! header. A browser page from another origin is refused by the origin rule
+//! every route has (`http_policy`).
 
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::http::{HeaderMap, header};
 use axum::response::Response;
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::body::Query;
-use crate::error::ApiError;
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -27,37 +24,11 @@ pub struct WsQuery {
 pub async fn upgrade(
     ws: WebSocketUpgrade,
     State(state): State<AppState>,
-    headers: HeaderMap,
     Query(q): Query<WsQuery>,
-) -> Result<Response, ApiError> {
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let origin = origin.to_str().unwrap_or_default();
-        if !origin_allowed(origin, &headers, &state.config.allowed_origins) {
-            return Err(ApiError::Forbidden(format!(
-                "origin {origin} may not open /ws (NORN_ALLOWED_ORIGINS)"
-            )));
-        }
-    }
+) -> Response {
     let rx = state.events.subscribe();
-    Ok(ws
-        .protocols([crate::auth::WS_PROTOCOL])
-        .on_upgrade(move |socket| pump(socket, rx, q.app)))
-}
-
-/// The page's origin is this host (same origin), or listed.
-fn origin_allowed(origin: &str, headers: &HeaderMap, allowed: &[String]) -> bool {
-    if allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
-        return true;
-    }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or_default();
-    let origin_host = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"))
-        .unwrap_or_default();
-    !host.is_empty() && origin_host.eq_ignore_ascii_case(host)
+    ws.protocols([crate::auth::WS_PROTOCOL])
+        .on_upgrade(move |socket| pump(socket, rx, q.app))
 }
 
 async fn pump(
