@@ -65,9 +65,39 @@ const ROUTES: &[(&str, &str, Need)] = &[
 struct Api {
     base: String,
     http: reqwest::Client,
+    db: String,
+    pool: sqlx::PgPool,
+    _proc: common::procs::Proc,
+    _tmp: tempfile::TempDir,
 }
 
 impl Api {
+    /// A real API process on a fresh database, with the bootstrap token set.
+    async fn start(node: &str) -> Self {
+        let db = norn_shared::testing::fresh_database().await;
+        let pool = norn_shared::db::connect(&db, 2).await.unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let proc = spawn_with(
+            "norn-api",
+            &db,
+            tmp.path(),
+            node,
+            port,
+            &[("NORN_API_TOKEN", BOOTSTRAP)],
+        );
+        let api = Api {
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+            db,
+            pool,
+            _proc: proc,
+            _tmp: tmp,
+        };
+        wait_api(&api.http, &api.base).await;
+        api
+    }
+
     async fn call(&self, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut req = self.http.request(method, format!("{}{path}", self.base));
@@ -102,23 +132,8 @@ impl Api {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_route_answers_each_kind_of_caller_as_the_role_table_says() {
-    let db = norn_shared::testing::fresh_database().await;
-    let pool = norn_shared::db::connect(&db, 2).await.unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let _api = spawn_with(
-        "norn-api",
-        &db,
-        tmp.path(),
-        "matrix-api",
-        port,
-        &[("NORN_API_TOKEN", BOOTSTRAP)],
-    );
-    let api = Api {
-        base: format!("http://127.0.0.1:{port}"),
-        http: reqwest::Client::new(),
-    };
-    wait_api(&api.http, &api.base).await;
+    let api = Api::start("matrix-api").await;
+    let pool = api.pool.clone();
     let app = unique_app("matrix");
     let spec = json!({"name": app, "processes": {"web": {"port": 8080}, "run": {"command": "cat", "function": {}}}});
     let resp = api
@@ -185,21 +200,13 @@ async fn every_route_answers_each_kind_of_caller_as_the_role_table_says() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_token_is_shown_once_stored_only_as_a_hash_and_names_its_actions() {
-    let db = norn_shared::testing::fresh_database().await;
-    let pool = norn_shared::db::connect(&db, 2).await.unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let _api = spawn_with(
-        "norn-api",
-        &db,
-        tmp.path(),
-        "tokens-api",
-        port,
-        &[("NORN_API_TOKEN", BOOTSTRAP)],
+    let api = Api::start("tokens-api").await;
+    let (base, http, db, pool) = (
+        api.base.clone(),
+        api.http.clone(),
+        api.db.clone(),
+        api.pool.clone(),
     );
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    wait_api(&http, &base).await;
 
     // The CLI makes one: the token alone on stdout.
     let std_env = |args: &[&str]| {
