@@ -113,6 +113,13 @@ async fn every_tick_runs_once_while_the_leader_is_killed() {
             || async { (!backend_alive(&h.pool, pid).await).then_some(()) },
         )
         .await;
+        // The killed node stays down until another has taken over: restarted
+        // at once, it would often win the election itself (the others retry
+        // every second) and no failover would be tested.
+        eventually(Duration::from_secs(30), "another node to lead", || async {
+            leader(&h.pool).await.filter(|(n, _)| *n != node)
+        })
+        .await;
         killed.push((node, pid));
         procs[i] = spawn(
             "norn-scheduler",
