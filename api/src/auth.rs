@@ -10,7 +10,8 @@
 //! address that way unless `NORN_ALLOW_NO_AUTH=true`) and every caller is
 //! the admin `api`.
 //!
-//! `/api/health` answers anyone, with details only for a valid token. `/ws`
+//! `/api/health` answers anyone, with details only for a valid token; the
+//! webhook receivers answer anyone, acting only on signed deliveries. `/ws`
 //! takes the token as a WebSocket subprotocol (`norn.bearer.<token>`, beside
 //! `norn`), never in its URL, where proxies and logs would keep it.
 
@@ -87,6 +88,15 @@ pub async fn principal(
         }))
 }
 
+/// Routes anyone may call: the minimal health answer, and the webhook
+/// receivers (a forge has no token; each delivery's signature is checked).
+pub const OPEN_ROUTES: &[&str] = &[
+    "/api/health",
+    "/api/webhooks/github",
+    "/api/webhooks/gitea",
+    "/api/webhooks/gitlab",
+];
+
 /// The least role a route needs. Reading is for viewers; the actions a
 /// deploy pipeline needs are for deployers; everything else that changes
 /// something, and any route not listed here, is for admins.
@@ -98,7 +108,11 @@ pub fn required_role(method: &Method, route: &str) -> Role {
         ("POST", "/api/apps/{id}/cron/trigger"),
         ("POST", "/api/functions/executions/{id}/cancel"),
     ];
-    const ADMIN_READS: &[&str] = &["/api/tokens"];
+    const ADMIN_READS: &[&str] = &[
+        "/api/tokens",
+        "/api/webhooks/deliveries",
+        "/api/webhooks/deliveries/{id}",
+    ];
     // Invoking runs the app's code, whatever the method.
     if route.starts_with("/api/apps/{id}/invoke") {
         return Role::Deployer;
@@ -115,7 +129,7 @@ pub fn required_role(method: &Method, route: &str) -> Role {
     Role::Admin
 }
 
-/// Authenticates every request but `/api/health`, and checks the role the
+/// Authenticates every request but the [`OPEN_ROUTES`], and checks the role the
 /// matched route needs. Runs after routing (a route layer), so unknown
 /// paths still answer 404 to anyone.
 pub async fn require_role(
@@ -128,7 +142,7 @@ pub async fn require_role(
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_default();
-    if route == "/api/health" {
+    if OPEN_ROUTES.contains(&route.as_str()) {
         return Ok(next.run(req).await);
     }
     let principal = principal(&state, req.headers())

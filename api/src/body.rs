@@ -9,6 +9,9 @@ use crate::error::ApiError;
 
 /// `POST /api/apps`: an infraspec.
 pub const SPEC_LIMIT: usize = 1 << 20;
+/// A git forge's webhook delivery (GitHub caps its payloads at 25 MB, but a
+/// push lists at most 20 commits; real ones are tens of KiB).
+pub const WEBHOOK_LIMIT: usize = 5 << 20;
 /// Every other route that reads a body (small JSON objects).
 pub const SMALL_LIMIT: usize = 64 << 10;
 

@@ -10,6 +10,7 @@ mod secrets;
 mod snapshots;
 mod tokens;
 mod up;
+mod webhooks;
 
 use clap::{Parser, Subcommand};
 
@@ -124,6 +125,11 @@ enum Command {
         #[command(subcommand)]
         action: tokens::Action,
     },
+    /// Git forge webhooks (admin): an app's own secret, deliveries, replay.
+    Webhooks {
+        #[command(subcommand)]
+        action: webhooks::Action,
+    },
     /// Run an app's function once: the body goes to its stdin, its output
     /// is printed, and norn exits with its exit code.
     Invoke(invoke::Args),
@@ -223,5 +229,6 @@ async fn run(api: &client::Api, command: Command) -> anyhow::Result<bool> {
         Command::Cron { app, action } => cron::run(api, &app, action).await.map(|_| true),
         Command::Invoke(args) => invoke::run(api, args).await.map(|code| code == 0),
         Command::Tokens { action } => tokens::run(api, action).await,
+        Command::Webhooks { action } => webhooks::run(api, action).await,
     }
 }

@@ -114,4 +114,9 @@ async fn prune(pool: PgPool, retention: Duration, log_retention: Duration) {
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "pruning step logs failed"),
     }
+    match norn_shared::db::webhooks::prune(&pool).await {
+        Ok(n) if n > 0 => tracing::info!(rows = n, "pruned webhook deliveries past retention"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "pruning webhook deliveries failed"),
+    }
 }

@@ -77,6 +77,10 @@ pub struct Config {
     /// `NORN_ALLOWED_ORIGINS`: browser origins (comma-separated, e.g.
     /// `https://norn.example.com`) allowed besides this host itself.
     pub allowed_origins: Vec<String>,
+    /// `NORN_WEBHOOK_SECRET`: the secret git forges sign webhook deliveries
+    /// with, for apps without one of their own (`PUT /api/apps/{id}/webhook-secret`).
+    /// Unset: only apps with their own secret take webhooks.
+    pub webhook_secret: Option<Secret>,
     /// `NORN_FUNCTION_BACKLOG`: invocations of one function that may wait
     /// beyond its `concurrency` before callers get 429.
     pub function_backlog: u32,
@@ -287,6 +291,7 @@ impl Config {
                 .unwrap_or_else(|| "snapshots".into())
                 .into(),
             api_token: var("NORN_API_TOKEN").map(Secret::new),
+            webhook_secret: var("NORN_WEBHOOK_SECRET").map(Secret::new),
             allow_no_auth: parsed("NORN_ALLOW_NO_AUTH", false)?,
             step_log_max: parsed("NORN_STEP_LOG_MAX", 16usize << 20)?.max(64 << 10),
             work_dir: var("NORN_WORK_DIR")

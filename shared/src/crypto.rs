@@ -129,6 +129,14 @@ pub fn random_password() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A webhook secret for an app: 256 random bits, in hex (forges take any
+/// printable text).
+pub fn random_webhook_secret() -> String {
+    let mut bytes = [0u8; 32];
+    OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The prefix of every API token Norn makes: a leaked one is recognisable
 /// (secret scanners), and it is never mistaken for another credential.
 pub const TOKEN_PREFIX: &str = "norn_";

@@ -17,5 +17,6 @@ pub mod shutdown;
 pub mod snapshots;
 pub mod testing;
 pub mod text;
+pub mod webhook;
 
 pub use config::Config;

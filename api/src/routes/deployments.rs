@@ -1,10 +1,9 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::{Extension, Json};
-use norn_shared::db::deployments::{self, ListFilter, NewDeployment};
+use norn_shared::db::deployments::{self, ListFilter};
 use norn_shared::db::saga::{self, NewSagaEvent};
-use norn_shared::domain::{DeploymentStatus, GitRef, new_deployment_id};
-use norn_shared::events::{self, Event};
+use norn_shared::domain::{DeploymentStatus, GitRef};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -49,57 +48,30 @@ pub async fn deploy(
 
     let mut tx = state.pool.begin().await?;
     let registered = queueing::lock_app(&mut tx, app.as_str()).await?;
-    let id = new_deployment_id();
-    let (deployment, created) = deployments::insert_queued(
-        &mut tx,
-        &NewDeployment {
-            id: &id,
-            app: app.as_str(),
-            git_ref: git_ref.as_str(),
-            idempotency_key: key,
-            triggered_by: actor,
-        },
-    )
-    .await?;
-    if !created {
-        tx.rollback().await?;
-        return Ok((
-            StatusCode::OK,
-            Json(json!({"id": deployment.id, "status": deployment.status, "duplicate": true})),
-        ));
-    }
-    let superseded = queueing::admit_and_enqueue(
+    let queued = queueing::queue_deploy(
         &mut tx,
         &registered,
-        &id,
-        state.config.max_queued_per_app,
-        actor,
-    )
-    .await?;
-    saga::append(
-        &mut tx,
-        NewSagaEvent {
-            saga_id: &id,
-            app: app.as_str(),
-            category: "deploy",
-            action: "deploy.queued",
-            step: None,
-            message: git_ref.as_str(),
+        &queueing::DeployRequest {
+            git_ref: &git_ref,
+            idempotency_key: key,
             actor,
+            max_queued: state.config.max_queued_per_app,
             metadata: json!({"ref": git_ref}),
         },
     )
     .await?;
-    events::publish(
-        &mut tx,
-        &Event::new("deploy.queued", app.as_str(), json!(deployment)),
-    )
-    .await?;
+    if !queued.created {
+        tx.rollback().await?;
+        return Ok((
+            StatusCode::OK,
+            Json(json!({"id": queued.id, "status": queued.status, "duplicate": true})),
+        ));
+    }
     tx.commit().await?;
-    tracing::info!(app = %app, deployment.id = %id, r#ref = %git_ref, superseded = superseded.len(), "deploy queued");
+    tracing::info!(app = %app, deployment.id = %queued.id, r#ref = %git_ref, superseded = queued.superseded.len(), "deploy queued");
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"id": id, "status": "queued", "superseded": superseded})),
+        Json(json!({"id": queued.id, "status": "queued", "superseded": queued.superseded})),
     ))
 }
 

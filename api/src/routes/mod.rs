@@ -14,6 +14,8 @@ pub mod rollback;
 pub mod secrets;
 pub mod snapshots;
 pub mod tokens;
+pub mod webhook_deliveries;
+pub mod webhooks;
 pub mod ws;
 
 use axum::Router;
@@ -65,6 +67,22 @@ pub fn router(state: AppState) -> Router {
         .route("/api/deployments/{id}/cancel", post(deployments::cancel))
         .route("/api/tokens", get(tokens::list).post(tokens::create))
         .route("/api/tokens/{name}", axum::routing::delete(tokens::revoke))
+        .route("/api/webhooks/github", post(webhooks::github))
+        .route("/api/webhooks/gitea", post(webhooks::gitea))
+        .route("/api/webhooks/gitlab", post(webhooks::gitlab))
+        .route("/api/webhooks/deliveries", get(webhook_deliveries::list))
+        .route(
+            "/api/webhooks/deliveries/{id}",
+            get(webhook_deliveries::get),
+        )
+        .route(
+            "/api/webhooks/deliveries/{id}/replay",
+            post(webhook_deliveries::replay),
+        )
+        .route(
+            "/api/apps/{id}/webhook-secret",
+            put(webhook_deliveries::put_secret).delete(webhook_deliveries::delete_secret),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::http_policy::deadline,

@@ -2,7 +2,10 @@
 //! supersede them (the default) or queue behind them up to a limit.
 
 use norn_shared::db::apps::{self, App};
-use norn_shared::db::deployments;
+use norn_shared::db::deployments::{self, NewDeployment};
+use norn_shared::db::saga::{self, NewSagaEvent};
+use norn_shared::domain::{DeploymentStatus, GitRef, new_deployment_id};
+use norn_shared::events::{self, Event};
 use norn_shared::infraspec::QueuePolicy;
 use norn_shared::jobs::DeployJob;
 use norn_shared::queue::{self, Queue};
@@ -24,6 +27,83 @@ pub async fn lock_app(conn: &mut PgConnection, app: &str) -> ApiResult<App> {
         .await
         .map_err(super::apps::invalid_spec)?
         .ok_or_else(unknown)
+}
+
+/// A deploy to queue: [`queue_deploy`].
+pub struct DeployRequest<'a> {
+    pub git_ref: &'a GitRef,
+    pub idempotency_key: Option<&'a str>,
+    /// Who asked (a token's name, `webhook:github`, …).
+    pub actor: &'a str,
+    pub max_queued: i64,
+    /// Recorded with the `deploy.queued` saga event.
+    pub metadata: serde_json::Value,
+}
+
+/// What [`queue_deploy`] did.
+pub struct Queued {
+    pub id: String,
+    pub status: DeploymentStatus,
+    /// `false`: the idempotency key named an earlier deployment (`id`), and
+    /// nothing was written.
+    pub created: bool,
+    pub superseded: Vec<String>,
+}
+
+/// Records a `queued` deployment, applies the queue policy, pushes its job
+/// and records the saga event and the live event, all in the caller's
+/// transaction, with the app locked ([`lock_app`]).
+pub async fn queue_deploy(
+    tx: &mut PgConnection,
+    app: &App,
+    req: &DeployRequest<'_>,
+) -> ApiResult<Queued> {
+    let id = new_deployment_id();
+    let (deployment, created) = deployments::insert_queued(
+        tx,
+        &NewDeployment {
+            id: &id,
+            app: &app.id,
+            git_ref: req.git_ref.as_str(),
+            idempotency_key: req.idempotency_key,
+            triggered_by: req.actor,
+        },
+    )
+    .await?;
+    if !created {
+        return Ok(Queued {
+            status: deployment.status(),
+            id: deployment.id,
+            created: false,
+            superseded: Vec::new(),
+        });
+    }
+    let superseded = admit_and_enqueue(tx, app, &id, req.max_queued, req.actor).await?;
+    saga::append(
+        tx,
+        NewSagaEvent {
+            saga_id: &id,
+            app: &app.id,
+            category: "deploy",
+            action: "deploy.queued",
+            step: None,
+            message: req.git_ref.as_str(),
+            actor: req.actor,
+            metadata: req.metadata.clone(),
+        },
+    )
+    .await?;
+    events::publish(
+        tx,
+        &Event::new("deploy.queued", &app.id, serde_json::json!(deployment)),
+    )
+    .await?;
+    Ok(Queued {
+        id,
+        status: DeploymentStatus::Queued,
+        created: true,
+        superseded,
+    })
 }
 
 /// Called with the app locked ([`lock_app`]) and the new deployment `id`

@@ -16,6 +16,7 @@ pub mod routes;
 pub mod saga;
 pub mod secrets;
 pub mod tokens;
+pub mod webhooks;
 
 use std::time::Duration;
 

@@ -102,6 +102,12 @@ pub async fn sealed_with_other_keys(
     .bind(key_id)
     .fetch_all(&mut *conn)
     .await?;
+    let hooks: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT app, 'webhook', sealed, key_id FROM app_webhook_secrets WHERE key_id <> $1 FOR UPDATE",
+    )
+    .bind(key_id)
+    .fetch_all(&mut *conn)
+    .await?;
     let row = |table| {
         move |(app, name, data, key_id): (String, String, String, String)| SealedRow {
             table,
@@ -114,6 +120,7 @@ pub async fn sealed_with_other_keys(
         .into_iter()
         .map(row("app_secrets"))
         .chain(creds.into_iter().map(row("service_credentials")))
+        .chain(hooks.into_iter().map(row("app_webhook_secrets")))
         .collect())
 }
 
@@ -126,6 +133,9 @@ pub async fn reseal(
     let sql = match row.table {
         "app_secrets" => {
             "UPDATE app_secrets SET sealed = $3, key_id = $4 WHERE app = $1 AND name = $2"
+        }
+        "app_webhook_secrets" => {
+            "UPDATE app_webhook_secrets SET sealed = $3, key_id = $4 WHERE app = $1 AND $2 <> ''"
         }
         _ => {
             "UPDATE service_credentials SET sealed = $3, key_id = $4 WHERE app = $1 AND service = $2"

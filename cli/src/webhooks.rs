@@ -1,0 +1,108 @@
+//! `norn webhooks secret|deliveries|replay`: git forge webhooks (admin).
+//! A secret Norn makes is printed once, on stdout alone; everything else
+//! goes to stderr.
+
+use std::io::Read;
+
+use clap::Subcommand;
+use serde_json::json;
+
+use crate::client::Api;
+
+#[derive(Subcommand)]
+pub enum Action {
+    /// Give an app a webhook secret of its own (instead of
+    /// NORN_WEBHOOK_SECRET): Norn makes one and prints it once, or takes
+    /// yours on stdin with --stdin.
+    Secret {
+        app: String,
+        /// Read the secret from stdin (16..256 printable characters).
+        #[arg(long, conflicts_with = "remove")]
+        stdin: bool,
+        /// Remove the app's own secret (it falls back to NORN_WEBHOOK_SECRET).
+        #[arg(long)]
+        remove: bool,
+    },
+    /// Recent deliveries, newest first: status, app, event, reason.
+    Deliveries {
+        #[arg(long)]
+        app: Option<String>,
+        /// received, ignored, rejected, deploying or replayed.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Act on a verified delivery again, as the app's spec says now.
+    Replay { id: String },
+}
+
+pub async fn run(api: &Api, action: Action) -> anyhow::Result<bool> {
+    match action {
+        Action::Secret {
+            app, remove: true, ..
+        } => {
+            api.delete(&format!("/api/apps/{app}/webhook-secret"))
+                .await?;
+            eprintln!("norn: app {app} now uses NORN_WEBHOOK_SECRET");
+        }
+        Action::Secret { app, stdin, .. } => {
+            let body = if stdin {
+                let mut text = String::new();
+                std::io::stdin().read_to_string(&mut text)?;
+                json!({"secret": text.trim_end_matches(['\r', '\n'])})
+            } else {
+                json!({})
+            };
+            let set = api
+                .put(&format!("/api/apps/{app}/webhook-secret"), &body)
+                .await?;
+            match set["secret"].as_str() {
+                Some(made) => {
+                    eprintln!(
+                        "norn: webhook secret of {app} made; it is shown this once (paste it into the forge's webhook form):"
+                    );
+                    println!("{made}");
+                }
+                None => eprintln!("norn: webhook secret of {app} set"),
+            }
+        }
+        Action::Deliveries { app, status, limit } => {
+            let mut query = vec![format!("limit={limit}")];
+            query.extend(app.map(|a| format!("app={a}")));
+            query.extend(status.map(|s| format!("status={s}")));
+            let list = api
+                .get(&format!("/api/webhooks/deliveries?{}", query.join("&")))
+                .await?;
+            for d in list.as_array().into_iter().flatten() {
+                let text = |f: &str| d[f].as_str().unwrap_or("-").to_owned();
+                println!(
+                    "{}  {}  {:<9}  {}  {} {}  {}{}",
+                    text("id"),
+                    text("receivedAt"),
+                    text("status"),
+                    text("app"),
+                    text("provider"),
+                    text("event"),
+                    text("reason"),
+                    d["deploymentId"]
+                        .as_str()
+                        .map(|id| format!("  deployment {id}"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        Action::Replay { id } => {
+            let done = api
+                .post(&format!("/api/webhooks/deliveries/{id}/replay"), &json!({}))
+                .await?;
+            eprintln!(
+                "norn: delivery {id} replayed: deployment {} of {} queued",
+                done["deploymentId"].as_str().unwrap_or("-"),
+                done["app"].as_str().unwrap_or("-")
+            );
+            println!("{}", done["deploymentId"].as_str().unwrap_or(""));
+        }
+    }
+    Ok(true)
+}
