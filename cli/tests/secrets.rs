@@ -194,10 +194,24 @@ async fn rotate_key_reseals_values_sealed_with_the_previous_key() {
     )
     .await
     .unwrap();
+    norn_shared::db::webhooks::put_secret(
+        &mut conn,
+        &app,
+        &old.seal("webhook-before-rotation").unwrap(),
+        "test",
+    )
+    .await
+    .unwrap();
     let (code, done) = h.post("/api/secrets/rotate", json!({})).await;
     assert_eq!(code, 200, "{done}");
-    assert_eq!(done["resealed"], 1, "{done}");
+    assert_eq!(done["resealed"], 2, "{done}");
     assert_eq!(done["keyId"], new.id());
+    // The webhook secret too: still the same secret, under the new key.
+    let hook = norn_shared::db::webhooks::secret(&mut conn, &app)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(new.open(&hook).unwrap(), "webhook-before-rotation");
     let sealed = norn_shared::db::secrets::sealed(&mut conn, &app)
         .await
         .unwrap();

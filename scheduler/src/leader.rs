@@ -66,11 +66,7 @@ pub(crate) async fn lead(
         // Pruning can take a while on a big table; it must not delay ticks.
         if now >= next_prune && pruning.as_ref().is_none_or(|h| h.is_finished()) {
             next_prune = now + PRUNE_EVERY;
-            pruning = Some(tokio::spawn(prune(
-                pool.clone(),
-                config.job_retention,
-                config.log_retention,
-            )));
+            pruning = Some(tokio::spawn(prune(pool.clone(), Retention::of(config))));
         }
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => {
@@ -96,8 +92,25 @@ async fn changed(listener: &mut Option<PgListener>) {
     }
 }
 
-async fn prune(pool: PgPool, retention: Duration, log_retention: Duration) {
-    match norn_shared::queue::prune(&pool, retention).await {
+/// How long each kind of history is kept.
+struct Retention {
+    jobs: Duration,
+    logs: Duration,
+    functions: Duration,
+}
+
+impl Retention {
+    fn of(config: &norn_shared::Config) -> Self {
+        Self {
+            jobs: config.job_retention,
+            logs: config.log_retention,
+            functions: config.function_retention,
+        }
+    }
+}
+
+async fn prune(pool: PgPool, retention: Retention) {
+    match norn_shared::queue::prune(&pool, retention.jobs).await {
         Ok(n) if n > 0 => tracing::info!(rows = n, "pruned finished jobs"),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "pruning finished jobs failed"),
@@ -107,12 +120,22 @@ async fn prune(pool: PgPool, retention: Duration, log_retention: Duration) {
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "pruning health checks failed"),
     }
-    match norn_shared::db::logs::prune(&pool, log_retention).await {
+    match norn_shared::db::logs::prune(&pool, retention.logs).await {
         Ok(n) if n > 0 => {
             tracing::info!(rows = n, "pruned step log chunks past NORN_LOG_RETENTION")
         }
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "pruning step logs failed"),
+    }
+    match norn_shared::db::functions::prune(&pool, retention.functions, 1000).await {
+        Ok(n) if n > 0 => {
+            tracing::info!(
+                rows = n,
+                "pruned function runs past NORN_FUNCTION_RETENTION"
+            )
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "pruning function runs failed"),
     }
     match norn_shared::db::webhooks::prune(&pool).await {
         Ok(n) if n > 0 => tracing::info!(rows = n, "pruned webhook deliveries past retention"),

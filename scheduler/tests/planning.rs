@@ -256,3 +256,81 @@ async fn an_abandoned_deployment_is_queued_again_once() {
     .unwrap();
     assert_eq!(jobs, 1);
 }
+
+#[tokio::test]
+async fn function_pruning_removes_only_runs_that_ended_before_the_retention() {
+    let (pool, _) = norn_shared::testing::fresh_pool().await;
+    // 2,500 runs ended 8 days ago, 10 ended a day ago, and 5 that were
+    // queued or started 8 days ago and have not ended (a slot is theirs).
+    sqlx::query(
+        "INSERT INTO func_executions (app, process, status, queued_at, started_at, finished_at)
+         SELECT 'f', 'fn', 'succeeded', now() - interval '8 days', now() - interval '8 days',
+                now() - interval '8 days' + g * interval '1 ms'
+         FROM generate_series(1, 2500) g
+         UNION ALL
+         SELECT 'f', 'fn', 'failed', now() - interval '1 day', now() - interval '1 day', now() - interval '1 day'
+         FROM generate_series(1, 10) g
+         UNION ALL
+         SELECT 'f', 'fn', CASE WHEN g % 2 = 0 THEN 'queued' ELSE 'running' END,
+                now() - interval '8 days', NULL, NULL
+         FROM generate_series(1, 5) g",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let week = std::time::Duration::from_secs(7 * 24 * 3600);
+    let deleted = norn_shared::db::functions::prune(&pool, week, 1000)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 2500);
+    let (ended, open): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE finished_at IS NOT NULL),
+                count(*) FILTER (WHERE finished_at IS NULL) FROM func_executions",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((ended, open), (10, 5));
+}
+
+#[tokio::test]
+async fn webhook_pruning_keeps_a_month_of_deliveries_and_bounds_the_rejected_ones() {
+    let (pool, _) = norn_shared::testing::fresh_pool().await;
+    // Acted-on deliveries: 3 from 31 days ago, 4 from 20 days ago. Rejected
+    // ones (anyone can send them): 2 from 8 days ago, and 1,200 today.
+    sqlx::query(
+        "INSERT INTO webhook_deliveries (id, provider, delivery_id, event, app, status, actor, received_at)
+         SELECT 'old-' || g, 'github', 'o' || g, 'push', 'a', 'ignored', 'webhook:github', now() - interval '31 days'
+         FROM generate_series(1, 3) g
+         UNION ALL
+         SELECT 'kept-' || g, 'github', 'k' || g, 'push', 'a', 'deploying', 'webhook:github', now() - interval '20 days'
+         FROM generate_series(1, 4) g
+         UNION ALL
+         SELECT 'stale-' || g, 'github', 's' || g, 'push', NULL, 'rejected', 'webhook:github', now() - interval '8 days'
+         FROM generate_series(1, 2) g
+         UNION ALL
+         SELECT 'spam-' || g, 'gitlab', 'x' || g, 'Push Hook', NULL, 'rejected', 'webhook:gitlab',
+                now() - g * interval '1 second'
+         FROM generate_series(1, 1200) g",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let deleted = norn_shared::db::webhooks::prune(&pool).await.unwrap();
+    assert_eq!(deleted, 3 + 2 + 200);
+    let kept: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT split_part(id, '-', 1), count(*) FROM webhook_deliveries GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(kept, [("kept".to_owned(), 4), ("spam".to_owned(), 1000)]);
+    // The newest rejected ones are the ones kept (spam-1 is the newest).
+    let oldest_spam: i64 = sqlx::query_scalar(
+        "SELECT max(split_part(id, '-', 2)::bigint) FROM webhook_deliveries WHERE id LIKE 'spam-%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(oldest_spam, 1000);
+}

@@ -112,6 +112,9 @@ pub struct Config {
     /// `NORN_LOG_RETENTION`: step output older than this is pruned (the
     /// deployment keeps its short per-step tail).
     pub log_retention: Duration,
+    /// `NORN_FUNCTION_RETENTION`: how long ended function runs (with their
+    /// output) are kept.
+    pub function_retention: Duration,
     /// `NORN_INGRESS_PORT`: the port the api serves app traffic on (0 disables).
     pub ingress_port: u16,
     /// `NORN_NODE_NAME`: a human name for this process in logs and the cluster registry.
@@ -318,6 +321,10 @@ impl Config {
             drain_grace: duration("NORN_DRAIN_GRACE", Duration::from_secs(2))?,
             job_retention: duration("NORN_JOB_RETENTION", Duration::from_secs(24 * 3600))?,
             log_retention: duration("NORN_LOG_RETENTION", Duration::from_secs(30 * 24 * 3600))?,
+            function_retention: duration(
+                "NORN_FUNCTION_RETENTION",
+                Duration::from_secs(7 * 24 * 3600),
+            )?,
             ingress_port: parsed("NORN_INGRESS_PORT", 8880u16)?,
             node_name: var("NORN_NODE_NAME").unwrap_or(host),
             health_check_interval: duration("NORN_HEALTH_CHECK_INTERVAL", Duration::from_secs(30))?,

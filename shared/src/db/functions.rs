@@ -492,3 +492,32 @@ pub async fn concurrency_of(conn: &mut PgConnection, app: &str, process: &str) -
         })
         .unwrap_or(10)
 }
+
+/// Deletes runs that ended more than `retention` ago, a batch at a time
+/// (each row may hold a MiB of output); runs still waiting or running are
+/// never touched. Returns how many went.
+pub async fn prune(
+    pool: &sqlx::PgPool,
+    retention: std::time::Duration,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    let mut total = 0;
+    loop {
+        let deleted = sqlx::query(
+            "DELETE FROM func_executions WHERE id IN (
+                 SELECT id FROM func_executions
+                 WHERE finished_at IS NOT NULL
+                   AND finished_at < now() - make_interval(secs => $1)
+                 ORDER BY finished_at LIMIT $2)",
+        )
+        .bind(retention.as_secs_f64())
+        .bind(batch)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        total += deleted;
+        if deleted < batch as u64 {
+            return Ok(total);
+        }
+    }
+}
