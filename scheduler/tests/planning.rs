@@ -334,3 +334,68 @@ async fn webhook_pruning_keeps_a_month_of_deliveries_and_bounds_the_rejected_one
     .unwrap();
     assert_eq!(oldest_spam, 1000);
 }
+
+#[tokio::test]
+async fn a_function_run_whose_job_died_is_ended_and_its_slot_goes_on() {
+    use norn_shared::jobs::FunctionJob;
+    use norn_shared::queue::{self, Queue};
+    let (pool, _) = norn_shared::testing::fresh_pool().await;
+    // a: its job failed on every attempt; b: its job is pending; c: its job
+    // is gone (pruned); d: waits for a slot, not dispatched.
+    let mut ids = Vec::new();
+    for dispatched in [true, true, true, false] {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO func_executions (app, process, status, dispatched, queued_at)
+             VALUES ('f', 'fn', 'queued', $1, now() - interval '2 minutes') RETURNING id",
+        )
+        .bind(dispatched)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    let mut conn = pool.acquire().await.unwrap();
+    for id in &ids[..2] {
+        let job = FunctionJob {
+            execution_id: *id,
+            app: "f".into(),
+        };
+        queue::enqueue(
+            &mut conn,
+            Queue::Function,
+            &job,
+            Some(&format!("func:{id}")),
+        )
+        .await
+        .unwrap();
+    }
+    sqlx::query(
+        "UPDATE apalis.jobs SET status = 'Failed', attempts = max_attempts
+         WHERE idempotency_key = $1",
+    )
+    .bind(format!("func:{}", ids[0]))
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    norn_scheduler::sweep::sweep(&pool).await.unwrap();
+
+    let rows: Vec<(i64, String, Option<String>, bool)> =
+        sqlx::query_as("SELECT id, status, reason, dispatched FROM func_executions ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let (a, b, c, d) = (&rows[0], &rows[1], &rows[2], &rows[3]);
+    assert_eq!(a.1, "failed", "{rows:?}");
+    assert!(
+        a.2.as_deref().unwrap().contains("every attempt"),
+        "{rows:?}"
+    );
+    assert_eq!(b.1, "queued", "a run whose job may still run is left alone");
+    assert_eq!(c.1, "failed", "{rows:?}");
+    assert_eq!(
+        (d.1.as_str(), d.3),
+        ("queued", true),
+        "the freed slot went to d"
+    );
+}

@@ -433,6 +433,9 @@ pub enum Lost {
     /// Its worker lives but the run is long past its deadline without a
     /// result (a worker that failed to record it).
     NoResult,
+    /// It waits for a job that will never run: the job failed on every
+    /// attempt (or is gone), so the run would hold its slot forever.
+    JobFailed,
 }
 
 impl Lost {
@@ -440,36 +443,55 @@ impl Lost {
         match self {
             Self::Worker => "worker lost",
             Self::NoResult => "no result from its worker past the deadline",
+            Self::JobFailed => {
+                "its job failed on every attempt before the run could start (see the worker's log)"
+            }
         }
     }
 }
 
-/// Running executions whose worker is gone (no heartbeat for `after`, or
-/// removed), or which are `after` past their deadline.
+/// Executions no worker will end: running ones whose worker is gone (no
+/// heartbeat for `after`, or removed) or which are `after` past their
+/// deadline, and dispatched ones whose job is dead.
 pub async fn lost(
     conn: &mut PgConnection,
     after: std::time::Duration,
 ) -> Result<Vec<(i64, String, String, Lost)>, sqlx::Error> {
-    let rows: Vec<(i64, String, String, bool)> = sqlx::query_as(
+    let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
         "SELECT f.id, f.app, f.process,
-                NOT EXISTS (SELECT 1 FROM cluster_nodes n
+                CASE WHEN NOT EXISTS (SELECT 1 FROM cluster_nodes n
                             WHERE n.id = f.node AND n.status IN ('ready', 'draining')
                               AND n.last_heartbeat_at > now() - make_interval(secs => $1))
+                     THEN 'worker' ELSE 'deadline' END
          FROM func_executions f
          WHERE f.status = 'running'
            AND f.started_at < now() - interval '10 seconds'
            AND (f.deadline_at < now() - make_interval(secs => $1)
                 OR NOT EXISTS (SELECT 1 FROM cluster_nodes n
                                WHERE n.id = f.node AND n.status IN ('ready', 'draining')
-                                 AND n.last_heartbeat_at > now() - make_interval(secs => $1)))",
+                                 AND n.last_heartbeat_at > now() - make_interval(secs => $1)))
+         UNION ALL
+         SELECT f.id, f.app, f.process, 'job'
+         FROM func_executions f
+         WHERE f.status = 'queued' AND f.dispatched
+           AND f.queued_at < now() - make_interval(secs => $1)
+           AND NOT EXISTS (SELECT 1 FROM apalis.jobs j
+                           WHERE j.job_type = $2 AND j.idempotency_key = 'func:' || f.id
+                             AND (j.status IN ('Pending', 'Queued', 'Running')
+                                  OR (j.status = 'Failed' AND j.attempts < j.max_attempts)))",
     )
     .bind(after.as_secs_f64())
+    .bind(Queue::Function.name())
     .fetch_all(conn)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(id, app, process, gone)| {
-            let why = if gone { Lost::Worker } else { Lost::NoResult };
+        .map(|(id, app, process, why)| {
+            let why = match why.as_str() {
+                "worker" => Lost::Worker,
+                "job" => Lost::JobFailed,
+                _ => Lost::NoResult,
+            };
             (id, app, process, why)
         })
         .collect())
