@@ -20,7 +20,7 @@ CREATE TABLE webhook_deliveries (
     event         TEXT NOT NULL CHECK (length(event) <= 64),
     app           TEXT,
     status        TEXT NOT NULL CHECK (status IN
-                    ('received', 'ignored', 'rejected', 'deploying', 'replayed')),
+                    ('received', 'ignored', 'rejected', 'deploying', 'replayed', 'tearing_down')),
     reason        TEXT CHECK (length(reason) <= 2000),
     change        JSONB,
     deployment_id TEXT,

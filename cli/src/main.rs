@@ -125,6 +125,8 @@ enum Command {
         #[command(subcommand)]
         action: tokens::Action,
     },
+    /// An app's preview environments (one per open pull request).
+    Previews { app: String },
     /// Git forge webhooks (admin): an app's own secret, deliveries, replay.
     Webhooks {
         #[command(subcommand)]
@@ -230,5 +232,6 @@ async fn run(api: &client::Api, command: Command) -> anyhow::Result<bool> {
         Command::Invoke(args) => invoke::run(api, args).await.map(|code| code == 0),
         Command::Tokens { action } => tokens::run(api, action).await,
         Command::Webhooks { action } => webhooks::run(api, action).await,
+        Command::Previews { app } => webhooks::previews(api, &app).await,
     }
 }

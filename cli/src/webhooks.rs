@@ -1,4 +1,5 @@
-//! `norn webhooks secret|deliveries|replay`: git forge webhooks (admin).
+//! `norn webhooks secret|deliveries|replay`: git forge webhooks (admin);
+//! `norn previews <app>`: the preview environments they made.
 //! A secret Norn makes is printed once, on stdout alone; everything else
 //! goes to stderr.
 
@@ -103,6 +104,33 @@ pub async fn run(api: &Api, action: Action) -> anyhow::Result<bool> {
             );
             println!("{}", done["deploymentId"].as_str().unwrap_or(""));
         }
+    }
+    Ok(true)
+}
+
+/// `norn previews <app>`: each preview, its pull request, head and state.
+pub async fn previews(api: &Api, app: &str) -> anyhow::Result<bool> {
+    let list = api.get(&format!("/api/apps/{app}/previews")).await?;
+    let list = list.as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        eprintln!("norn: app {app} has no previews");
+    }
+    for p in list {
+        let text = |f: &str| p[f].as_str().unwrap_or("-").to_owned();
+        let head = text("headSha");
+        println!(
+            "{}  #{}  {} @ {}  {}  last push {}{}",
+            text("app"),
+            p["number"],
+            text("headBranch"),
+            head.get(..12).unwrap_or(&head),
+            text("status"),
+            text("updatedAt"),
+            p["reason"]
+                .as_str()
+                .map(|r| format!("  ({r})"))
+                .unwrap_or_default()
+        );
     }
     Ok(true)
 }

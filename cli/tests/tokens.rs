@@ -48,6 +48,7 @@ const ROUTES: &[(&str, &str, Need)] = &[
     ("POST", "/api/apps/{app}/cron/resume", Need::Admin),
     ("PUT", "/api/apps/{app}/cron/schedule", Need::Admin),
     ("GET", "/api/apps/{app}/health-checks", Need::Viewer),
+    ("GET", "/api/apps/{app}/previews", Need::Viewer),
     ("POST", "/api/apps/{app}/invoke", Need::Deployer),
     ("GET", "/api/apps/{app}/invoke/some/path", Need::Deployer),
     ("GET", "/api/apps/{app}/functions/executions", Need::Viewer),

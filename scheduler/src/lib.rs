@@ -34,6 +34,8 @@ pub enum SchedulerError {
     Apps(#[from] norn_shared::db::apps::AppError),
     #[error(transparent)]
     Functions(#[from] norn_shared::db::functions::FunctionError),
+    #[error(transparent)]
+    Preview(#[from] norn_shared::preview::PreviewError),
 }
 
 /// The leader connection's `application_name`, so operators (and tests) can

@@ -20,6 +20,18 @@ pub async fn sweep(pool: &PgPool) -> Result<(), SchedulerError> {
     end_lost_invocations(pool).await?;
     crate::recovery::fail_interrupted_forges(pool).await?;
     crate::recovery::requeue_abandoned_deploys(pool).await?;
+    expire_previews(pool).await?;
+    Ok(())
+}
+
+/// Previews nobody pushed to for their app's `previews.ttl` are torn down.
+async fn expire_previews(pool: &PgPool) -> Result<(), SchedulerError> {
+    let mut tx = pool.begin().await?;
+    for app in norn_shared::db::previews::expired(&mut tx).await? {
+        let why = "idle past previews.ttl";
+        norn_shared::preview::begin_teardown(&mut tx, &app, why, "scheduler").await?;
+    }
+    tx.commit().await?;
     Ok(())
 }
 

@@ -54,6 +54,9 @@ pub enum ForgeAction {
     /// Reverse every step; `drop_data` also drops databases.
     #[serde(rename_all = "camelCase")]
     Teardown { drop_data: bool },
+    /// A preview's end: its services with their data, its containers, its
+    /// routes and the app itself.
+    RemovePreview,
 }
 
 /// Run one function execution (a `queued` row that was given a slot).

@@ -11,6 +11,7 @@ pub mod gitpolicy;
 pub mod infraspec;
 pub mod jobs;
 pub mod kv;
+pub mod preview;
 pub mod queue;
 pub mod registry;
 pub mod shutdown;

@@ -5,6 +5,7 @@ pub mod forge;
 pub mod invocations;
 pub mod jobs;
 pub mod pipeline;
+pub mod preview;
 mod route_refresh;
 pub mod services;
 pub mod state;

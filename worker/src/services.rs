@@ -84,7 +84,10 @@ async fn secret_values(
     app: &str,
 ) -> Result<BTreeMap<String, String>, ServicesError> {
     let mut conn = state.pool.acquire().await?;
-    let sealed = secrets::sealed(&mut conn, app).await?;
+    // A preview runs with its parent's secrets.
+    let parent = norn_shared::db::previews::parent_of(&mut conn, app).await?;
+    let owner = norn_shared::preview::secrets_app(app, parent.as_deref());
+    let sealed = secrets::sealed(&mut conn, owner).await?;
     drop(conn);
     sealed
         .into_iter()

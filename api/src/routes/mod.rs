@@ -9,6 +9,7 @@ pub mod forge;
 pub mod functions;
 pub mod health;
 pub mod logs;
+pub mod previews;
 pub mod queueing;
 pub mod rollback;
 pub mod secrets;
@@ -53,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/apps/{id}/cron/resume", post(cron::resume))
         .route("/api/apps/{id}/cron/schedule", put(cron::set_schedule))
         .route("/api/apps/{id}/health-checks", get(checks::list))
+        .route("/api/apps/{id}/previews", get(previews::list))
         .route("/api/apps/{id}/functions/executions", get(functions::list))
         .route("/api/functions/executions/{id}", get(functions::get))
         .route(

@@ -110,11 +110,18 @@ pub async fn replay(
             "app {app} no longer has a repo"
         )));
     };
-    let commit = match webhook::decide(&change.0, &original.event, app, repo) {
+    // Replays redeploy an app; previews follow their pull request's own
+    // deliveries (a forge redelivery of one is acted on again).
+    let commit = match webhook::decide(&change.0, &original.event, app, repo, false) {
         Outcome::Deploy { commit } => commit,
         Outcome::Ignore(why) => {
             return Err(ApiError::Conflict(format!(
                 "replaying delivery {id} would deploy nothing: {why}"
+            )));
+        }
+        Outcome::Preview { .. } | Outcome::ClosePreview { .. } => {
+            return Err(ApiError::Conflict(format!(
+                "delivery {id} is about a pull request: redeliver it from the forge"
             )));
         }
     };
@@ -170,6 +177,7 @@ fn status_word(s: DeliveryStatus) -> &'static str {
         DeliveryStatus::Rejected => "rejected",
         DeliveryStatus::Deploying => "deploying",
         DeliveryStatus::Replayed => "replayed",
+        DeliveryStatus::TearingDown => "tearing_down",
     }
 }
 

@@ -228,7 +228,8 @@ async fn for_app(
         return Err(ApiError::Internal("matched an app without a repo".into()));
     };
     let change = Some(&delivery.change);
-    match webhook::decide(&delivery.change, &delivery.event, &app.id, repo) {
+    let previews = app.spec.previews.is_some();
+    match webhook::decide(&delivery.change, &delivery.event, &app.id, repo, previews) {
         Outcome::Ignore(why) => {
             record(
                 state,
@@ -241,19 +242,66 @@ async fn for_app(
             )
             .await
         }
-        Outcome::Deploy { commit } => deploy(state, incoming, delivery, app, &commit).await,
+        Outcome::Deploy { commit } => deploy(state, incoming, delivery, app, &commit, None).await,
+        Outcome::Preview {
+            number,
+            commit,
+            branch,
+        } => {
+            deploy(
+                state,
+                incoming,
+                delivery,
+                app,
+                &commit,
+                Some((number, &branch)),
+            )
+            .await
+        }
+        Outcome::ClosePreview { number } => {
+            close_preview(state, incoming, delivery, app, number).await
+        }
     }
+}
+
+/// A closed (or merged) pull request: its preview is torn down.
+async fn close_preview(
+    state: &AppState,
+    incoming: &Incoming<'_>,
+    delivery: &Delivery,
+    app: &App,
+    number: u64,
+) -> ApiResult<Handled> {
+    let actor = format!("webhook:{}", incoming.provider);
+    let mut tx = state.pool.begin().await?;
+    let closed = super::previews::close(&mut tx, &app.id, number, &actor).await?;
+    tx.commit().await?;
+    let (status, why) = match closed {
+        Some(preview) => (
+            DeliveryStatus::TearingDown,
+            format!("pull request #{number} closed: tearing down preview {preview}"),
+        ),
+        None => (
+            DeliveryStatus::Ignored,
+            format!("pull request #{number} closed; it has no active preview"),
+        ),
+    };
+    let change = Some(&delivery.change);
+    record(state, incoming, Some(&app.id), status, &why, change, None).await
 }
 
 /// Queues the deploy of `commit` and records the delivery that caused it,
 /// in one transaction. A redelivery finds the deployment the first one
 /// queued (its idempotency key is the delivery's id) and queues nothing.
+/// `preview`: (pull request, branch) when the commit is deployed as that
+/// pull request's preview of `app` rather than as `app`.
 async fn deploy(
     state: &AppState,
     incoming: &Incoming<'_>,
     delivery: &Delivery,
     app: &App,
     commit: &str,
+    preview: Option<(u64, &str)>,
 ) -> ApiResult<Handled> {
     let git_ref = GitRef::parse(commit).map_err(ApiError::bad)?;
     let actor = format!("webhook:{}", incoming.provider);
@@ -261,23 +309,41 @@ async fn deploy(
     let change = Some(&delivery.change);
     let mut tx = state.pool.begin().await?;
     let registered = queueing::lock_app(&mut tx, &app.id).await?;
-    let queued = queueing::queue_deploy(
-        &mut tx,
-        &registered,
-        &queueing::DeployRequest {
-            git_ref: &git_ref,
-            idempotency_key: Some(&key),
-            actor: &actor,
-            max_queued: state.config.max_queued_per_app,
-            metadata: json!({"ref": git_ref, "delivery": incoming.delivery_id, "event": incoming.event}),
-        },
-    )
-    .await;
+    let target = match preview {
+        None => Ok(registered),
+        Some((number, branch)) => {
+            let req = super::previews::Request {
+                number,
+                commit,
+                branch,
+                actor: &actor,
+            };
+            super::previews::prepare(&mut tx, &registered, &req).await
+        }
+    };
+    let queued = match target {
+        Ok(target) => {
+            queueing::queue_deploy(
+                &mut tx,
+                &target,
+                &queueing::DeployRequest {
+                    git_ref: &git_ref,
+                    idempotency_key: Some(&key),
+                    actor: &actor,
+                    max_queued: state.config.max_queued_per_app,
+                    metadata: json!({"ref": git_ref, "delivery": incoming.delivery_id, "event": incoming.event}),
+                },
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
     let queued = match queued {
         Ok(q) => q,
-        // A full queue (`fifo` apps) is not the forge's fault: recorded, so
-        // an admin can replay it once the queue drains.
-        Err(ApiError::TooMany { message, .. }) => {
+        // A full queue (`fifo` apps), or a preview that cannot be made (its
+        // name or database taken, being torn down) is not the forge's
+        // fault: recorded, so an admin can replay it later.
+        Err(ApiError::TooMany { message, .. } | ApiError::Conflict(message)) => {
             tx.rollback().await?;
             let why = format!("not deployed: {message}");
             return record(
@@ -294,7 +360,12 @@ async fn deploy(
         Err(e) => return Err(e),
     };
     let id = norn_shared::domain::new_deployment_id();
-    let reason = format!("deploying commit {commit}");
+    let reason = match preview {
+        None => format!("deploying commit {commit}"),
+        Some((number, _)) => {
+            format!("deploying commit {commit} as the preview of pull request #{number}")
+        }
+    };
     // Two guards against a redelivery deploying again: the deployment's
     // idempotency key, and the deliveries' unique index (which also holds
     // when two copies arrive at once).

@@ -148,6 +148,37 @@ pub async fn get(conn: &mut PgConnection, id: &str) -> Result<Option<App>, AppEr
     row.map(App::try_from).transpose()
 }
 
+/// The app's spec document as registered (what the user wrote, as JSON).
+pub async fn document(
+    conn: &mut PgConnection,
+    id: &str,
+) -> Result<Option<serde_json::Value>, sqlx::Error> {
+    let row: Option<(Json<serde_json::Value>,)> =
+        sqlx::query_as("SELECT spec FROM apps WHERE id = $1")
+            .bind(id)
+            .fetch_optional(conn)
+            .await?;
+    Ok(row.map(|(Json(v),)| v))
+}
+
+/// Forgets an app: its row, its forge state and its claims on a database,
+/// a key-value namespace and hostnames. Only a preview's teardown removes
+/// an app, once its containers, routes and services are gone.
+pub async fn remove(conn: &mut PgConnection, id: &str) -> Result<(), sqlx::Error> {
+    claim(conn, Claim::DATABASE, id, None).await?;
+    claim(conn, Claim::KV_NAMESPACE, id, None).await?;
+    super::routes::claim_hostnames(conn, id, &[]).await?;
+    sqlx::query("DELETE FROM forge_states WHERE app = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM apps WHERE id = $1")
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Locks the app's row for the rest of the caller's transaction, so deploys
 /// of one app are queued one at a time (supersede and the queue limit need a
 /// stable view). `false` when the app is not registered.

@@ -252,6 +252,19 @@ pub async fn waiting(conn: &mut PgConnection, app: &str) -> Result<Vec<String>, 
     Ok(rows.into_iter().map(|(id,)| id).collect())
 }
 
+/// Deployments of `app` a worker has taken on and that have not ended.
+pub async fn in_flight(conn: &mut PgConnection, app: &str) -> Result<Vec<String>, DbError> {
+    Ok(sqlx::query_scalar(
+        "SELECT id FROM deployments
+         WHERE app = $1 AND status NOT IN ('deployed', 'failed', 'rolled_back')
+           AND NOT (status = 'queued' AND attempts = 0)
+         ORDER BY started_at, id FOR UPDATE",
+    )
+    .bind(app)
+    .fetch_all(conn)
+    .await?)
+}
+
 /// Queues a rollback to `target`: a new deployment that reuses its commit and image.
 pub async fn insert_rollback(
     conn: &mut PgConnection,

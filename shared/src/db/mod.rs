@@ -11,6 +11,7 @@ pub mod lease;
 pub mod locks;
 pub mod logs;
 pub mod nodes;
+pub mod previews;
 pub mod restores;
 pub mod routes;
 pub mod saga;

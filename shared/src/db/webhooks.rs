@@ -25,6 +25,8 @@ pub enum DeliveryStatus {
     Deploying,
     /// An admin replayed an earlier delivery (`replay_of`); it queued `deployment_id`.
     Replayed,
+    /// Verified; a pull request closed, so its preview is being torn down.
+    TearingDown,
 }
 
 impl std::str::FromStr for DeliveryStatus {

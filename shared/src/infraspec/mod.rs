@@ -6,6 +6,7 @@ pub mod document;
 pub mod endpoints;
 pub mod limits;
 mod policy;
+pub mod previews;
 mod raw;
 mod validate;
 
@@ -49,6 +50,8 @@ pub struct InfraSpec {
     pub snapshots: Snapshots,
     /// Public hostnames routed to the app (one app per hostname).
     pub endpoints: Vec<Endpoint>,
+    /// `previews`, when enabled: pull requests deployed as apps of their own.
+    pub previews: Option<Previews>,
 }
 
 /// `snapshots`: how many pre-migration dumps of the app database to keep.
@@ -114,6 +117,7 @@ pub struct Schedule {
 pub use cron::{CronPolicy, Missed, Overlap};
 pub use endpoints::Endpoint;
 pub use policy::{DeployPolicy, QueuePolicy, StepTimeouts};
+pub use previews::Previews;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]

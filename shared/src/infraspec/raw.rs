@@ -27,6 +27,7 @@ pub(super) struct RawSpec {
     pub snapshots: Option<RawSnapshots>,
     #[serde(default)]
     pub endpoints: Vec<super::endpoints::RawEndpoint>,
+    pub previews: Option<super::previews::RawPreviews>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -267,6 +267,7 @@ pub(super) fn validate(raw: RawSpec) -> Result<InfraSpec, SpecErrors> {
         keep: keep.clamp(1, 1000) as u32,
     };
     let endpoints = super::endpoints::endpoints(raw.endpoints, &mut errors);
+    let previews = super::previews::previews(raw.previews, repo.is_some(), &mut errors);
 
     match (name, errors.0.is_empty()) {
         (Some(name), true) => Ok(InfraSpec {
@@ -281,6 +282,7 @@ pub(super) fn validate(raw: RawSpec) -> Result<InfraSpec, SpecErrors> {
             deploy_policy,
             snapshots,
             endpoints,
+            previews,
         }),
         _ => Err(SpecErrors(errors.0)),
     }

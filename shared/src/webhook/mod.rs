@@ -148,6 +148,16 @@ pub enum Outcome {
     Deploy {
         commit: String,
     },
+    /// Deploy this commit as the preview of pull request `number`.
+    Preview {
+        number: u64,
+        commit: String,
+        branch: String,
+    },
+    /// Tear the preview of pull request `number` down.
+    ClosePreview {
+        number: u64,
+    },
     Ignore(String),
 }
 
@@ -156,8 +166,9 @@ pub fn is_commit_id(s: &str) -> bool {
     (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// What a verified delivery means for the app whose `repo` it matched.
-pub fn decide(change: &Change, event: &str, app: &str, repo: &Repo) -> Outcome {
+/// What a verified delivery means for the app whose `repo` it matched
+/// (`previews`: the app has preview environments enabled).
+pub fn decide(change: &Change, event: &str, app: &str, repo: &Repo, previews: bool) -> Outcome {
     let ignore = |why: String| Outcome::Ignore(why);
     match change {
         Change::Push { branch, after, .. } => {
@@ -180,9 +191,32 @@ pub fn decide(change: &Change, event: &str, app: &str, repo: &Repo) -> Outcome {
         }
         Change::BranchDeleted { branch } => ignore(format!("branch {branch} was deleted")),
         Change::TagPush { tag } => ignore(format!("tag push ({tag}); only branch pushes deploy")),
-        Change::PullRequest { number, .. } => ignore(format!(
+        Change::PullRequest { number, .. } if !previews => ignore(format!(
             "pull request #{number}: app {app} has no preview environments"
         )),
+        Change::PullRequest {
+            number,
+            action,
+            head_sha,
+            head_branch,
+        } => match action {
+            PullAction::Opened | PullAction::Reopened | PullAction::Updated
+                if is_commit_id(head_sha) =>
+            {
+                Outcome::Preview {
+                    number: *number,
+                    commit: head_sha.to_ascii_lowercase(),
+                    branch: head_branch.clone(),
+                }
+            }
+            PullAction::Opened | PullAction::Reopened | PullAction::Updated => ignore(format!(
+                "pull request #{number}: its head {head_sha:?} is not a commit id"
+            )),
+            PullAction::Closed | PullAction::Merged => Outcome::ClosePreview { number: *number },
+            PullAction::Other(what) => ignore(format!(
+                "pull request #{number} {what}: no new code, nothing to deploy"
+            )),
+        },
         Change::Ping => ignore("ping: the hook works".into()),
         Change::Other => ignore(format!("event {event:?} is not one Norn acts on")),
     }

@@ -229,9 +229,18 @@ fn only_a_push_to_the_auto_deploy_branch_deploys_and_exactly_its_commit() {
         commit: AFTER.into(),
     };
     let on = repo("main", true);
-    assert_eq!(decide(&push(false, false), "push", "ledger", &on), deploy);
-    assert_eq!(decide(&push(true, false), "push", "ledger", &on), deploy);
-    assert_eq!(decide(&push(false, true), "push", "ledger", &on), deploy);
+    assert_eq!(
+        decide(&push(false, false), "push", "ledger", &on, false),
+        deploy
+    );
+    assert_eq!(
+        decide(&push(true, false), "push", "ledger", &on, false),
+        deploy
+    );
+    assert_eq!(
+        decide(&push(false, true), "push", "ledger", &on, false),
+        deploy
+    );
     let why = |o: Outcome| match o {
         Outcome::Ignore(why) => why,
         other => panic!("{other:?}"),
@@ -241,7 +250,8 @@ fn only_a_push_to_the_auto_deploy_branch_deploys_and_exactly_its_commit() {
             &push(false, false),
             "push",
             "ledger",
-            &repo("main", false)
+            &repo("main", false),
+            false
         ))
         .contains("autoDeploy")
     );
@@ -250,17 +260,18 @@ fn only_a_push_to_the_auto_deploy_branch_deploys_and_exactly_its_commit() {
             &push(false, false),
             "push",
             "ledger",
-            &repo("prod", true)
+            &repo("prod", true),
+            false
         ))
         .contains("deploys branch prod")
     );
     let deleted = Change::BranchDeleted {
         branch: "main".into(),
     };
-    assert!(why(decide(&deleted, "push", "ledger", &on)).contains("deleted"));
+    assert!(why(decide(&deleted, "push", "ledger", &on, false)).contains("deleted"));
     let tag = Change::TagPush { tag: "v1".into() };
-    assert!(why(decide(&tag, "push", "ledger", &on)).contains("tag"));
-    assert!(why(decide(&Change::Other, "issues", "ledger", &on)).contains("issues"));
+    assert!(why(decide(&tag, "push", "ledger", &on, false)).contains("tag"));
+    assert!(why(decide(&Change::Other, "issues", "ledger", &on, false)).contains("issues"));
     let not_a_commit = Change::Push {
         branch: "main".into(),
         before: BEFORE.into(),
@@ -268,7 +279,7 @@ fn only_a_push_to_the_auto_deploy_branch_deploys_and_exactly_its_commit() {
         created: false,
         forced: false,
     };
-    assert!(why(decide(&not_a_commit, "push", "ledger", &on)).contains("not a commit"));
+    assert!(why(decide(&not_a_commit, "push", "ledger", &on, false)).contains("not a commit"));
 }
 
 #[test]
@@ -335,4 +346,51 @@ fn a_stored_change_reads_back_as_itself() {
         let json = serde_json::to_value(&c).unwrap();
         assert_eq!(serde_json::from_value::<Change>(json).unwrap(), c);
     }
+}
+
+#[test]
+fn pull_requests_open_and_update_previews_and_closing_tears_them_down() {
+    let on = repo("main", true);
+    let pr = |action: PullAction| Change::PullRequest {
+        number: 42,
+        action,
+        head_sha: AFTER.into(),
+        head_branch: "round-totals".into(),
+    };
+    let preview = Outcome::Preview {
+        number: 42,
+        commit: AFTER.into(),
+        branch: "round-totals".into(),
+    };
+    for action in [
+        PullAction::Opened,
+        PullAction::Reopened,
+        PullAction::Updated,
+    ] {
+        assert_eq!(
+            decide(&pr(action), "pull_request", "ledger", &on, true),
+            preview
+        );
+    }
+    for action in [PullAction::Closed, PullAction::Merged] {
+        assert_eq!(
+            decide(&pr(action), "pull_request", "ledger", &on, true),
+            Outcome::ClosePreview { number: 42 }
+        );
+    }
+    assert!(matches!(
+        decide(
+            &pr(PullAction::Other("labeled".into())),
+            "pull_request",
+            "ledger",
+            &on,
+            true
+        ),
+        Outcome::Ignore(_)
+    ));
+    // Without previews, a pull request deploys nothing.
+    assert!(matches!(
+        decide(&pr(PullAction::Opened), "pull_request", "ledger", &on, false),
+        Outcome::Ignore(why) if why.contains("no preview")
+    ));
 }

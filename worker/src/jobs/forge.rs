@@ -56,6 +56,9 @@ async fn operate(job: &ForgeJob, state: &WorkerState, token: i64) -> Result<(), 
         token,
         actor: &state.config.node_name,
     };
+    if job.action == ForgeAction::RemovePreview {
+        return crate::preview::remove(state, &app, current.status, token).await;
+    }
     // What was asked may already hold (a second delivery, two requests
     // queued together): then there is nothing to do.
     let ops: Vec<Operation> = match job.action {
@@ -66,6 +69,7 @@ async fn operate(job: &ForgeJob, state: &WorkerState, token: i64) -> Result<(), 
         ForgeAction::Forge { .. } => vec![Operation::Forge],
         ForgeAction::Teardown { .. } if current.status == ForgeStatus::Unforged => vec![],
         ForgeAction::Teardown { drop_data } => vec![Operation::Teardown { drop_data }],
+        ForgeAction::RemovePreview => vec![],
     };
     let mut log = Tail::new(64 * 1024);
     for op in ops {
