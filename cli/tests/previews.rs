@@ -1,8 +1,9 @@
 //! Preview environments driven by pull request webhooks, against the real
 //! API, worker and scheduler, a real git repository, Docker and Postgres:
-//! open → deployed and routed with its own database; synchronize →
-//! redeployed; `max` → the oldest goes; close → containers, route, database
-//! and app gone; idle past `ttl` → torn down by the scheduler.
+//! open → deployed and routed with its own database and only the secrets
+//! `previews.secrets` names; synchronize → redeployed; `max` → the oldest
+//! goes; close → containers, route, database and app gone; idle past `ttl`
+//! → torn down by the scheduler.
 
 mod common;
 
@@ -138,13 +139,13 @@ async fn a_pull_request_gets_a_preview_of_its_own_until_it_closes_is_displaced_o
     let mut spec = common::spec(&app, &repo, None);
     spec["repo"] = json!({"url": repo.url(), "branch": main, "autoDeploy": true});
     spec["services"] = json!({"postgres": {"database": db}});
-    spec["secrets"] = json!(["GREETING"]);
-    spec["previews"] = json!({"enabled": true, "ttl": "1h", "max": 1});
+    spec["secrets"] = json!(["GREETING", "PROD_ONLY"]);
+    spec["previews"] = json!({"enabled": true, "ttl": "1h", "max": 1, "secrets": ["GREETING"]});
     assert_eq!(h.post("/api/apps", spec).await.0, 201);
     let (code, body) = h
         .put(
             &format!("/api/apps/{app}/secrets"),
-            json!({"GREETING": "hello-preview"}),
+            json!({"GREETING": "hello-preview", "PROD_ONLY": "live-key"}),
         )
         .await;
     assert_eq!(code, 200, "{body}");
@@ -157,8 +158,11 @@ async fn a_pull_request_gets_a_preview_of_its_own_until_it_closes_is_displaced_o
     deployed(&h, &answer).await;
     assert_eq!(h.fetch(&pr42).await.unwrap(), "pr-v1");
     let instance = running_instance(&pr42).await;
-    let (_, env) = exec_in(&instance, "echo \"$GREETING $DATABASE_URL\"").await;
-    assert!(env.starts_with("hello-preview "), "{env}");
+    let (_, env) = exec_in(&instance, "echo \"$GREETING|$PROD_ONLY|$DATABASE_URL\"").await;
+    assert!(
+        env.starts_with("hello-preview||"),
+        "only previews.secrets: {env}"
+    );
     assert!(env.contains(&format!("/{db}_pr_42")), "{env}");
     assert!(database_exists(&format!("{db}_pr_42")).await);
     assert!(

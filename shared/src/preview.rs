@@ -4,7 +4,8 @@
 //! hostnames (it is routed as `<app>-pr-<n>` under the ingress), no
 //! scheduled processes, no previews of its own, and the pull request's
 //! branch instead of the parent's. Secrets are the parent's (the worker
-//! reads them from the parent, [`secrets_app`]).
+//! reads them from the parent, [`secrets_app`]), only those named in
+//! `previews.secrets` when that is set.
 
 use serde_json::{Value, json};
 use sqlx::PgConnection;
@@ -90,6 +91,10 @@ pub fn document(parent_doc: &Value, name: &AppName, number: u64, branch: &str) -
         return doc;
     };
     obj.insert("name".into(), Value::String(name.as_str().to_owned()));
+    // `previews.secrets`: the only secrets a preview declares (and gets).
+    if let Some(only) = obj.get("previews").and_then(|p| p.get("secrets")).cloned() {
+        obj.insert("secrets".into(), only);
+    }
     obj.remove("previews");
     obj.remove("endpoints");
     if let Some(repo) = obj.get_mut("repo").and_then(Value::as_object_mut) {
@@ -125,6 +130,41 @@ mod tests {
 
     use super::*;
     use crate::infraspec::InfraSpec;
+
+    #[test]
+    fn a_preview_gets_the_apps_secrets_or_only_those_previews_secrets_lists() {
+        let parent = json!({
+            "name": "shop",
+            "repo": {"url": "https://github.com/acme/shop", "branch": "main", "autoDeploy": true},
+            "processes": {
+                "web": {"port": 8080},
+                "nightly": {"schedule": "0 3 * * *", "command": "true"},
+            },
+            "services": {"postgres": {"database": "shop"}, "kv": {"namespace": "shop"}},
+            "migrations": {"command": "./migrate", "database": "shop"},
+            "secrets": ["STRIPE_KEY"],
+            "endpoints": [{"url": "https://shop.example.com"}],
+            "previews": {"enabled": true, "ttl": "48h", "max": 3},
+        });
+        let parent_spec = InfraSpec::from_json(parent.clone()).unwrap();
+        let name = app_name("shop", 42).unwrap();
+        let spec = InfraSpec::from_json(document(&parent, &name, 42, "f")).unwrap();
+        assert_eq!(
+            spec.secrets,
+            ["STRIPE_KEY"],
+            "all of the app's secrets by default"
+        );
+        let mut parent = parent;
+        parent["secrets"] = json!(["STRIPE_KEY", "STRIPE_TEST_KEY"]);
+        parent["previews"]["secrets"] = json!(["STRIPE_TEST_KEY"]);
+        assert!(parent_spec.previews.is_some());
+        let spec = InfraSpec::from_json(document(&parent, &name, 42, "f")).unwrap();
+        assert_eq!(spec.secrets, ["STRIPE_TEST_KEY"], "only the listed ones");
+        // A listed secret the app does not have is an error.
+        parent["previews"]["secrets"] = json!(["NOPE"]);
+        let err = InfraSpec::from_json(parent).unwrap_err();
+        assert_eq!(err.first().field, "previews.secrets[0]");
+    }
 
     #[test]
     fn a_preview_shares_nothing_stateful_or_public_with_its_app() {

@@ -87,7 +87,17 @@ async fn secret_values(
     // A preview runs with its parent's secrets.
     let parent = norn_shared::db::previews::parent_of(&mut conn, app).await?;
     let owner = norn_shared::preview::secrets_app(app, parent.as_deref());
-    let sealed = secrets::sealed(&mut conn, owner).await?;
+    let mut sealed = secrets::sealed(&mut conn, owner).await?;
+    if parent.is_some() {
+        // Only those the preview's spec declares (`previews.secrets`).
+        let declared = norn_shared::db::apps::get(&mut conn, app)
+            .await
+            .ok()
+            .flatten()
+            .map(|a| a.spec.secrets)
+            .unwrap_or_default();
+        sealed.retain(|(name, _)| declared.contains(name));
+    }
     drop(conn);
     sealed
         .into_iter()

@@ -22,6 +22,7 @@ pub(super) struct RawPreviews {
     pub enabled: bool,
     pub ttl: Option<Scalar>,
     pub max: Option<i64>,
+    pub secrets: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -31,6 +32,9 @@ pub struct Previews {
     pub ttl: Duration,
     /// Open previews at most; the one idle longest goes first.
     pub max: u32,
+    /// The app's secrets a preview gets; `None`: all of them. A pull
+    /// request's code is less trusted than the branch it wants to join.
+    pub secrets: Option<Vec<String>>,
 }
 
 mod secs {
@@ -46,6 +50,7 @@ mod secs {
 pub(super) fn previews(
     raw: Option<RawPreviews>,
     has_repo: bool,
+    app_secrets: &[String],
     errors: &mut Errors,
 ) -> Option<Previews> {
     let raw = raw.filter(|r| r.enabled)?;
@@ -73,8 +78,19 @@ pub(super) fn previews(
     if !(1..=i64::from(MAX_PREVIEWS)).contains(&max) {
         errors.push("previews.max", format!("must be 1..{MAX_PREVIEWS}"));
     }
+    if let Some(names) = &raw.secrets {
+        for (i, name) in names.iter().enumerate() {
+            if !app_secrets.contains(name) {
+                errors.push(
+                    format!("previews.secrets[{i}]"),
+                    format!("{name} is not one of the app's secrets"),
+                );
+            }
+        }
+    }
     Some(Previews {
         ttl,
         max: max.clamp(1, i64::from(MAX_PREVIEWS)) as u32,
+        secrets: raw.secrets,
     })
 }

@@ -267,7 +267,8 @@ pub(super) fn validate(raw: RawSpec) -> Result<InfraSpec, SpecErrors> {
         keep: keep.clamp(1, 1000) as u32,
     };
     let endpoints = super::endpoints::endpoints(raw.endpoints, &mut errors);
-    let previews = super::previews::previews(raw.previews, repo.is_some(), &mut errors);
+    let previews =
+        super::previews::previews(raw.previews, repo.is_some(), &raw.secrets, &mut errors);
 
     match (name, errors.0.is_empty()) {
         (Some(name), true) => Ok(InfraSpec {

@@ -121,6 +121,8 @@ pub enum Change {
     PullRequest {
         number: u64,
         action: PullAction,
+        /// The head is in another repository (a fork): its code is anyone's.
+        from_fork: bool,
         head_sha: String,
         head_branch: String,
     },
@@ -196,9 +198,18 @@ pub fn decide(change: &Change, event: &str, app: &str, repo: &Repo, previews: bo
         )),
         Change::PullRequest {
             number,
+            from_fork: true,
+            action: PullAction::Opened | PullAction::Reopened | PullAction::Updated,
+            ..
+        } => ignore(format!(
+            "pull request #{number} comes from a fork: Norn does not run a fork's code with the app's secrets"
+        )),
+        Change::PullRequest {
+            number,
             action,
             head_sha,
             head_branch,
+            ..
         } => match action {
             PullAction::Opened | PullAction::Reopened | PullAction::Updated
                 if is_commit_id(head_sha) =>

@@ -76,17 +76,52 @@ struct Push {
 }
 
 #[derive(Deserialize)]
+struct RepoId {
+    full_name: Option<String>,
+}
+
+#[derive(Deserialize)]
 struct Head {
     sha: String,
     #[serde(rename = "ref", default)]
     git_ref: String,
+    /// `null` when the fork it came from was deleted.
+    repo: Option<RepoId>,
+    /// Gitea also gives the repository's id.
+    repo_id: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct Base {
+    repo: Option<RepoId>,
+    repo_id: Option<i64>,
 }
 
 #[derive(Deserialize)]
 struct PullRequest {
     head: Head,
+    base: Option<Base>,
     #[serde(default)]
     merged: bool,
+}
+
+impl PullRequest {
+    /// Whether the head is in another repository than the base. Only
+    /// what the payload proves is the same repository counts as not a fork.
+    fn is_from_fork(&self) -> bool {
+        let Some(base) = &self.base else { return true };
+        let name = |r: &Option<RepoId>| {
+            r.as_ref()
+                .and_then(|r| r.full_name.as_deref().map(str::to_ascii_lowercase))
+        };
+        match (name(&self.head.repo), name(&base.repo)) {
+            (Some(head), Some(base)) => head != base,
+            _ => match (self.head.repo_id, base.repo_id) {
+                (Some(head), Some(base)) => head != base,
+                _ => true,
+            },
+        }
+    }
 }
 
 /// GitHub's and Gitea's `pull_request` event.
@@ -112,6 +147,8 @@ struct MergeAttributes {
     source_branch: String,
     #[serde(default)]
     oldrev: Option<String>,
+    source_project_id: Option<i64>,
+    target_project_id: Option<i64>,
 }
 
 /// GitLab's `Merge Request Hook`.
@@ -161,6 +198,20 @@ fn push(p: Push) -> Result<Change, ParseError> {
     })
 }
 
+/// A pull request's number, as forges number them (1, 2, …).
+fn pull_number(n: u64) -> Result<u64, ParseError> {
+    if (1..=MAX_PULL_NUMBER).contains(&n) {
+        Ok(n)
+    } else {
+        Err(ParseError::Payload(format!(
+            "pull request number {n} is out of range"
+        )))
+    }
+}
+
+/// Far beyond any forge's count, and small enough for every column.
+const MAX_PULL_NUMBER: u64 = 1_000_000_000;
+
 fn pull_action(action: &str, merged: bool) -> PullAction {
     match action {
         "opened" | "open" => PullAction::Opened,
@@ -180,8 +231,9 @@ fn github_like(event: &str, body: &serde_json::Value) -> Result<Change, ParseErr
         "pull_request" => {
             let e = PullEvent::deserialize(body).map_err(bad)?;
             Change::PullRequest {
-                number: e.number,
+                number: pull_number(e.number)?,
                 action: pull_action(&e.action, e.pull_request.merged),
+                from_fork: e.pull_request.is_from_fork(),
                 head_sha: bounded(e.pull_request.head.sha)?,
                 head_branch: bounded(e.pull_request.head.git_ref)?,
             }
@@ -208,9 +260,14 @@ fn gitlab(event: &str, body: &serde_json::Value) -> Result<Change, ParseError> {
                 "update" if !moved => PullAction::Other("update".into()),
                 other => pull_action(other, false),
             };
+            let from_fork = match (a.source_project_id, a.target_project_id) {
+                (Some(source), Some(target)) => source != target,
+                _ => true,
+            };
             Change::PullRequest {
-                number: a.iid,
+                number: pull_number(a.iid)?,
                 action,
+                from_fork,
                 head_sha: bounded(a.last_commit.id)?,
                 head_branch: bounded(a.source_branch)?,
             }

@@ -91,6 +91,7 @@ fn github_pushes_deletions_tags_and_pull_requests_read_as_what_they_are() {
         Change::PullRequest {
             number: 42,
             action: PullAction::Opened,
+            from_fork: false,
             head_sha: AFTER.into(),
             head_branch: "round-totals".into()
         }
@@ -120,6 +121,7 @@ fn gitea_and_gitlab_payloads_read_into_the_same_changes() {
         Change::PullRequest {
             number: 7,
             action: PullAction::Updated,
+            from_fork: false,
             head_sha: AFTER.into(),
             head_branch: "round-totals".into()
         }
@@ -143,6 +145,7 @@ fn gitea_and_gitlab_payloads_read_into_the_same_changes() {
         Change::PullRequest {
             number: 3,
             action: PullAction::Opened,
+            from_fork: false,
             head_sha: AFTER.into(),
             head_branch: "round-totals".into()
         }
@@ -213,6 +216,13 @@ fn malformed_deliveries_are_errors_not_panics() {
     let body = br#"{"ref": 5, "repository": {"clone_url": "https://h/o/r"}}"#;
     assert!(matches!(
         parse(gh, &headers(gh, "push", None), body),
+        Err(ParseError::Payload(_))
+    ));
+    let huge = br#"{"action": "opened", "number": 18446744073709551615,
+                    "pull_request": {"head": {"sha": "ab", "ref": "x"}},
+                    "repository": {"clone_url": "https://h/o/r"}}"#;
+    assert!(matches!(
+        parse(gh, &headers(gh, "pull_request", None), huge),
         Err(ParseError::Payload(_))
     ));
     let body =
@@ -338,6 +348,7 @@ fn a_stored_change_reads_back_as_itself() {
         Change::PullRequest {
             number: 1,
             action: PullAction::Other("labeled".into()),
+            from_fork: true,
             head_sha: AFTER.into(),
             head_branch: "f".into(),
         },
@@ -354,6 +365,7 @@ fn pull_requests_open_and_update_previews_and_closing_tears_them_down() {
     let pr = |action: PullAction| Change::PullRequest {
         number: 42,
         action,
+        from_fork: false,
         head_sha: AFTER.into(),
         head_branch: "round-totals".into(),
     };
@@ -392,5 +404,64 @@ fn pull_requests_open_and_update_previews_and_closing_tears_them_down() {
     assert!(matches!(
         decide(&pr(PullAction::Opened), "pull_request", "ledger", &on, false),
         Outcome::Ignore(why) if why.contains("no preview")
+    ));
+}
+
+#[test]
+fn a_pull_request_from_a_fork_gets_no_preview() {
+    let body = String::from_utf8(fixture("github-pull-request-opened", "main"))
+        .unwrap()
+        .replacen(
+            "\"full_name\": \"acme/ledger\"",
+            "\"full_name\": \"mallory/ledger\"",
+            1,
+        );
+    let gh = Provider::Github;
+    let d = parse(gh, &headers(gh, "pull_request", None), body.as_bytes()).unwrap();
+    assert!(
+        matches!(
+            d.change,
+            Change::PullRequest {
+                from_fork: true,
+                ..
+            }
+        ),
+        "{:?}",
+        d.change
+    );
+    let on = repo("main", true);
+    assert!(matches!(
+        decide(&d.change, "pull_request", "ledger", &on, true),
+        Outcome::Ignore(why) if why.contains("fork")
+    ));
+    // Without the base and head repositories, a pull request counts as a fork.
+    let bare =
+        br#"{"action": "opened", "number": 1, "pull_request": {"head": {"sha": "ab", "ref": "x"}},
+                    "repository": {"clone_url": "https://h/o/r"}}"#;
+    let d = parse(gh, &headers(gh, "pull_request", None), bare).unwrap();
+    assert!(matches!(
+        d.change,
+        Change::PullRequest {
+            from_fork: true,
+            ..
+        }
+    ));
+    // GitLab: source and target projects differ.
+    let gl = Provider::Gitlab;
+    let body = String::from_utf8(fixture("gitlab-merge-request-open", "main"))
+        .unwrap()
+        .replace("\"source_project_id\": 15", "\"source_project_id\": 99");
+    let d = parse(
+        gl,
+        &headers(gl, "Merge Request Hook", None),
+        body.as_bytes(),
+    )
+    .unwrap();
+    assert!(matches!(
+        d.change,
+        Change::PullRequest {
+            from_fork: true,
+            ..
+        }
     ));
 }
