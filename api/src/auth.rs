@@ -88,10 +88,12 @@ pub async fn principal(
         }))
 }
 
-/// Routes anyone may call: the minimal health answer, and the webhook
+/// Routes anyone may call: the minimal health answer, the API's OpenAPI
+/// document (it says what exists, never what is in it), and the webhook
 /// receivers (a forge has no token; each delivery's signature is checked).
 pub const OPEN_ROUTES: &[&str] = &[
     "/api/health",
+    "/api/openapi.json",
     "/api/webhooks/github",
     "/api/webhooks/gitea",
     "/api/webhooks/gitlab",

@@ -6,6 +6,7 @@ pub mod error;
 pub mod http_policy;
 pub mod ingress;
 pub mod listener;
+pub mod openapi;
 pub mod routes;
 pub mod state;
 

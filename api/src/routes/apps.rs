@@ -52,6 +52,15 @@ pub async fn decode(headers: &HeaderMap, body: Bytes) -> ApiResult<(Value, Infra
     .await?
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/apps",
+    tag = "apps",
+    summary = "Register or replace an app from its infraspec (YAML or JSON)",
+    request_body(content((serde_json::Value = "application/json"), (String = "application/yaml"))),
+    responses((status = 201, body = serde_json::Value), crate::openapi::Errors),
+    security(("bearer" = ["admin"])),
+)]
 pub async fn register(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -127,6 +136,14 @@ fn refuse_reserved_database(config: &norn_shared::Config, spec: &InfraSpec) -> A
     Ok(())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/apps",
+    tag = "apps",
+    summary = "Registered apps with their validated specs",
+    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    security(("bearer" = ["viewer"])),
+)]
 pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let mut conn = state.pool.acquire().await?;
     // An app whose stored spec no longer validates is listed with its error
@@ -157,6 +174,15 @@ pub fn invalid_spec(e: apps::AppError) -> ApiError {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/apps/{id}",
+    tag = "apps",
+    summary = "One app",
+    params(("id" = String, Path, description = "app name")),
+    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    security(("bearer" = ["viewer"])),
+)]
 pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let id = app_id(&id)?;
     let mut conn = state.pool.acquire().await?;

@@ -15,7 +15,8 @@ use crate::body::Query;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RangeQuery {
     range: Option<String>,
 }
@@ -34,6 +35,15 @@ fn range(raw: Option<&str>) -> ApiResult<Duration> {
     Ok(d)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/apps/{id}/health-checks",
+    tag = "health",
+    summary = "Periodic health probes",
+    params(("id" = String, Path, description = "app name"), RangeQuery),
+    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    security(("bearer" = ["viewer"])),
+)]
 pub async fn list(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -9,12 +9,29 @@ use serde_json::{Value, json};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
+#[utoipa::path(
+    get,
+    path = "/api/cluster/nodes",
+    tag = "cluster",
+    summary = "The fleet",
+    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    security(("bearer" = ["viewer"])),
+)]
 pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let mut conn = state.pool.acquire().await?;
     Ok(Json(json!(nodes::list(&mut conn).await?)))
 }
 
 /// A draining worker claims no new jobs and finishes the ones it holds.
+#[utoipa::path(
+    post,
+    path = "/api/cluster/nodes/{id}/drain",
+    tag = "cluster",
+    summary = "Drain a node",
+    params(("id" = String, Path, description = "node id")),
+    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    security(("bearer" = ["admin"])),
+)]
 pub async fn drain(
     State(state): State<AppState>,
     Path(id): Path<String>,

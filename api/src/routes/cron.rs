@@ -49,6 +49,15 @@ fn state_json(state: &CronState) -> Value {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/apps/{id}/cron",
+    tag = "cron",
+    summary = "Cron state and recent runs",
+    params(("id" = String, Path, description = "app name")),
+    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    security(("bearer" = ["viewer"])),
+)]
 pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let mut conn = state.pool.acquire().await?;
     let (app, process, schedule) = scheduled(&mut conn, &id).await?;
@@ -69,6 +78,15 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiRe
 }
 
 /// Runs the scheduled process now; the schedule is untouched.
+#[utoipa::path(
+    post,
+    path = "/api/apps/{id}/cron/trigger",
+    tag = "cron",
+    summary = "Run the cron job now",
+    params(("id" = String, Path, description = "app name")),
+    responses((status = 202, body = serde_json::Value), crate::openapi::Errors),
+    security(("bearer" = ["deployer"])),
+)]
 pub async fn trigger(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -109,6 +127,15 @@ async fn set_paused(state: AppState, id: String, paused: bool) -> ApiResult<Json
     Ok(Json(state_json(&updated)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/apps/{id}/cron/pause",
+    tag = "cron",
+    summary = "Pause the schedule",
+    params(("id" = String, Path, description = "app name")),
+    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    security(("bearer" = ["admin"])),
+)]
 pub async fn pause(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -116,6 +143,15 @@ pub async fn pause(
     set_paused(state, id, true).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/apps/{id}/cron/resume",
+    tag = "cron",
+    summary = "Resume the schedule",
+    params(("id" = String, Path, description = "app name")),
+    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    security(("bearer" = ["admin"])),
+)]
 pub async fn resume(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -123,12 +159,22 @@ pub async fn resume(
     set_paused(state, id, false).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct ScheduleBody {
     /// A cron expression, or `null` to go back to the infraspec's schedule.
     schedule: Option<String>,
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/apps/{id}/cron/schedule",
+    tag = "cron",
+    summary = "Override the schedule",
+    params(("id" = String, Path, description = "app name")),
+    request_body(content = ScheduleBody, content_type = "application/json"),
+    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    security(("bearer" = ["admin"])),
+)]
 pub async fn set_schedule(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -14,7 +14,7 @@ use crate::body::{Body, Query, SMALL_LIMIT, optional_json};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DeployBody {
     #[serde(rename = "ref")]
@@ -22,6 +22,16 @@ struct DeployBody {
 }
 
 /// Records a `queued` deployment and pushes its job in one transaction.
+#[utoipa::path(
+    post,
+    path = "/api/apps/{id}/deploy",
+    tag = "deployments",
+    summary = "Queue a deploy",
+    params(("id" = String, Path, description = "app name"), ("Idempotency-Key" = Option<String>, Header, description = "a retry with the same key returns the first deployment")),
+    request_body(content = DeployBody, content_type = "application/json"),
+    responses((status = 202, body = serde_json::Value), crate::openapi::Errors),
+    security(("bearer" = ["deployer"])),
+)]
 pub async fn deploy(
     State(state): State<AppState>,
     Extension(by): Extension<Principal>,
@@ -75,13 +85,23 @@ pub async fn deploy(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     app: Option<String>,
     status: Option<String>,
     limit: Option<i64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/deployments",
+    tag = "deployments",
+    summary = "Recent deployments",
+    params(ListQuery),
+    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    security(("bearer" = ["viewer"])),
+)]
 pub async fn list(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
@@ -116,6 +136,15 @@ pub(crate) fn deployment_id(raw: &str) -> ApiResult<&str> {
         .map_err(|_| ApiError::field("id", "deployment ids are UUIDs"))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/deployments/{id}",
+    tag = "deployments",
+    summary = "One deployment",
+    params(("id" = String, Path, description = "deployment id (UUID)")),
+    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    security(("bearer" = ["viewer"])),
+)]
 pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let id = deployment_id(&id)?;
     let mut conn = state.pool.acquire().await?;
@@ -125,6 +154,15 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiRe
     Ok(Json(json!(d)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/deployments/{id}/events",
+    tag = "deployments",
+    summary = "Its saga events",
+    params(("id" = String, Path, description = "deployment id (UUID)")),
+    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    security(("bearer" = ["viewer"])),
+)]
 pub async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -140,6 +178,15 @@ pub async fn events(
 /// A deployment no worker has taken on ends at once; a running one is asked
 /// to stop (its worker kills the current step within seconds, cleans up and
 /// releases the app). Terminal deployments give 409.
+#[utoipa::path(
+    post,
+    path = "/api/deployments/{id}/cancel",
+    tag = "deployments",
+    summary = "Cancel a deployment",
+    params(("id" = String, Path, description = "deployment id (UUID)")),
+    responses((status = 202, body = serde_json::Value), crate::openapi::Errors),
+    security(("bearer" = ["deployer"])),
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     Extension(by): Extension<Principal>,

@@ -37,19 +37,38 @@ fn internal(e: forge::ForgeDbError) -> ApiError {
     ApiError::Internal(Box::new(e))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/apps/{id}/forge",
+    tag = "forge",
+    summary = "The app services state",
+    params(("id" = String, Path, description = "app name")),
+    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    security(("bearer" = ["viewer"])),
+)]
 pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let mut conn = state.pool.acquire().await?;
     let (_, forged) = state_of(&mut conn, &id).await?;
     Ok(Json(json!(forged)))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForgeBody {
     #[serde(default)]
     force: bool,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/apps/{id}/forge",
+    tag = "forge",
+    summary = "Provision the app services",
+    params(("id" = String, Path, description = "app name")),
+    request_body(content = ForgeBody, content_type = "application/json"),
+    responses((status = 202, body = serde_json::Value), crate::openapi::Errors),
+    security(("bearer" = ["admin"])),
+)]
 pub async fn forge(
     State(state): State<AppState>,
     Extension(by): Extension<Principal>,
@@ -70,13 +89,23 @@ pub async fn forge(
     queue_job(&by, tx, &app.id, action).await
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
 pub struct TeardownQuery {
     drop_data: Option<String>,
     confirm: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/apps/{id}/teardown",
+    tag = "forge",
+    summary = "Reverse the forge",
+    params(("id" = String, Path, description = "app name"), TeardownQuery),
+    responses((status = 202, body = serde_json::Value), crate::openapi::Errors),
+    security(("bearer" = ["admin"])),
+)]
 pub async fn teardown(
     State(state): State<AppState>,
     Extension(by): Extension<Principal>,

@@ -39,6 +39,16 @@ const SYNC_WAIT: Duration = Duration::from_secs(300);
 const RECHECK: Duration = Duration::from_secs(5);
 
 /// `ANY /api/apps/{id}/invoke[/{*path}]`.
+#[utoipa::path(
+    method(get, post, put, patch, delete),
+    path = "/api/apps/{id}/invoke",
+    tag = "functions",
+    summary = "Invoke the app function",
+    params(("id" = String, Path, description = "app name")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the function stdin"),
+    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    security(("bearer" = ["deployer"])),
+)]
 pub async fn invoke(
     State(state): State<AppState>,
     Extension(by): Extension<Principal>,
@@ -297,6 +307,15 @@ fn execution_id(raw: &str) -> ApiResult<i64> {
 }
 
 /// `GET /api/functions/executions/{id}`.
+#[utoipa::path(
+    get,
+    path = "/api/functions/executions/{id}",
+    tag = "functions",
+    summary = "One execution",
+    params(("id" = i64, Path, description = "execution id")),
+    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    security(("bearer" = ["viewer"])),
+)]
 pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let id = execution_id(&id)?;
     let mut conn = state.pool.acquire().await?;
@@ -308,6 +327,15 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiRe
 
 /// `POST /api/functions/executions/{id}/cancel`: a waiting run ends at once;
 /// a running one is stopped by its worker (202).
+#[utoipa::path(
+    post,
+    path = "/api/functions/executions/{id}/cancel",
+    tag = "functions",
+    summary = "Cancel an execution",
+    params(("id" = i64, Path, description = "execution id")),
+    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    security(("bearer" = ["deployer"])),
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -349,7 +377,8 @@ pub async fn cancel(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     process: Option<String>,
@@ -359,6 +388,15 @@ pub struct ListQuery {
 
 /// `GET /api/apps/{id}/functions/executions?process=&status=&limit=`,
 /// newest first, without output.
+#[utoipa::path(
+    get,
+    path = "/api/apps/{id}/functions/executions",
+    tag = "functions",
+    summary = "Function executions of the app",
+    params(("id" = String, Path, description = "app name"), ListQuery),
+    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    security(("bearer" = ["viewer"])),
+)]
 pub async fn list(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -13,6 +13,14 @@ const PROBE: std::time::Duration = std::time::Duration::from_secs(3);
 /// no Docker socket: the engine's state is what live workers reported in
 /// their last heartbeat. Without the token (when one is set) the answer is
 /// only `ok` or `degraded`.
+#[utoipa::path(
+    get,
+    path = "/api/health",
+    tag = "health",
+    summary = "Liveness and dependencies; details only with a token",
+    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    security(()),
+)]
 pub async fn health(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -25,13 +25,23 @@ const PAGE: i64 = 64;
 /// How often a follow looks for new output.
 const POLL: Duration = Duration::from_millis(250);
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogsQuery {
     step: Option<String>,
     #[serde(default)]
     follow: bool,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/deployments/{id}/logs",
+    tag = "deployments",
+    summary = "Step output, streamed",
+    params(("id" = String, Path, description = "deployment id (UUID)"), LogsQuery),
+    responses((status = 200, body = String, content_type = "text/plain"), crate::openapi::Errors),
+    security(("bearer" = ["viewer"])),
+)]
 pub async fn logs(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -28,6 +28,7 @@ pub fn router(state: AppState) -> Router {
     // Routes that answer at once, under NORN_REQUEST_TIMEOUT.
     let bounded = Router::new()
         .route("/api/health", get(health::health))
+        .route("/api/openapi.json", get(crate::openapi::document))
         .route("/api/apps", get(apps::list).post(apps::register))
         .route("/api/apps/{id}", get(apps::get))
         .route("/api/apps/{id}/deploy", post(deployments::deploy))

@@ -16,6 +16,15 @@ use super::queueing;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
+#[utoipa::path(
+    get,
+    path = "/api/apps/{id}/previews",
+    tag = "previews",
+    summary = "Preview environments of the app",
+    params(("id" = String, Path, description = "app name")),
+    responses((status = 200, body = Vec<norn_shared::db::previews::Preview>), crate::openapi::Errors),
+    security(("bearer" = ["viewer"])),
+)]
 pub async fn list(
     State(state): State<AppState>,
     Path(id): Path<String>,

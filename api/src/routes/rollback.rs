@@ -19,12 +19,22 @@ use crate::body::{Body, SMALL_LIMIT, optional_json};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RollbackBody {
     deployment_id: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/apps/{id}/rollback",
+    tag = "deployments",
+    summary = "Put an earlier release back",
+    params(("id" = String, Path, description = "app name")),
+    request_body(content = RollbackBody, content_type = "application/json"),
+    responses((status = 202, body = serde_json::Value), crate::openapi::Errors),
+    security(("bearer" = ["deployer"])),
+)]
 pub async fn rollback(
     State(state): State<AppState>,
     Extension(by): Extension<Principal>,

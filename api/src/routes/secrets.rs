@@ -46,6 +46,15 @@ fn no_key(e: norn_shared::crypto::CryptoError) -> ApiError {
     ApiError::Conflict(e.to_string())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/apps/{id}/secrets",
+    tag = "secrets",
+    summary = "Secret names and update times",
+    params(("id" = String, Path, description = "app name")),
+    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    security(("bearer" = ["viewer"])),
+)]
 pub async fn list(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let mut conn = state.pool.acquire().await?;
     let app = registered(&mut conn, &id).await?;
@@ -69,6 +78,16 @@ fn bad_name(name: &str) -> Option<String> {
     None
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/apps/{id}/secrets",
+    tag = "secrets",
+    summary = "Set secret values",
+    params(("id" = String, Path, description = "app name")),
+    request_body(content = std::collections::BTreeMap<String, String>, content_type = "application/json"),
+    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    security(("bearer" = ["admin"])),
+)]
 pub async fn put(
     State(state): State<AppState>,
     Extension(by): Extension<Principal>,
@@ -116,6 +135,15 @@ pub async fn put(
     Ok(Json(json!({"app": app, "set": names})))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/apps/{id}/secrets/{name}",
+    tag = "secrets",
+    summary = "Remove a secret",
+    params(("id" = String, Path, description = "app name"), ("name" = String, Path, description = "secret name")),
+    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    security(("bearer" = ["admin"])),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     Extension(by): Extension<Principal>,
@@ -160,6 +188,14 @@ async fn trail(
 
 /// Re-seals every value not sealed with the current key (opened with a key
 /// from `NORN_SECRET_KEY_PREVIOUS`), in one transaction.
+#[utoipa::path(
+    post,
+    path = "/api/secrets/rotate",
+    tag = "secrets",
+    summary = "Re-seal every stored value with the current key",
+    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    security(("bearer" = ["admin"])),
+)]
 pub async fn rotate(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let key = state.config.sealing_key().map_err(no_key)?;
     let mut tx = state.pool.begin().await?;

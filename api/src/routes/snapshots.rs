@@ -41,6 +41,15 @@ async fn database_of(conn: &mut PgConnection, id: &str) -> ApiResult<(App, Strin
     Ok((registered, database))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/apps/{id}/snapshots",
+    tag = "snapshots",
+    summary = "Snapshots and recent restores",
+    params(("id" = String, Path, description = "app name")),
+    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    security(("bearer" = ["viewer"])),
+)]
 pub async fn list(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let mut conn = state.pool.acquire().await?;
     let (app, database) = database_of(&mut conn, &id).await?;
@@ -56,8 +65,9 @@ pub async fn list(State(state): State<AppState>, Path(id): Path<String>) -> ApiR
     })))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
 pub struct RestoreQuery {
     confirm: Option<String>,
     pre_restore: Option<String>,
@@ -78,6 +88,15 @@ pub(crate) fn flag(value: Option<&str>, field: &str) -> ApiResult<bool> {
 /// Queues a restore of the snapshot taken at `ts` (`YYYYMMDDTHHMMSS`). It
 /// replaces the database's contents, so it needs `confirm=true`;
 /// `preRestore=true` dumps the current state first.
+#[utoipa::path(
+    post,
+    path = "/api/apps/{id}/snapshots/{ts}/restore",
+    tag = "snapshots",
+    summary = "Restore a snapshot",
+    params(("id" = String, Path, description = "app name"), ("ts" = String, Path, description = "snapshot time, YYYYMMDDTHHMMSS"), RestoreQuery),
+    responses((status = 202, body = serde_json::Value), crate::openapi::Errors),
+    security(("bearer" = ["admin"])),
+)]
 pub async fn restore(
     State(state): State<AppState>,
     Extension(by): Extension<Principal>,

@@ -18,7 +18,7 @@ use crate::state::AppState;
 /// The longest a token may live.
 const MAX_LIFETIME_DAYS: i64 = 3650;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct CreateBody {
     name: String,
@@ -58,6 +58,15 @@ fn lifetime(text: &str) -> Option<chrono::Duration> {
 
 /// `POST /api/tokens` `{name, role, expiresIn?|expiresAt?}` → 201 with the
 /// token, shown this once.
+#[utoipa::path(
+    post,
+    path = "/api/tokens",
+    tag = "tokens",
+    summary = "Make a token (shown once)",
+    request_body(content = CreateBody, content_type = "application/json"),
+    responses((status = 201, body = serde_json::Value), crate::openapi::Errors),
+    security(("bearer" = ["admin"])),
+)]
 pub async fn create(
     State(state): State<AppState>,
     Extension(by): Extension<Principal>,
@@ -126,12 +135,29 @@ pub async fn create(
 }
 
 /// `GET /api/tokens`: every token, never a secret.
+#[utoipa::path(
+    get,
+    path = "/api/tokens",
+    tag = "tokens",
+    summary = "API tokens",
+    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    security(("bearer" = ["admin"])),
+)]
 pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let mut conn = state.pool.acquire().await?;
     Ok(Json(json!(tokens::list(&mut conn).await?)))
 }
 
 /// `DELETE /api/tokens/{name}` (or its id): revoked at once, kept listed.
+#[utoipa::path(
+    delete,
+    path = "/api/tokens/{name}",
+    tag = "tokens",
+    summary = "Revoke a token",
+    params(("name" = String, Path, description = "token name or id")),
+    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    security(("bearer" = ["admin"])),
+)]
 pub async fn revoke(
     State(state): State<AppState>,
     Extension(by): Extension<Principal>,

@@ -20,14 +20,24 @@ use crate::body::{Body, Query, SMALL_LIMIT, optional_json};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     app: Option<String>,
     status: Option<String>,
     limit: Option<i64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/webhooks/deliveries",
+    tag = "webhooks",
+    summary = "Webhook deliveries",
+    params(ListQuery),
+    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    security(("bearer" = ["admin"])),
+)]
 pub async fn list(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
@@ -58,6 +68,15 @@ fn delivery_row_id(raw: &str) -> ApiResult<&str> {
         .map_err(|_| ApiError::field("id", "delivery ids are UUIDs"))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/webhooks/deliveries/{id}",
+    tag = "webhooks",
+    summary = "One delivery",
+    params(("id" = String, Path, description = "delivery row id (UUID)")),
+    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    security(("bearer" = ["admin"])),
+)]
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -83,6 +102,15 @@ pub struct Replayed {
 /// Decides again, from what the verified delivery said and the app's spec
 /// as it is now, and deploys when that says to. A rejected delivery was
 /// never verified: it cannot be replayed (redeliver it from the forge).
+#[utoipa::path(
+    post,
+    path = "/api/webhooks/deliveries/{id}/replay",
+    tag = "webhooks",
+    summary = "Replay a verified delivery",
+    params(("id" = String, Path, description = "delivery row id (UUID)")),
+    responses((status = 202, body = serde_json::Value), crate::openapi::Errors),
+    security(("bearer" = ["admin"])),
+)]
 pub async fn replay(
     State(state): State<AppState>,
     Extension(by): Extension<Principal>,
@@ -181,7 +209,7 @@ fn status_word(s: DeliveryStatus) -> &'static str {
     }
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SecretBody {
     /// The forge's secret; absent: Norn makes one.
@@ -208,6 +236,16 @@ fn valid_secret(s: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/apps/{id}/webhook-secret",
+    tag = "webhooks",
+    summary = "Set the app webhook secret",
+    params(("id" = String, Path, description = "app name")),
+    request_body(content = SecretBody, content_type = "application/json"),
+    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    security(("bearer" = ["admin"])),
+)]
 pub async fn put_secret(
     State(state): State<AppState>,
     Extension(by): Extension<Principal>,
@@ -239,6 +277,15 @@ pub async fn put_secret(
     }))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/apps/{id}/webhook-secret",
+    tag = "webhooks",
+    summary = "Remove the app webhook secret",
+    params(("id" = String, Path, description = "app name")),
+    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    security(("bearer" = ["admin"])),
+)]
 pub async fn delete_secret(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -23,7 +23,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
 /// What became of a delivery for one app.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Handled {
     /// The delivery's row (`GET /api/webhooks/deliveries/{id}`).
@@ -34,7 +34,7 @@ pub struct Handled {
     pub deployment_id: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Answer {
     pub delivery_id: String,
@@ -45,6 +45,15 @@ pub struct Answer {
 /// What a rejected delivery is told: nothing about apps or secrets.
 const REJECTED: &str = "the delivery is not signed with the webhook secret";
 
+#[utoipa::path(
+    post,
+    path = "/api/webhooks/github",
+    tag = "webhooks",
+    summary = "A GitHub delivery",
+    request_body(content = serde_json::Value, content_type = "application/json", description = "the forge payload, signed"),
+    responses((status = 202, body = Answer), crate::openapi::Errors),
+    security(()),
+)]
 pub async fn github(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -53,6 +62,15 @@ pub async fn github(
     receive(&state, Provider::Github, &headers, &body).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/webhooks/gitea",
+    tag = "webhooks",
+    summary = "A Gitea delivery",
+    request_body(content = serde_json::Value, content_type = "application/json", description = "the forge payload, signed"),
+    responses((status = 202, body = Answer), crate::openapi::Errors),
+    security(()),
+)]
 pub async fn gitea(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -61,6 +79,15 @@ pub async fn gitea(
     receive(&state, Provider::Gitea, &headers, &body).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/webhooks/gitlab",
+    tag = "webhooks",
+    summary = "A GitLab delivery",
+    request_body(content = serde_json::Value, content_type = "application/json", description = "the forge payload, signed"),
+    responses((status = 202, body = Answer), crate::openapi::Errors),
+    security(()),
+)]
 pub async fn gitlab(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -8,27 +8,43 @@
 //! every route has (`http_policy`).
 
 use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::body::Query;
+use crate::error::ApiError;
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WsQuery {
     app: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/ws",
+    tag = "events",
+    summary = "Live events (WebSocket)",
+    params(WsQuery),
+    responses((status = 101, description = "switching to the WebSocket protocol"), crate::openapi::Errors),
+    security(("bearer" = ["viewer"])),
+)]
 pub async fn upgrade(
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     State(state): State<AppState>,
     Query(q): Query<WsQuery>,
-) -> Response {
+) -> Result<Response, ApiError> {
+    // A plain request here gets the JSON error every route gives.
+    let ws =
+        ws.map_err(|e| ApiError::bad(format!("/ws needs a WebSocket upgrade: {}", e.body_text())))?;
     let rx = state.events.subscribe();
-    ws.protocols([crate::auth::WS_PROTOCOL])
-        .on_upgrade(move |socket| pump(socket, rx, q.app))
+    Ok(ws
+        .protocols([crate::auth::WS_PROTOCOL])
+        .on_upgrade(move |socket| pump(socket, rx, q.app)))
 }
 
 async fn pump(

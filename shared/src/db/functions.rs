@@ -19,7 +19,9 @@ use crate::queue::{self, Queue, QueueError};
 /// worker running it LISTENs and kills the container.
 pub const CANCEL_CHANNEL: &str = "norn_func_cancel";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
