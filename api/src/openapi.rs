@@ -25,7 +25,7 @@ pub struct ErrorBody {
 pub enum Errors {
     /// Bad input: the message, and the field when it is about one.
     #[response(status = 400)]
-    BadRequest(#[to_schema] ErrorBody),
+    BadRequest(ErrorBody),
     /// No token, or an unknown, expired or revoked one.
     #[response(status = 401)]
     Unauthorized(ErrorBody),
@@ -85,6 +85,7 @@ fn invoke_at_path() {}
         description = "A self-hosted deploy control plane. Errors are `{error, field?}`."
     ),
     modifiers(&Bearer),
+    components(schemas(ErrorBody, norn_shared::db::functions::Status)),
     paths(
         health::health,
         apps::list,
