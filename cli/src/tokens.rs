@@ -3,6 +3,7 @@
 //! store); everything else goes to stderr.
 
 use clap::Subcommand;
+use norn_shared::db::tokens::{Made, Token};
 use serde_json::json;
 
 use crate::client::Api;
@@ -33,35 +34,34 @@ pub async fn run(api: &Api, action: Action) -> anyhow::Result<bool> {
             role,
             expires_in,
         } => {
-            let made = api
-                .post(
+            let made: Made = serde_json::from_value(
+                api.post(
                     "/api/tokens",
                     &json!({"name": name, "role": role, "expiresIn": expires_in}),
                 )
-                .await?;
+                .await?,
+            )?;
             eprintln!(
                 "norn: token {} ({}) made; it is shown this once:",
-                made["name"].as_str().unwrap_or(""),
-                made["role"].as_str().unwrap_or("")
+                made.record.name,
+                made.record.role.as_str()
             );
-            println!("{}", made["token"].as_str().unwrap_or(""));
+            println!("{}", made.token);
         }
         Action::List => {
-            let list = api.get("/api/tokens").await?;
-            for t in list.as_array().into_iter().flatten() {
-                let text = |f: &str| t[f].as_str().unwrap_or("-").to_owned();
-                let state = if t["revokedAt"].is_string() {
-                    format!("revoked {}", text("revokedAt"))
-                } else {
-                    format!("expires {}", text("expiresAt"))
+            let list: Vec<Token> = serde_json::from_value(api.get("/api/tokens").await?)?;
+            for t in list {
+                let state = match t.revoked_at {
+                    Some(at) => format!("revoked {}", when(Some(at))),
+                    None => format!("expires {}", when(t.expires_at)),
                 };
                 println!(
                     "{}  {}  by {}  {}  last used {}",
-                    text("name"),
-                    text("role"),
-                    text("createdBy"),
+                    t.name,
+                    t.role.as_str(),
+                    t.created_by,
                     state,
-                    text("lastUsedAt")
+                    when(t.last_used_at)
                 );
             }
         }
@@ -71,4 +71,9 @@ pub async fn run(api: &Api, action: Action) -> anyhow::Result<bool> {
         }
     }
     Ok(true)
+}
+
+/// A time, or `-`.
+fn when<T: std::fmt::Display>(t: Option<T>) -> String {
+    t.map_or_else(|| "-".to_owned(), |t| t.to_string())
 }

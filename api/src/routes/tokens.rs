@@ -8,7 +8,6 @@ use chrono::{DateTime, Utc};
 use norn_shared::crypto::{new_api_token, token_hash};
 use norn_shared::db::tokens::{self, NewToken, Role};
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use crate::auth::Principal;
 use crate::body::{Body, SMALL_LIMIT};
@@ -64,14 +63,14 @@ fn lifetime(text: &str) -> Option<chrono::Duration> {
     tag = "tokens",
     summary = "Make a token (shown once)",
     request_body(content = CreateBody, content_type = "application/json"),
-    responses((status = 201, body = serde_json::Value), crate::openapi::Errors),
+    responses((status = 201, body = tokens::Made), crate::openapi::Errors),
     security(("bearer" = ["admin"])),
 )]
 pub async fn create(
     State(state): State<AppState>,
     Extension(by): Extension<Principal>,
     Body(body): Body<SMALL_LIMIT>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<tokens::Made>)> {
     let body: CreateBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))?;
     if !valid_name(&body.name) {
@@ -129,9 +128,13 @@ pub async fn create(
         field: "name".into(),
     })?;
     tracing::info!(token.name = %made.name, role = made.role.as_str(), by = %by.name, "api token created");
-    let mut answer = json!(made);
-    answer["token"] = json!(token);
-    Ok((StatusCode::CREATED, Json(answer)))
+    Ok((
+        StatusCode::CREATED,
+        Json(tokens::Made {
+            record: made,
+            token,
+        }),
+    ))
 }
 
 /// `GET /api/tokens`: every token, never a secret.
@@ -140,12 +143,12 @@ pub async fn create(
     path = "/api/tokens",
     tag = "tokens",
     summary = "API tokens",
-    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    responses((status = 200, body = Vec<tokens::Token>), crate::openapi::Errors),
     security(("bearer" = ["admin"])),
 )]
-pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<tokens::Token>>> {
     let mut conn = state.pool.acquire().await?;
-    Ok(Json(json!(tokens::list(&mut conn).await?)))
+    Ok(Json(tokens::list(&mut conn).await?))
 }
 
 /// `DELETE /api/tokens/{name}` (or its id): revoked at once, kept listed.
@@ -155,20 +158,20 @@ pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     tag = "tokens",
     summary = "Revoke a token",
     params(("name" = String, Path, description = "token name or id")),
-    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    responses((status = 200, body = tokens::Token), crate::openapi::Errors),
     security(("bearer" = ["admin"])),
 )]
 pub async fn revoke(
     State(state): State<AppState>,
     Extension(by): Extension<Principal>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<tokens::Token>> {
     let mut conn = state.pool.acquire().await?;
     let revoked = tokens::revoke(&mut conn, &name)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no token named {name}")))?;
     tracing::info!(token.name = %revoked.name, by = %by.name, "api token revoked");
-    Ok(Json(json!(revoked)))
+    Ok(Json(revoked))
 }
 
 #[cfg(test)]

@@ -42,7 +42,7 @@ impl Role {
     }
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Token {
     pub id: String,
@@ -53,6 +53,15 @@ pub struct Token {
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// `POST /api/tokens`'s answer: the token's record and, this once, the token.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Made {
+    #[serde(flatten)]
+    pub record: Token,
+    /// The bearer token itself; never shown again.
+    pub token: String,
 }
 
 macro_rules! columns {
