@@ -278,31 +278,34 @@ async fn queue_and_follow(
 }
 
 pub async fn cancel(api: &Api, deployment: &str) -> anyhow::Result<()> {
-    let r = api
-        .post(&format!("/api/deployments/{deployment}/cancel"), &json!({}))
-        .await?;
-    match r["status"].as_str() {
-        Some("canceling") => println!("{deployment}: cancel requested; its worker is stopping it"),
+    let r: norn_shared::db::deployments::CancelAnswer = serde_json::from_value(
+        api.post(&format!("/api/deployments/{deployment}/cancel"), &json!({}))
+            .await?,
+    )?;
+    match r.status.as_str() {
+        "canceling" => println!("{deployment}: cancel requested; its worker is stopping it"),
         _ => println!("{deployment}: canceled"),
     }
     Ok(())
 }
 
 pub async fn nodes(api: &Api) -> anyhow::Result<()> {
-    let list = api.get("/api/cluster/nodes").await?;
+    let list: Vec<norn_shared::db::nodes::Node> =
+        serde_json::from_value(api.get("/api/cluster/nodes").await?)?;
     println!(
         "{:<36}  {:<9}  {:<16}  {:<8}  {:>4}  last heartbeat",
         "id", "role", "name", "status", "jobs"
     );
-    for n in list.as_array().into_iter().flatten() {
+    for n in list {
         println!(
             "{:<36}  {:<9}  {:<16}  {:<8}  {:>4}  {}",
-            n["id"].as_str().unwrap_or(""),
-            n["role"].as_str().unwrap_or(""),
-            n["name"].as_str().unwrap_or(""),
-            n["status"].as_str().unwrap_or(""),
-            n["runningJobs"].as_i64().unwrap_or(0),
-            n["lastHeartbeatAt"].as_str().unwrap_or("-"),
+            n.id,
+            n.role,
+            n.name,
+            n.status,
+            n.running_jobs,
+            n.last_heartbeat_at
+                .map_or_else(|| "-".to_owned(), |t| t.to_rfc3339()),
         );
     }
     Ok(())

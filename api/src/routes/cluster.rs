@@ -4,7 +4,6 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use norn_shared::db::nodes;
-use serde_json::{Value, json};
 
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -14,12 +13,12 @@ use crate::state::AppState;
     path = "/api/cluster/nodes",
     tag = "cluster",
     summary = "The fleet",
-    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    responses((status = 200, body = Vec<nodes::Node>), crate::openapi::Errors),
     security(("bearer" = ["viewer"])),
 )]
-pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<nodes::Node>>> {
     let mut conn = state.pool.acquire().await?;
-    Ok(Json(json!(nodes::list(&mut conn).await?)))
+    Ok(Json(nodes::list(&mut conn).await?))
 }
 
 /// A draining worker claims no new jobs and finishes the ones it holds.
@@ -29,13 +28,13 @@ pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     tag = "cluster",
     summary = "Drain a node",
     params(("id" = String, Path, description = "node id")),
-    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    responses((status = 200, body = nodes::Node), crate::openapi::Errors),
     security(("bearer" = ["admin"])),
 )]
 pub async fn drain(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<nodes::Node>> {
     uuid::Uuid::parse_str(&id).map_err(|_| ApiError::field("id", "node ids are UUIDs"))?;
     let mut conn = state.pool.acquire().await?;
     if !nodes::drain(&mut conn, &id).await? {
@@ -48,6 +47,8 @@ pub async fn drain(
         };
     }
     tracing::info!(node.id = %id, "node asked to drain");
-    let node = nodes::get(&mut conn, &id).await?;
-    Ok(Json(json!(node)))
+    nodes::get(&mut conn, &id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("node {id} not found")))
 }

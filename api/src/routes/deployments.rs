@@ -1,11 +1,11 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::{Extension, Json};
-use norn_shared::db::deployments::{self, ListFilter};
-use norn_shared::db::saga::{self, NewSagaEvent};
+use norn_shared::db::deployments::{self, CancelAnswer, DeployAnswer, Deployment, ListFilter};
+use norn_shared::db::saga::{self, NewSagaEvent, SagaEvent};
 use norn_shared::domain::{DeploymentStatus, GitRef};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::apps::app_id;
 use super::queueing;
@@ -29,7 +29,11 @@ struct DeployBody {
     summary = "Queue a deploy",
     params(("id" = String, Path, description = "app name"), ("Idempotency-Key" = Option<String>, Header, description = "a retry with the same key returns the first deployment")),
     request_body(content = DeployBody, content_type = "application/json"),
-    responses((status = 202, body = serde_json::Value), crate::openapi::Errors),
+    responses(
+        (status = 202, body = DeployAnswer, description = "queued"),
+        (status = 200, body = DeployAnswer, description = "the idempotency key named an earlier deployment"),
+        crate::openapi::Errors,
+    ),
     security(("bearer" = ["deployer"])),
 )]
 pub async fn deploy(
@@ -38,7 +42,7 @@ pub async fn deploy(
     Path(id): Path<String>,
     headers: HeaderMap,
     Body(body): Body<SMALL_LIMIT>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<DeployAnswer>)> {
     let app = app_id(&id)?;
     let body: DeployBody = optional_json(&body)?;
     let git_ref = GitRef::parse(body.git_ref.as_deref().unwrap_or("HEAD"))
@@ -74,14 +78,24 @@ pub async fn deploy(
         tx.rollback().await?;
         return Ok((
             StatusCode::OK,
-            Json(json!({"id": queued.id, "status": queued.status, "duplicate": true})),
+            Json(DeployAnswer {
+                id: queued.id,
+                status: queued.status,
+                superseded: Vec::new(),
+                duplicate: true,
+            }),
         ));
     }
     tx.commit().await?;
     tracing::info!(app = %app, deployment.id = %queued.id, r#ref = %git_ref, superseded = queued.superseded.len(), "deploy queued");
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"id": queued.id, "status": "queued", "superseded": queued.superseded})),
+        Json(DeployAnswer {
+            id: queued.id,
+            status: DeploymentStatus::Queued,
+            superseded: queued.superseded,
+            duplicate: false,
+        }),
     ))
 }
 
@@ -99,13 +113,13 @@ pub struct ListQuery {
     tag = "deployments",
     summary = "Recent deployments",
     params(ListQuery),
-    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    responses((status = 200, body = Vec<Deployment>), crate::openapi::Errors),
     security(("bearer" = ["viewer"])),
 )]
 pub async fn list(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Vec<Deployment>>> {
     let app = q.app.as_deref().map(app_id).transpose()?;
     let status = q
         .status
@@ -127,7 +141,7 @@ pub async fn list(
         },
     )
     .await?;
-    Ok(Json(json!(list)))
+    Ok(Json(list))
 }
 
 pub(crate) fn deployment_id(raw: &str) -> ApiResult<&str> {
@@ -142,16 +156,19 @@ pub(crate) fn deployment_id(raw: &str) -> ApiResult<&str> {
     tag = "deployments",
     summary = "One deployment",
     params(("id" = String, Path, description = "deployment id (UUID)")),
-    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    responses((status = 200, body = Deployment), crate::openapi::Errors),
     security(("bearer" = ["viewer"])),
 )]
-pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Deployment>> {
     let id = deployment_id(&id)?;
     let mut conn = state.pool.acquire().await?;
     let d = deployments::get(&mut conn, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("deployment {id} not found")))?;
-    Ok(Json(json!(d)))
+    Ok(Json(d))
 }
 
 #[utoipa::path(
@@ -160,19 +177,19 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiRe
     tag = "deployments",
     summary = "Its saga events",
     params(("id" = String, Path, description = "deployment id (UUID)")),
-    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    responses((status = 200, body = Vec<SagaEvent>), crate::openapi::Errors),
     security(("bearer" = ["viewer"])),
 )]
 pub async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Vec<SagaEvent>>> {
     let id = deployment_id(&id)?;
     let mut conn = state.pool.acquire().await?;
     if deployments::get(&mut conn, id).await?.is_none() {
         return Err(ApiError::NotFound(format!("deployment {id} not found")));
     }
-    Ok(Json(json!(saga::for_saga(&mut conn, id).await?)))
+    Ok(Json(saga::for_saga(&mut conn, id).await?))
 }
 
 /// A deployment no worker has taken on ends at once; a running one is asked
@@ -184,14 +201,18 @@ pub async fn events(
     tag = "deployments",
     summary = "Cancel a deployment",
     params(("id" = String, Path, description = "deployment id (UUID)")),
-    responses((status = 202, body = serde_json::Value), crate::openapi::Errors),
+    responses(
+        (status = 200, body = CancelAnswer, description = "it had not started: ended `failed`"),
+        (status = 202, body = CancelAnswer, description = "its worker is stopping it (`canceling`)"),
+        crate::openapi::Errors,
+    ),
     security(("bearer" = ["deployer"])),
 )]
 pub async fn cancel(
     State(state): State<AppState>,
     Extension(by): Extension<Principal>,
     Path(id): Path<String>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<CancelAnswer>)> {
     let id = deployment_id(&id)?;
     let actor = by.name.as_str();
     let mut tx = state.pool.begin().await?;
@@ -209,7 +230,11 @@ pub async fn cancel(
         queueing::end_waiting(&mut tx, &d.app, id, &reason, "deploy.canceled", actor).await?;
         (
             StatusCode::OK,
-            json!({"id": id, "status": "failed", "error": reason}),
+            CancelAnswer {
+                id: id.to_owned(),
+                status: "failed".into(),
+                error: Some(reason),
+            },
         )
     } else {
         deployments::request_cancel(&mut tx, id, actor).await?;
@@ -229,7 +254,11 @@ pub async fn cancel(
         .await?;
         (
             StatusCode::ACCEPTED,
-            json!({"id": id, "status": "canceling"}),
+            CancelAnswer {
+                id: id.to_owned(),
+                status: "canceling".into(),
+                error: None,
+            },
         )
     };
     tx.commit().await?;

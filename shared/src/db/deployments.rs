@@ -1,14 +1,14 @@
 //! The `deployments` table. Status changes go through [`update`], which
 //! enforces the state machine from `domain::DeploymentStatus`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use sqlx::types::Json;
 
 use super::DbError;
 use crate::domain::DeploymentStatus;
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Deployment {
     pub id: String,
@@ -19,6 +19,8 @@ pub struct Deployment {
     pub commit_sha: Option<String>,
     pub image_tag: Option<String>,
     pub status: String,
+    /// Each step's entry: `{step, status, durationMs, output, …}`.
+    #[schema(value_type = Vec<Object>)]
     pub steps: Json<serde_json::Value>,
     pub error: Option<String>,
     pub failed_step: Option<String>,
@@ -250,6 +252,31 @@ pub async fn waiting(conn: &mut PgConnection, app: &str) -> Result<Vec<String>, 
     .fetch_all(conn)
     .await?;
     Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
+/// What `POST /api/apps/{id}/deploy` answers.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeployAnswer {
+    pub id: String,
+    pub status: DeploymentStatus,
+    /// Waiting deployments of the app this one ended (queue policy `supersede`).
+    #[serde(default)]
+    pub superseded: Vec<String>,
+    /// The idempotency key named an earlier deployment: `id` is that one
+    /// (present only then).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+}
+
+/// What `POST /api/deployments/{id}/cancel` answers: `failed` with the
+/// reason (it had not started), or `canceling` (its worker is stopping it).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CancelAnswer {
+    pub id: String,
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Deployments of `app` a worker has taken on and that have not ended.

@@ -12,7 +12,7 @@ pub const HEARTBEAT: Duration = Duration::from_secs(5);
 /// A node silent for this long is shown as lost.
 pub const LOST_AFTER: Duration = Duration::from_secs(30);
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Node {
     pub id: String,

@@ -3,7 +3,7 @@
 use serde::Serialize;
 use sqlx::PgConnection;
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SagaEvent {
     pub id: i64,
@@ -14,6 +14,7 @@ pub struct SagaEvent {
     pub step: Option<String>,
     pub message: String,
     pub actor: String,
+    #[schema(value_type = Object)]
     pub metadata: sqlx::types::Json<serde_json::Value>,
     pub created_at: chrono::DateTime<chrono::Utc>,
 }

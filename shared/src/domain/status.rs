@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// The seed's deployment state machine. Legal transitions live here and
 /// nowhere else; the database layer asks [`DeploymentStatus::can_become`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeploymentStatus {
     Queued,
