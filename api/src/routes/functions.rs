@@ -11,7 +11,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use norn_shared::db::functions::{self, Invoked, NewInvocation, Outcome, Status, Trigger};
+use norn_shared::db::functions::{
+    self, Execution, Invoked, NewInvocation, Outcome, Status, Trigger,
+};
 use norn_shared::db::{apps, deployments};
 use norn_shared::infraspec::{Function, InfraSpec};
 use serde::Deserialize;
@@ -313,16 +315,19 @@ fn execution_id(raw: &str) -> ApiResult<i64> {
     tag = "functions",
     summary = "One execution",
     params(("id" = i64, Path, description = "execution id")),
-    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    responses((status = 200, body = Execution), crate::openapi::Errors),
     security(("bearer" = ["viewer"])),
 )]
-pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Execution>> {
     let id = execution_id(&id)?;
     let mut conn = state.pool.acquire().await?;
     let execution = functions::get(&mut conn, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("execution {id} not found")))?;
-    Ok(Json(json!(execution)))
+    Ok(Json(execution))
 }
 
 /// `POST /api/functions/executions/{id}/cancel`: a waiting run ends at once;
@@ -394,14 +399,14 @@ pub struct ListQuery {
     tag = "functions",
     summary = "Function executions of the app",
     params(("id" = String, Path, description = "app name"), ListQuery),
-    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    responses((status = 200, body = Vec<Execution>), crate::openapi::Errors),
     security(("bearer" = ["viewer"])),
 )]
 pub async fn list(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(q): Query<ListQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Vec<Execution>>> {
     let app = app_id(&id)?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
@@ -420,5 +425,5 @@ pub async fn list(
         limit,
     )
     .await?;
-    Ok(Json(json!(list)))
+    Ok(Json(list))
 }

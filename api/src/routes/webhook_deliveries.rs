@@ -35,7 +35,7 @@ pub struct ListQuery {
     tag = "webhooks",
     summary = "Webhook deliveries",
     params(ListQuery),
-    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    responses((status = 200, body = Vec<DeliveryRow>), crate::openapi::Errors),
     security(("bearer" = ["admin"])),
 )]
 pub async fn list(
@@ -74,7 +74,7 @@ fn delivery_row_id(raw: &str) -> ApiResult<&str> {
     tag = "webhooks",
     summary = "One delivery",
     params(("id" = String, Path, description = "delivery row id (UUID)")),
-    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    responses((status = 200, body = DeliveryRow), crate::openapi::Errors),
     security(("bearer" = ["admin"])),
 )]
 pub async fn get(
@@ -89,7 +89,7 @@ pub async fn get(
         .ok_or_else(|| ApiError::NotFound(format!("delivery {id} not found")))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Replayed {
     /// The replay's own delivery row.
@@ -108,7 +108,7 @@ pub struct Replayed {
     tag = "webhooks",
     summary = "Replay a verified delivery",
     params(("id" = String, Path, description = "delivery row id (UUID)")),
-    responses((status = 202, body = serde_json::Value), crate::openapi::Errors),
+    responses((status = 202, body = Replayed), crate::openapi::Errors),
     security(("bearer" = ["admin"])),
 )]
 pub async fn replay(
@@ -216,7 +216,7 @@ struct SecretBody {
     secret: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretSet {
     pub app: String,
@@ -243,7 +243,7 @@ fn valid_secret(s: &str) -> Result<(), &'static str> {
     summary = "Set the app webhook secret",
     params(("id" = String, Path, description = "app name")),
     request_body(content = SecretBody, content_type = "application/json"),
-    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    responses((status = 200, body = SecretSet), crate::openapi::Errors),
     security(("bearer" = ["admin"])),
 )]
 pub async fn put_secret(

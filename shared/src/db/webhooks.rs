@@ -42,7 +42,7 @@ impl std::str::FromStr for DeliveryStatus {
     }
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeliveryRow {
     pub id: String,
@@ -52,6 +52,8 @@ pub struct DeliveryRow {
     pub app: Option<String>,
     pub status: DeliveryStatus,
     pub reason: Option<String>,
+    /// What the verified payload said (`{kind: push|branchDeleted|tagPush|pullRequest|ping|other, …}`).
+    #[schema(value_type = Option<Object>)]
     pub change: Option<Json<Change>>,
     pub deployment_id: Option<String>,
     pub replay_of: Option<String>,

@@ -17,7 +17,9 @@ pub use signature::{SignatureError, sign_github, verify};
 use crate::infraspec::Repo;
 
 /// The forges Norn takes webhooks from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
 #[sqlx(type_name = "text", rename_all = "lowercase")]
 #[serde(rename_all = "lowercase")]
 pub enum Provider {
