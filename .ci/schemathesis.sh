@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 VERSION=4.32.5
 VENV=/tmp/norn-tools/schemathesis-$VERSION
 PGPORT=${PGPORT:-55432}
-BIN=${CARGO_TARGET_DIR:-target}/debug/norn-api
+BIN=${CARGO_TARGET_DIR:-/tmp/norn-ci-target}/debug/norn-api
 
 if [ ! -x "$VENV/bin/schemathesis" ]; then
   if ! python3 -c "import ensurepip" 2>/dev/null; then
