@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use norn_shared::db::saga::{self, NewSagaEvent};
 use norn_shared::db::{apps, secrets};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::apps::app_id;
 use crate::auth::Principal;
@@ -52,13 +52,16 @@ fn no_key(e: norn_shared::crypto::CryptoError) -> ApiError {
     tag = "secrets",
     summary = "Secret names and update times",
     params(("id" = String, Path, description = "app name")),
-    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    responses((status = 200, body = Vec<secrets::SecretName>), crate::openapi::Errors),
     security(("bearer" = ["viewer"])),
 )]
-pub async fn list(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn list(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<secrets::SecretName>>> {
     let mut conn = state.pool.acquire().await?;
     let app = registered(&mut conn, &id).await?;
-    Ok(Json(json!(secrets::names(&mut conn, &app).await?)))
+    Ok(Json(secrets::names(&mut conn, &app).await?))
 }
 
 /// Why `name` cannot be a secret's name, if it cannot.
@@ -85,7 +88,7 @@ fn bad_name(name: &str) -> Option<String> {
     summary = "Set secret values",
     params(("id" = String, Path, description = "app name")),
     request_body(content = std::collections::BTreeMap<String, String>, content_type = "application/json"),
-    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    responses((status = 200, body = secrets::SecretsSet), crate::openapi::Errors),
     security(("bearer" = ["admin"])),
 )]
 pub async fn put(
@@ -93,7 +96,7 @@ pub async fn put(
     Extension(by): Extension<Principal>,
     Path(id): Path<String>,
     Body(body): Body<SMALL_LIMIT>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<secrets::SecretsSet>> {
     let values: BTreeMap<String, String> = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad(format!(
             "the body must be an object of NAME: value strings: {e}"
@@ -132,7 +135,10 @@ pub async fn put(
     trail(&by, &mut tx, &app, "secrets.set", &names).await?;
     tx.commit().await?;
     tracing::info!(app = %app, names = ?names, "secrets set");
-    Ok(Json(json!({"app": app, "set": names})))
+    Ok(Json(secrets::SecretsSet {
+        app,
+        set: names.into_iter().cloned().collect(),
+    }))
 }
 
 #[utoipa::path(
@@ -141,7 +147,7 @@ pub async fn put(
     tag = "secrets",
     summary = "Remove a secret",
     params(("id" = String, Path, description = "app name"), ("name" = String, Path, description = "secret name")),
-    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    responses((status = 204, description = "removed"), crate::openapi::Errors),
     security(("bearer" = ["admin"])),
 )]
 pub async fn delete(
@@ -193,10 +199,10 @@ async fn trail(
     path = "/api/secrets/rotate",
     tag = "secrets",
     summary = "Re-seal every stored value with the current key",
-    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    responses((status = 200, body = secrets::Rotated), crate::openapi::Errors),
     security(("bearer" = ["admin"])),
 )]
-pub async fn rotate(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+pub async fn rotate(State(state): State<AppState>) -> ApiResult<Json<secrets::Rotated>> {
     let key = state.config.sealing_key().map_err(no_key)?;
     let mut tx = state.pool.begin().await?;
     let rows = secrets::sealed_with_other_keys(&mut tx, key.id()).await?;
@@ -219,5 +225,8 @@ pub async fn rotate(State(state): State<AppState>) -> ApiResult<Json<Value>> {
         key.id = key.id(),
         "sealed values rotated to the current key"
     );
-    Ok(Json(json!({"resealed": rows.len(), "keyId": key.id()})))
+    Ok(Json(secrets::Rotated {
+        resealed: rows.len(),
+        key_id: key.id().to_owned(),
+    }))
 }

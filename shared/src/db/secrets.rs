@@ -6,12 +6,28 @@ use sqlx::PgConnection;
 
 use crate::crypto::Sealed;
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretName {
     pub name: String,
     pub key_id: String,
     pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// `PUT /api/apps/{id}/secrets`'s answer: the names set.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct SecretsSet {
+    pub app: String,
+    pub set: Vec<String>,
+}
+
+/// `POST /api/secrets/rotate`'s answer.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Rotated {
+    /// Values sealed anew with the current key.
+    pub resealed: usize,
+    pub key_id: String,
 }
 
 pub async fn names(conn: &mut PgConnection, app: &str) -> Result<Vec<SecretName>, sqlx::Error> {
