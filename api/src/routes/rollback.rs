@@ -4,12 +4,12 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
-use norn_shared::db::deployments::{self, Deployment};
+use norn_shared::db::deployments::{self, Deployment, RollbackAnswer};
 use norn_shared::db::saga::{self, NewSagaEvent};
 use norn_shared::domain::{DeploymentStatus, new_deployment_id};
 use norn_shared::events::{self, Event};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use sqlx::PgConnection;
 
 use super::apps::app_id;
@@ -32,7 +32,7 @@ struct RollbackBody {
     summary = "Put an earlier release back",
     params(("id" = String, Path, description = "app name")),
     request_body(content = RollbackBody, content_type = "application/json"),
-    responses((status = 202, body = serde_json::Value), crate::openapi::Errors),
+    responses((status = 202, body = RollbackAnswer), crate::openapi::Errors),
     security(("bearer" = ["deployer"])),
 )]
 pub async fn rollback(
@@ -40,7 +40,7 @@ pub async fn rollback(
     Extension(by): Extension<Principal>,
     Path(id): Path<String>,
     Body(body): Body<SMALL_LIMIT>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<RollbackAnswer>)> {
     let app = app_id(&id)?;
     let body: RollbackBody = optional_json(&body)?;
     let actor = by.name.as_str();
@@ -85,10 +85,14 @@ pub async fn rollback(
     tracing::info!(app = %app, deployment.id = %id, target = %target.id, "rollback queued");
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({
-            "id": id, "status": "queued", "kind": "rollback",
-            "target": target.id, "imageTag": image, "superseded": superseded,
-        })),
+        Json(RollbackAnswer {
+            id,
+            status: DeploymentStatus::Queued,
+            kind: "rollback".into(),
+            target: target.id,
+            image_tag: Some(image),
+            superseded,
+        }),
     ))
 }
 

@@ -269,6 +269,21 @@ pub struct DeployAnswer {
     pub duplicate: bool,
 }
 
+/// What `POST /api/apps/{id}/rollback` answers: a new deployment that
+/// puts `target`'s image back.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackAnswer {
+    pub id: String,
+    pub status: DeploymentStatus,
+    /// Always `rollback`.
+    pub kind: String,
+    /// The deployment whose release comes back.
+    pub target: String,
+    pub image_tag: Option<String>,
+    pub superseded: Vec<String>,
+}
+
 /// What `POST /api/deployments/{id}/cancel` answers: `failed` with the
 /// reason (it had not started), or `canceling` (its worker is stopping it).
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
