@@ -47,6 +47,15 @@ pub fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> R
     serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))
 }
 
+/// A list's `limit` query parameter: 1..500, 50 when absent.
+pub fn list_limit(limit: Option<i64>) -> Result<i64, ApiError> {
+    let limit = limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::field("limit", "must be 1..500"));
+    }
+    Ok(limit)
+}
+
 /// Query parameters; a malformed query (`?limit=ten`) is a 400 with the JSON
 /// error body every other bad input gets (axum's own answers in plain text).
 pub struct Query<T>(pub T);

@@ -131,9 +131,9 @@ mod tests {
     use super::*;
     use crate::infraspec::InfraSpec;
 
-    #[test]
-    fn a_preview_gets_the_apps_secrets_or_only_those_previews_secrets_lists() {
-        let parent = json!({
+    /// An app with everything a preview must not share.
+    fn shop() -> serde_json::Value {
+        json!({
             "name": "shop",
             "repo": {"url": "https://github.com/acme/shop", "branch": "main", "autoDeploy": true},
             "processes": {
@@ -145,7 +145,12 @@ mod tests {
             "secrets": ["STRIPE_KEY"],
             "endpoints": [{"url": "https://shop.example.com"}],
             "previews": {"enabled": true, "ttl": "48h", "max": 3},
-        });
+        })
+    }
+
+    #[test]
+    fn a_preview_gets_the_apps_secrets_or_only_those_previews_secrets_lists() {
+        let parent = shop();
         let parent_spec = InfraSpec::from_json(parent.clone()).unwrap();
         let name = app_name("shop", 42).unwrap();
         let spec = InfraSpec::from_json(document(&parent, &name, 42, "f")).unwrap();
@@ -168,19 +173,7 @@ mod tests {
 
     #[test]
     fn a_preview_shares_nothing_stateful_or_public_with_its_app() {
-        let parent = json!({
-            "name": "shop",
-            "repo": {"url": "https://github.com/acme/shop", "branch": "main", "autoDeploy": true},
-            "processes": {
-                "web": {"port": 8080},
-                "nightly": {"schedule": "0 3 * * *", "command": "true"},
-            },
-            "services": {"postgres": {"database": "shop"}, "kv": {"namespace": "shop"}},
-            "migrations": {"command": "./migrate", "database": "shop"},
-            "secrets": ["STRIPE_KEY"],
-            "endpoints": [{"url": "https://shop.example.com"}],
-            "previews": {"enabled": true, "ttl": "48h", "max": 3},
-        });
+        let parent = shop();
         let parent_spec = InfraSpec::from_json(parent.clone()).unwrap();
         assert_eq!(parent_spec.previews.as_ref().unwrap().max, 3);
         let name = app_name("shop", 42).unwrap();

@@ -22,7 +22,7 @@ use tokio::sync::broadcast;
 
 use super::apps::app_id;
 use crate::auth::Principal;
-use crate::body::{Body, Query};
+use crate::body::{Body, Query, list_limit};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -408,10 +408,7 @@ pub async fn list(
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Vec<Execution>>> {
     let app = app_id(&id)?;
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::field("limit", "must be 1..500"));
-    }
+    let limit = list_limit(q.limit)?;
     let mut conn = state.pool.acquire().await?;
     apps::get(&mut conn, app.as_str())
         .await

@@ -16,7 +16,7 @@ use serde_json::json;
 use super::apps::app_id;
 use super::queueing;
 use crate::auth::Principal;
-use crate::body::{Body, Query, SMALL_LIMIT, optional_json};
+use crate::body::{Body, Query, SMALL_LIMIT, list_limit, optional_json};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -49,10 +49,7 @@ pub async fn list(
         .map(str::parse::<DeliveryStatus>)
         .transpose()
         .map_err(|e| ApiError::field("status", e))?;
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::field("limit", "must be 1..500"));
-    }
+    let limit = list_limit(q.limit)?;
     let mut conn = state.pool.acquire().await?;
     let filter = ListFilter {
         app: app.as_ref().map(|a| a.as_str()),
