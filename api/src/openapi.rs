@@ -9,6 +9,8 @@ use serde::Serialize;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use norn_shared::db::functions::{InvokeAccepted, InvokeResult};
+
 use crate::routes::*;
 
 /// The body of every error answer.
@@ -72,7 +74,11 @@ impl Modify for Bearer {
         ("path" = String, Path, description = "the rest of the path, given to the function"),
     ),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the function stdin"),
-    responses((status = 200, body = serde_json::Value), Errors),
+    responses(
+        (status = 200, body = InvokeResult, description = "the run ended (sync)"),
+        (status = 202, body = InvokeAccepted, description = "async, or the sync wait ran out"),
+        Errors,
+    ),
     security(("bearer" = ["deployer"])),
 )]
 #[allow(dead_code)]
@@ -85,7 +91,7 @@ fn invoke_at_path() {}
         description = "A self-hosted deploy control plane. Errors are `{error, field?}`."
     ),
     modifiers(&Bearer),
-    components(schemas(ErrorBody, norn_shared::db::functions::Status)),
+    components(schemas(ErrorBody, norn_shared::db::functions::Status, norn_shared::events::Event)),
     paths(
         health::health,
         apps::list,

@@ -4,6 +4,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
+use norn_shared::db::deployments::{CancelStatus, Deployment};
+use norn_shared::domain::{DeploymentStatus, StepEntry, StepStatus};
+use norn_shared::events::{DeployLog, Event, EventBody};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -136,20 +139,20 @@ impl Api {
     }
 }
 
-fn print_step(payload: &Value) {
-    let step = payload["step"].as_str().unwrap_or("?");
-    match payload["status"].as_str().unwrap_or("?") {
-        "running" => println!("▶ {step}"),
+fn print_step(entry: &StepEntry) {
+    let step = entry.step;
+    match entry.status {
+        StepStatus::Running => println!("▶ {step}"),
         status => {
-            let ms = payload["durationMs"].as_u64().unwrap_or(0);
-            let mark = match status {
-                "complete" => "✓",
-                "skipped" => "·",
-                _ => "✗",
+            let ms = entry.duration_ms.unwrap_or(0);
+            let (mark, name) = match status {
+                StepStatus::Complete => ("✓", "complete"),
+                StepStatus::Skipped => ("·", "skipped"),
+                _ => ("✗", "failed"),
             };
-            println!("{mark} {step} ({status}, {:.1}s)", ms as f64 / 1000.0);
-            if status == "failed"
-                && let Some(out) = payload["output"].as_str().filter(|o| !o.is_empty())
+            println!("{mark} {step} ({name}, {:.1}s)", ms as f64 / 1000.0);
+            if status == StepStatus::Failed
+                && let Some(out) = entry.output.as_deref().filter(|o| !o.is_empty())
             {
                 let lines: Vec<&str> = out.lines().collect();
                 for line in &lines[lines.len().saturating_sub(20)..] {
@@ -162,12 +165,12 @@ fn print_step(payload: &Value) {
 
 /// Output lines of a running step, as `deploy.log` events carry them: the
 /// end of each batch, and a note of what was not sent live.
-fn print_log(payload: &Value, id: &str) {
-    let not_sent = payload["notSent"].as_u64().unwrap_or(0);
-    if not_sent > 0 {
+fn print_log(log: &DeployLog, id: &str) {
+    if log.not_sent > 0 {
+        let not_sent = log.not_sent;
         println!("    │ [… {not_sent} bytes not shown live; `norn logs {id}` has them …]");
     }
-    for line in payload["text"].as_str().unwrap_or("").lines() {
+    for line in log.text.lines() {
         println!("    │ {line}");
     }
 }
@@ -226,11 +229,13 @@ async fn queue_and_follow(
             .map(|(s, _)| s),
         Err(_) => None,
     };
-    let queued = api.post(path, body).await?;
-    let id = queued["id"]
-        .as_str()
-        .context("the API returned no deployment id")?
-        .to_owned();
+    #[derive(serde::Deserialize)]
+    struct Queued {
+        id: String,
+    }
+    let queued: Queued = serde_json::from_value(api.post(path, body).await?)
+        .context("the API returned no deployment id")?;
+    let id = queued.id;
     println!("deployment {id} queued");
     let mut ws = ws;
     let mut poll = tokio::time::interval(Duration::from_secs(3));
@@ -244,18 +249,17 @@ async fn queue_and_follow(
         tokio::select! {
             msg = event => match msg {
                 Some(Ok(Message::Text(text))) => {
-                    let Ok(ev) = serde_json::from_str::<Value>(&text) else { continue };
-                    let payload = &ev["payload"];
-                    if payload["deploymentId"].as_str() != Some(id.as_str()) { continue; }
-                    match ev["type"].as_str() {
-                        Some("deploy.step") => print_step(payload),
-                        Some("deploy.log") if !quiet => print_log(payload, &id),
-                        Some("deploy.completed") => {
-                            println!("deployed {}", payload["imageTag"].as_str().unwrap_or(""));
+                    // Other kinds (and a newer server's) are not ours to show.
+                    let Ok(ev) = serde_json::from_str::<Event>(&text) else { continue };
+                    match ev.body {
+                        EventBody::DeployStep(s) if s.deployment_id == id => print_step(&s.entry),
+                        EventBody::DeployLog(l) if l.deployment_id == id && !quiet => print_log(&l, &id),
+                        EventBody::DeployCompleted(c) if c.deployment_id == id => {
+                            println!("deployed {}", c.image_tag);
                             return Ok(true);
                         }
-                        Some("deploy.failed") => {
-                            println!("failed: {}", payload["error"].as_str().unwrap_or("unknown error"));
+                        EventBody::DeployFailed(f) if f.deployment_id == id => {
+                            println!("failed: {}", f.error);
                             return Ok(false);
                         }
                         _ => {}
@@ -266,10 +270,17 @@ async fn queue_and_follow(
                 _ => ws = None,
             },
             _ = poll.tick() => {
-                let d = api.get(&format!("/api/deployments/{id}")).await?;
-                match d["status"].as_str() {
-                    Some("deployed") => { println!("deployed {}", d["imageTag"].as_str().unwrap_or("")); return Ok(true); }
-                    Some("failed") => { println!("failed: {}", d["error"].as_str().unwrap_or("unknown error")); return Ok(false); }
+                let d: Deployment =
+                    serde_json::from_value(api.get(&format!("/api/deployments/{id}")).await?)?;
+                match d.status {
+                    DeploymentStatus::Deployed => {
+                        println!("deployed {}", d.image_tag.unwrap_or_default());
+                        return Ok(true);
+                    }
+                    DeploymentStatus::Failed => {
+                        println!("failed: {}", d.error.as_deref().unwrap_or("unknown error"));
+                        return Ok(false);
+                    }
                     _ => {}
                 }
             }
@@ -282,9 +293,11 @@ pub async fn cancel(api: &Api, deployment: &str) -> anyhow::Result<()> {
         api.post(&format!("/api/deployments/{deployment}/cancel"), &json!({}))
             .await?,
     )?;
-    match r.status.as_str() {
-        "canceling" => println!("{deployment}: cancel requested; its worker is stopping it"),
-        _ => println!("{deployment}: canceled"),
+    match r.status {
+        CancelStatus::Canceling => {
+            println!("{deployment}: cancel requested; its worker is stopping it")
+        }
+        CancelStatus::Failed => println!("{deployment}: canceled"),
     }
     Ok(())
 }

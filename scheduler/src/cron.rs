@@ -3,13 +3,12 @@
 //! schedulers (or leader changes) see it.
 
 use chrono::{DateTime, Utc};
-use norn_shared::db::cron::{self, CronState};
+use norn_shared::db::cron::{self, CronState, Trigger};
 use norn_shared::domain::CronExpr;
-use norn_shared::events::{self, Event};
+use norn_shared::events::{self, CronMissed, Event, EventBody};
 use norn_shared::infraspec::{CronPolicy, Missed};
 use norn_shared::jobs::CronJob;
 use norn_shared::queue::{self, Queue};
-use serde_json::json;
 use sqlx::PgPool;
 
 use crate::SchedulerError;
@@ -18,7 +17,7 @@ use crate::SchedulerError;
 #[derive(Debug, PartialEq)]
 pub struct Plan {
     /// (scheduled_at, trigger)
-    pub run: Vec<(DateTime<Utc>, &'static str)>,
+    pub run: Vec<(DateTime<Utc>, Trigger)>,
     /// Ticks that will not run (the missed policy), and the span they cover.
     pub missed: usize,
     pub missed_span: Option<(DateTime<Utc>, DateTime<Utc>)>,
@@ -41,23 +40,23 @@ pub fn plan(expr: &CronExpr, policy: &CronPolicy, last: DateTime<Utc>, now: Date
     let span = |first: Option<&DateTime<Utc>>, last: Option<&DateTime<Utc>>| {
         first.zip(last).map(|(a, b)| (*a, *b))
     };
-    let mut run: Vec<(DateTime<Utc>, &'static str)> = Vec::new();
+    let mut run: Vec<(DateTime<Utc>, Trigger)> = Vec::new();
     let (missed, missed_span) = match policy.missed {
         // One run for everything missed, unless an on-time tick runs anyway.
         Missed::Coalesce if on_time.is_empty() && !late.is_empty() => {
-            run.extend(late.last().map(|t| (*t, "catch_up")));
+            run.extend(late.last().map(|t| (*t, Trigger::CatchUp)));
             (dropped, (dropped > 0).then(|| (last, late[0])))
         }
         Missed::Coalesce => (dropped + late.len(), span(late.first(), late.last())),
         Missed::CatchUp => {
-            run.extend(late.iter().map(|t| (*t, "catch_up")));
+            run.extend(late.iter().map(|t| (*t, Trigger::CatchUp)));
             (
                 dropped,
                 (dropped > 0).then(|| (last, late.first().copied().unwrap_or(edge))),
             )
         }
     };
-    run.extend(on_time.into_iter().map(|t| (t, "schedule")));
+    run.extend(on_time.into_iter().map(|t| (t, Trigger::Schedule)));
     Plan {
         run,
         missed,
@@ -126,7 +125,7 @@ async fn plan_app(
     };
     let plan = plan(&expr, &policy, last, now);
     for (at, trigger) in &plan.run {
-        if cron::record_tick(&mut tx, &state.app, &process, *at, trigger).await? {
+        if cron::record_tick(&mut tx, &state.app, &process, *at, *trigger).await? {
             let job = CronJob {
                 app: state.app.clone(),
                 process: process.clone(),
@@ -181,9 +180,15 @@ async fn record_missed(
         "{count} tick(s) between {from} and {to} were missed (no scheduler was running); policy {:?}",
         policy.missed
     );
-    let payload = json!({"process": process, "count": count, "from": from, "to": to});
-    crate::sweep::trail(conn, app, process, "cron.missed", &message, payload.clone()).await?;
-    events::publish(conn, &Event::new("cron.missed", app, payload)).await?;
+    let payload = CronMissed {
+        process: process.to_owned(),
+        count: count as u64,
+        from,
+        to,
+        reason: message.clone(),
+    };
+    crate::sweep::trail(conn, app, process, "cron.missed", &message, &payload).await?;
+    events::publish(conn, &Event::new(app, EventBody::CronMissed(payload))).await?;
     tracing::warn!(app, count, "cron ticks missed");
     Ok(())
 }
@@ -207,9 +212,9 @@ mod tests {
         assert_eq!(
             p.run,
             vec![
-                (at(1), "schedule"),
-                (at(2), "schedule"),
-                (at(3), "schedule")
+                (at(1), Trigger::Schedule),
+                (at(2), Trigger::Schedule),
+                (at(3), Trigger::Schedule)
             ]
         );
         assert_eq!(p.missed, 0);
@@ -222,10 +227,10 @@ mod tests {
         let p = plan(&minutely, &policy, at(0), at(3600 + 10));
         // 60 minutes passed; 3600 is within grace (10 s ago) so it runs on time;
         // the 59 older ones are missed and not run.
-        assert_eq!(p.run, vec![(at(3600), "schedule")]);
+        assert_eq!(p.run, vec![(at(3600), Trigger::Schedule)]);
         assert_eq!(p.missed, 59);
         let p = plan(&minutely, &policy, at(0), at(3600 - 20 + 60));
-        assert_eq!(p.run, vec![(at(3600), "catch_up")]);
+        assert_eq!(p.run, vec![(at(3600), Trigger::CatchUp)]);
         assert_eq!(p.missed, 59);
     }
 
@@ -238,7 +243,11 @@ mod tests {
         };
         let minutely = CronExpr::parse("* * * * *", None).unwrap();
         let p = plan(&minutely, &policy, at(0), at(3600 + 50));
-        let late: Vec<_> = p.run.iter().filter(|(_, t)| *t == "catch_up").collect();
+        let late: Vec<_> = p
+            .run
+            .iter()
+            .filter(|(_, t)| *t == Trigger::CatchUp)
+            .collect();
         assert_eq!(late.len(), 5);
         assert_eq!(late[4].0, at(3600));
         assert_eq!(p.missed, 55);

@@ -7,7 +7,7 @@
 //! process holds the operation: it is left alone.
 
 use norn_shared::db::saga::{self, NewSagaEvent};
-use norn_shared::events::{self, Event};
+use norn_shared::events::{self, Event, EventBody, ForgeFailed};
 use norn_shared::jobs::DeployJob;
 use norn_shared::queue::{self, Queue};
 use serde_json::json;
@@ -52,9 +52,13 @@ pub async fn fail_interrupted_forges(pool: &PgPool) -> Result<Vec<String>, Sched
         events::publish(
             &mut tx,
             &Event::new(
-                "forge.failed",
                 app,
-                json!({"error": INTERRUPTED, "was": was}),
+                EventBody::ForgeFailed(ForgeFailed {
+                    operation: None,
+                    step: None,
+                    error: INTERRUPTED.to_owned(),
+                    was: was.parse().ok(),
+                }),
             ),
         )
         .await?;

@@ -3,9 +3,9 @@
 //! finished (the worker died), and interrupted forges (`recovery.rs`). All
 //! become saga events and `/ws` events.
 
+use norn_shared::db::cron::RunStatus;
 use norn_shared::db::saga::{self, NewSagaEvent};
-use norn_shared::events::{self, Event};
-use serde_json::json;
+use norn_shared::events::{self, CronEnded, CronMissed, Event, EventBody};
 use sqlx::PgPool;
 
 use crate::SchedulerError;
@@ -73,17 +73,16 @@ async fn report_late_ticks(pool: &PgPool) -> Result<(), SchedulerError> {
         let message = format!(
             "the tick of {at} did not start within its grace period ({grace:?}); no worker took it"
         );
-        let payload = json!({"process": process, "scheduledAt": at, "reason": message});
-        trail(
-            &mut tx,
-            &app,
-            &process,
-            "cron.missed",
-            &message,
-            payload.clone(),
-        )
-        .await?;
-        events::publish(&mut tx, &Event::new("cron.missed", &app, payload)).await?;
+        let payload = CronMissed {
+            process: process.clone(),
+            count: 1,
+            from: at,
+            to: at,
+            reason: message.clone(),
+        };
+        trail(&mut tx, &app, &process, "cron.missed", &message, &payload).await?;
+        let missed = EventBody::CronMissed(payload);
+        events::publish(&mut tx, &Event::new(&app, missed)).await?;
     }
     tx.commit().await?;
     Ok(())
@@ -108,18 +107,25 @@ async fn report_lost_executions(pool: &PgPool) -> Result<(), SchedulerError> {
             "execution {id} passed its deadline with no result; worker {} lost",
             worker.as_deref().unwrap_or("?")
         );
-        let payload =
-            json!({"executionId": id, "process": process, "status": "timed_out", "error": message});
+        let payload = CronEnded {
+            execution_id: id,
+            process: process.clone(),
+            status: RunStatus::TimedOut,
+            exit_code: None,
+            error: Some(message.clone()),
+            output: None,
+        };
         trail(
             &mut tx,
             &app,
             &process,
             "cron.timed_out",
             &message,
-            payload.clone(),
+            &payload,
         )
         .await?;
-        events::publish(&mut tx, &Event::new("cron.failed", &app, payload)).await?;
+        let failed = EventBody::CronFailed(payload);
+        events::publish(&mut tx, &Event::new(&app, failed)).await?;
     }
     tx.commit().await?;
     Ok(())
@@ -154,7 +160,7 @@ pub(crate) async fn trail(
     process: &str,
     action: &str,
     message: &str,
-    metadata: serde_json::Value,
+    metadata: &impl serde::Serialize,
 ) -> Result<(), sqlx::Error> {
     saga::append(
         conn,
@@ -166,7 +172,7 @@ pub(crate) async fn trail(
             step: None,
             message,
             actor: "scheduler",
-            metadata,
+            metadata: serde_json::to_value(metadata).unwrap_or_default(),
         },
     )
     .await

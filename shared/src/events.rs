@@ -15,20 +15,29 @@ pub const MAX_PAYLOAD: usize = 7900;
 /// What a long text field is first cut to.
 const MAX_TEXT: usize = 2000;
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+mod payloads;
+
+pub use payloads::*;
+
+/// One live event: whose app, what happened (`type` and `payload`, one
+/// payload type per kind), and whether long text in it was cut to fit.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Event {
-    #[serde(rename = "type")]
-    pub kind: String,
     pub app: String,
-    pub payload: serde_json::Value,
+    #[serde(flatten)]
+    pub body: EventBody,
+    /// Text fields were cut to their end, or nested parts dropped, to fit a
+    /// NOTIFY; the API has the whole record.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
 }
 
 impl Event {
-    pub fn new(kind: &str, app: &str, payload: serde_json::Value) -> Self {
+    pub fn new(app: &str, body: EventBody) -> Self {
         Self {
-            kind: kind.to_owned(),
             app: app.to_owned(),
-            payload,
+            body,
+            truncated: false,
         }
     }
 }
@@ -36,15 +45,17 @@ impl Event {
 pub use crate::text::tail;
 
 /// The event as NOTIFY text, at most [`MAX_PAYLOAD`] bytes: long text fields
-/// are cut to their end, then dropped (`truncated: true`) if still too long.
+/// of the payload are cut to their end, then nested parts dropped
+/// (`truncated: true`) if still too long.
 pub fn encode(event: &Event) -> Result<String, serde_json::Error> {
     let text = serde_json::to_string(event)?;
     if text.len() <= MAX_PAYLOAD {
         return Ok(text);
     }
-    let mut event = event.clone();
+    let mut whole = serde_json::to_value(event)?;
+    whole["truncated"] = serde_json::Value::Bool(true);
     for max in [MAX_TEXT, 200, 0] {
-        if let Some(obj) = event.payload.as_object_mut() {
+        if let Some(obj) = whole["payload"].as_object_mut() {
             for value in obj.values_mut() {
                 if let serde_json::Value::String(s) = value {
                     *s = tail(s, max).to_owned();
@@ -52,19 +63,16 @@ pub fn encode(event: &Event) -> Result<String, serde_json::Error> {
                     *value = serde_json::Value::Null;
                 }
             }
-            obj.insert("truncated".into(), serde_json::Value::Bool(true));
-        } else {
-            event.payload = serde_json::json!({"truncated": true});
         }
-        let text = serde_json::to_string(&event)?;
+        let text = serde_json::to_string(&whole)?;
         if text.len() <= MAX_PAYLOAD {
             return Ok(text);
         }
     }
-    // Only the kind and app are left, both bounded (app ids are ≤ 63 bytes).
-    event.payload = serde_json::json!({"truncated": true});
-    event.kind = tail(&event.kind, 100).to_owned();
-    serde_json::to_string(&event)
+    // Unreachable with bounded kinds and app ids (≤ 63 bytes): every
+    // payload field is by now a short scalar or null.
+    whole["payload"] = serde_json::Value::Null;
+    serde_json::to_string(&whole)
 }
 
 pub async fn publish(conn: &mut PgConnection, event: &Event) -> Result<(), sqlx::Error> {
@@ -80,30 +88,46 @@ pub async fn publish(conn: &mut PgConnection, event: &Event) -> Result<(), sqlx:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{Step, StepEntry, StepStatus};
 
-    #[test]
-    fn a_payload_of_control_characters_stays_under_the_notify_limit() {
-        // 2000 bytes of \x01 serialise to 12000 bytes of \u0001.
-        let noisy = "\x01".repeat(50_000);
-        let event = Event::new(
-            "snapshot.restore",
+    fn step_event(output: &str) -> Event {
+        Event::new(
             "app",
-            serde_json::json!({"deploymentId": "d1", "output": noisy, "error": noisy, "n": 3}),
-        );
-        let text = encode(&event).unwrap();
-        assert!(text.len() <= MAX_PAYLOAD, "{}", text.len());
-        let back: Event = serde_json::from_str(&text).unwrap();
-        assert_eq!(back.payload["deploymentId"], "d1");
-        assert_eq!(back.payload["n"], 3);
-        assert_eq!(back.payload["truncated"], true);
+            EventBody::DeployStep(DeployStep {
+                deployment_id: "d1".into(),
+                entry: StepEntry::ended(Step::Build, StepStatus::Complete, output, 3),
+            }),
+        )
     }
 
     #[test]
-    fn a_small_event_is_unchanged() {
-        let event = Event::new("deploy.step", "app", serde_json::json!({"step": "build"}));
+    fn a_payload_of_control_characters_stays_under_the_notify_limit_and_still_parses() {
+        // 2000 bytes of \x01 serialise to 12000 bytes of \u0001.
+        let noisy = "\x01".repeat(50_000);
+        let text = encode(&step_event(&noisy)).unwrap();
+        assert!(text.len() <= MAX_PAYLOAD, "{}", text.len());
+        let back: Event = serde_json::from_str(&text).unwrap();
+        assert!(back.truncated);
+        let EventBody::DeployStep(step) = back.body else {
+            panic!("{text}")
+        };
+        assert_eq!(step.deployment_id, "d1");
+        assert_eq!(step.entry.duration_ms, Some(3));
+        assert!(step.entry.output.unwrap().len() < 2000);
+    }
+
+    #[test]
+    fn a_small_event_is_unchanged_and_keeps_its_wire_shape() {
+        let event = step_event("ok");
+        let text = encode(&event).unwrap();
+        assert_eq!(text, serde_json::to_string(&event).unwrap());
+        let wire: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(
-            encode(&event).unwrap(),
-            serde_json::to_string(&event).unwrap()
+            wire,
+            serde_json::json!({"app": "app", "type": "deploy.step", "payload": {
+                "deploymentId": "d1", "step": "build", "status": "complete",
+                "durationMs": 3, "output": "ok"}})
         );
+        assert_eq!(serde_json::from_value::<Event>(wire).unwrap(), event);
     }
 }

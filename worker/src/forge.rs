@@ -10,15 +10,18 @@ use norn_shared::db::credentials::{self, Credential};
 use norn_shared::db::forge::{self, ForgeState};
 use norn_shared::db::lease;
 use norn_shared::db::saga::{self, NewSagaEvent};
-use norn_shared::domain::{ForgeStatus, ForgeStep, StepStatus};
-use norn_shared::events::{self, Event};
+use norn_shared::domain::{
+    ForgeOperation, ForgeStatus, ForgeStep, ForgeStepEntry, ForgedEndpoints, ForgedEvents,
+    ForgedKv, ForgedPostgres, ForgedResources, StepStatus,
+};
+use norn_shared::events::{self, Event, EventBody, ForgeCompleted, ForgeFailed};
 use norn_shared::infraspec::InfraSpec;
-use serde_json::{Value, json};
+use serde_json::json;
 use sqlx::{Postgres, Transaction};
 
 use crate::adapters::redis::user_name;
 use crate::adapters::{DatabaseGrant, DatabaseRevoke, KvGrant, KvRevoke, Output};
-use crate::services::{self, KV, POSTGRES};
+use crate::services;
 use crate::state::WorkerState;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,9 +48,13 @@ pub struct Forge<'a> {
 /// Whether the app's forged resources already match what its spec declares.
 pub fn up_to_date(current: &ForgeState, spec: &InfraSpec) -> bool {
     current.status == ForgeStatus::Forged
-        && current.resources[POSTGRES]["database"].as_str()
+        && current
+            .resources
+            .postgres
+            .as_ref()
+            .map(|p| p.database.as_str())
             == spec.services.postgres.as_ref().map(|p| p.database.as_str())
-        && current.resources[KV]["namespace"].as_str()
+        && current.resources.kv.as_ref().map(|k| k.namespace.as_str())
             == spec.services.kv.as_ref().map(|k| k.namespace.as_str())
         && forged_hostnames(&current.resources) == hostnames(spec)
         && forged_topics(&current.resources) == topics(&current.app, spec)
@@ -58,9 +65,6 @@ pub fn declares_services(spec: &InfraSpec) -> bool {
     let s = &spec.services;
     s.postgres.is_some() || s.kv.is_some() || s.events.is_some() || !spec.endpoints.is_empty()
 }
-
-const ENDPOINTS: &str = "endpoints";
-const EVENTS: &str = "events";
 
 /// The broker topics the spec declares, under the app's prefix.
 fn topics(app: &str, spec: &InfraSpec) -> Vec<String> {
@@ -73,8 +77,12 @@ fn topics(app: &str, spec: &InfraSpec) -> Vec<String> {
 }
 
 /// The topics the last forge made sure of.
-fn forged_topics(resources: &Value) -> Vec<String> {
-    strings(&resources[EVENTS]["topics"])
+fn forged_topics(resources: &ForgedResources) -> Vec<String> {
+    resources
+        .events
+        .as_ref()
+        .map(|e| e.topics.clone())
+        .unwrap_or_default()
 }
 
 fn hostnames(spec: &InfraSpec) -> Vec<String> {
@@ -82,17 +90,11 @@ fn hostnames(spec: &InfraSpec) -> Vec<String> {
 }
 
 /// The hostnames the last forge routed through the tunnel.
-fn forged_hostnames(resources: &Value) -> Vec<String> {
-    strings(&resources[ENDPOINTS]["hostnames"])
-}
-
-fn strings(list: &Value) -> Vec<String> {
-    list.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|h| h.as_str().map(str::to_owned))
-                .collect()
-        })
+fn forged_hostnames(resources: &ForgedResources) -> Vec<String> {
+    resources
+        .endpoints
+        .as_ref()
+        .map(|e| e.hostnames.clone())
         .unwrap_or_default()
 }
 
@@ -110,11 +112,9 @@ struct Done {
 }
 
 impl Done {
-    /// A teardown step that reversed what the forge recorded under `key`.
-    fn undone(resources: &mut Value, key: &str, output: String, credentials: Credentials) -> Self {
-        if let Some(map) = resources.as_object_mut() {
-            map.remove(key);
-        }
+    /// A teardown step that reversed what the forge recorded (the caller
+    /// has cleared it from the resources).
+    fn undone(output: String, credentials: Credentials) -> Self {
         Self {
             status: StepStatus::Complete,
             output,
@@ -142,6 +142,13 @@ pub enum Operation {
 }
 
 impl Operation {
+    fn kind(self) -> ForgeOperation {
+        match self {
+            Self::Forge => ForgeOperation::Forge,
+            Self::Teardown { .. } => ForgeOperation::Teardown,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Self::Forge => "forge",
@@ -207,7 +214,7 @@ impl Forge<'_> {
 
     /// Forges every service the spec declares; `out` gets a line per step.
     /// Returns the resources.
-    pub async fn run(&self, out: &mut dyn Output) -> Result<Value, ForgeError> {
+    pub async fn run(&self, out: &mut dyn Output) -> Result<ForgedResources, ForgeError> {
         self.operate(Operation::Forge, out).await
     }
 
@@ -215,7 +222,11 @@ impl Forge<'_> {
     /// (fenced), and the outcome. An operation whose holder died (the status
     /// still says it runs, but this worker holds the lease now) is recorded
     /// failed first; a forge after a failed one skips the steps it finished.
-    pub async fn operate(&self, op: Operation, out: &mut dyn Output) -> Result<Value, ForgeError> {
+    pub async fn operate(
+        &self,
+        op: Operation,
+        out: &mut dyn Output,
+    ) -> Result<ForgedResources, ForgeError> {
         let previous = {
             let mut conn = self.state.pool.acquire().await?;
             forge::get(&mut conn, self.app).await?
@@ -224,9 +235,6 @@ impl Forge<'_> {
         let resuming =
             op == Operation::Forge && (interrupted || previous.status == ForgeStatus::ForgeFailed);
         let mut resources = previous.resources.clone();
-        if !resources.is_object() {
-            resources = json!({});
-        }
         let (running, done_status) = op.statuses();
         let mut tx = self.fenced().await?;
         if interrupted {
@@ -242,13 +250,14 @@ impl Forge<'_> {
             .await?;
         tx.commit().await?;
 
-        let mut steps: Vec<Value> = Vec::new();
+        let mut steps: Vec<ForgeStepEntry> = Vec::new();
         for step in op.steps() {
             let started = Instant::now();
             let finished_before = resuming
-                && previous.steps.iter().any(|s| {
-                    s["step"] == step.as_str() && s["status"] == json!(StepStatus::Complete)
-                });
+                && previous
+                    .steps
+                    .iter()
+                    .any(|s| s.step == step && s.status == StepStatus::Complete);
             let result = if finished_before {
                 Ok(Done::skipped("done by an earlier forge"))
             } else if let Err(injected) = test_hook::fail_at(op, step) {
@@ -257,9 +266,12 @@ impl Forge<'_> {
                 self.step(op, step, &mut resources).await
             };
             let took = started.elapsed().as_millis() as u64;
-            let entry = |status: StepStatus, output: &str| {
-                json!({"step": step.as_str(), "status": status, "durationMs": took,
-                       "output": output, "operation": op.name()})
+            let entry = |status: StepStatus, output: &str| ForgeStepEntry {
+                step,
+                status,
+                duration_ms: took,
+                output: output.to_owned(),
+                operation: op.kind(),
             };
             match result {
                 Ok(done) => {
@@ -277,7 +289,10 @@ impl Forge<'_> {
                         }
                     }
                     forge::record(&mut tx, self.app, &steps, &resources).await?;
-                    self.publish(&mut tx, "forge.step", steps.last()).await?;
+                    if let Some(last) = steps.last() {
+                        self.publish(&mut tx, EventBody::ForgeStep(last.clone()))
+                            .await?;
+                    }
                     tx.commit().await?;
                 }
                 Err(reason) => {
@@ -291,9 +306,13 @@ impl Forge<'_> {
                         .await?;
                     self.trail(&mut tx, "forge.failed", Some(step.as_str()), &error)
                         .await?;
-                    let payload =
-                        json!({"operation": op.name(), "step": step.as_str(), "error": error});
-                    self.publish(&mut tx, "forge.failed", Some(&payload))
+                    let failed = ForgeFailed {
+                        operation: Some(op.kind()),
+                        step: Some(step),
+                        error: error.clone(),
+                        was: None,
+                    };
+                    self.publish(&mut tx, EventBody::ForgeFailed(failed))
                         .await?;
                     tx.commit().await?;
                     return Err(ForgeError::Step {
@@ -308,9 +327,12 @@ impl Forge<'_> {
         let action = format!("{}.complete", op.name());
         self.trail(&mut tx, &action, None, done_status.as_str())
             .await?;
-        let payload =
-            json!({"operation": op.name(), "status": done_status, "resources": resources});
-        self.publish(&mut tx, "forge.completed", Some(&payload))
+        let completed = ForgeCompleted {
+            operation: op.kind(),
+            status: done_status,
+            resources: Some(resources.clone()),
+        };
+        self.publish(&mut tx, EventBody::ForgeCompleted(completed))
             .await?;
         tx.commit().await?;
         Ok(resources)
@@ -319,18 +341,16 @@ impl Forge<'_> {
     async fn publish(
         &self,
         tx: &mut Transaction<'static, Postgres>,
-        kind: &str,
-        payload: Option<&Value>,
+        body: EventBody,
     ) -> Result<(), sqlx::Error> {
-        let payload = payload.cloned().unwrap_or(Value::Null);
-        events::publish(tx, &Event::new(kind, self.app, payload)).await
+        events::publish(tx, &Event::new(self.app, body)).await
     }
 
     async fn step(
         &self,
         op: Operation,
         step: ForgeStep,
-        resources: &mut Value,
+        resources: &mut ForgedResources,
     ) -> Result<Done, String> {
         let services = &self.spec.services;
         match (op, step) {
@@ -364,15 +384,13 @@ impl Forge<'_> {
     async fn postgres_teardown(
         &self,
         drop_data: bool,
-        resources: &mut Value,
+        resources: &mut ForgedResources,
     ) -> Result<Done, String> {
-        let Some(database) = resources[POSTGRES]["database"].as_str().map(str::to_owned) else {
+        let Some(forged) = resources.postgres.clone() else {
             return Ok(Done::skipped("no database was forged"));
         };
-        let role = resources[POSTGRES]["role"]
-            .as_str()
-            .unwrap_or(&database)
-            .to_owned();
+        let database = forged.database;
+        let role = forged.role.unwrap_or_else(|| database.clone());
         let output = self
             .state
             .provisioner
@@ -384,19 +402,19 @@ impl Forge<'_> {
             })
             .await
             .map_err(|e| e.to_string())?;
-        Ok(Done::undone(
-            resources,
-            POSTGRES,
-            output,
-            Credentials::Delete,
-        ))
+        resources.postgres = None;
+        Ok(Done::undone(output, Credentials::Delete))
     }
 
     /// The app's role (named after its database, which the server's
     /// `samerole` rule relies on) owning its database. The password is kept
     /// when the role already has one of Norn's, so running containers keep
     /// working; it is stored only sealed.
-    async fn postgres(&self, database: &str, resources: &mut Value) -> Result<Done, String> {
+    async fn postgres(
+        &self,
+        database: &str,
+        resources: &mut ForgedResources,
+    ) -> Result<Done, String> {
         let key = self.sealing_key()?;
         let existing = services::pg_login(self.state, self.app)
             .await
@@ -415,7 +433,10 @@ impl Forge<'_> {
             .await
             .map_err(|e| e.to_string())?;
         let sealed = key.seal(&password).map_err(|e| e.to_string())?;
-        resources[POSTGRES] = json!({"database": database, "role": database});
+        resources.postgres = Some(ForgedPostgres {
+            database: database.to_owned(),
+            role: Some(database.to_owned()),
+        });
         Ok(Done {
             status: StepStatus::Complete,
             output,
@@ -430,7 +451,7 @@ impl Forge<'_> {
 impl Forge<'_> {
     /// The app's key-value user, named after its namespace and limited to
     /// it. Like the database role, the password is kept across forges.
-    async fn kv(&self, namespace: &str, resources: &mut Value) -> Result<Done, String> {
+    async fn kv(&self, namespace: &str, resources: &mut ForgedResources) -> Result<Done, String> {
         let kv = self.state.kv.as_ref().ok_or(
             "services.kv declared, but no key-value server is configured: set NORN_KV_URL \
              (norn up starts one when redis-server is installed)",
@@ -452,7 +473,10 @@ impl Forge<'_> {
             .await
             .map_err(|e| e.to_string())?;
         let sealed = key.seal(&password).map_err(|e| e.to_string())?;
-        resources[KV] = json!({"namespace": namespace, "user": user});
+        resources.kv = Some(ForgedKv {
+            namespace: namespace.to_owned(),
+            user: Some(user.clone()),
+        });
         Ok(Done {
             status: StepStatus::Complete,
             output,
@@ -464,18 +488,20 @@ impl Forge<'_> {
     }
 
     /// The reverse of [`Self::kv`]: the user goes; with `drop_data`, the keys.
-    async fn kv_teardown(&self, drop_data: bool, resources: &mut Value) -> Result<Done, String> {
-        let Some(namespace) = resources[KV]["namespace"].as_str().map(str::to_owned) else {
+    async fn kv_teardown(
+        &self,
+        drop_data: bool,
+        resources: &mut ForgedResources,
+    ) -> Result<Done, String> {
+        let Some(forged) = resources.kv.clone() else {
             return Ok(Done::skipped("no key-value namespace was forged"));
         };
+        let namespace = forged.namespace;
         let kv = self.state.kv.as_ref().ok_or(
             "a key-value namespace was forged, but no key-value server is configured now \
              (NORN_KV_URL): its user cannot be removed",
         )?;
-        let user = resources[KV]["user"]
-            .as_str()
-            .map(str::to_owned)
-            .unwrap_or_else(|| user_name(&namespace));
+        let user = forged.user.unwrap_or_else(|| user_name(&namespace));
         let output = kv
             .revoke_namespace(&KvRevoke {
                 app: self.app,
@@ -485,14 +511,15 @@ impl Forge<'_> {
             })
             .await
             .map_err(|e| e.to_string())?;
-        Ok(Done::undone(resources, KV, output, Credentials::Delete))
+        resources.kv = None;
+        Ok(Done::undone(output, Credentials::Delete))
     }
 }
 
 impl Forge<'_> {
     /// The app's topics, each under its prefix. Topics an earlier forge made
     /// that the spec no longer lists are kept (they hold data) and said so.
-    async fn events(&self, resources: &mut Value) -> Result<Done, String> {
+    async fn events(&self, resources: &mut ForgedResources) -> Result<Done, String> {
         let wanted = topics(self.app, self.spec);
         if self.spec.services.events.is_none() {
             return Ok(Done::skipped("no services.events declared"));
@@ -513,7 +540,7 @@ impl Forge<'_> {
                 dropped.join(", ")
             ));
         }
-        resources[EVENTS] = json!({"topics": wanted});
+        resources.events = Some(ForgedEvents { topics: wanted });
         Ok(Done {
             status: StepStatus::Complete,
             output,
@@ -526,7 +553,7 @@ impl Forge<'_> {
     async fn events_teardown(
         &self,
         drop_data: bool,
-        resources: &mut Value,
+        resources: &mut ForgedResources,
     ) -> Result<Done, String> {
         let made = forged_topics(resources);
         if made.is_empty() {
@@ -546,12 +573,13 @@ impl Forge<'_> {
                 made.join(", ")
             )
         };
-        Ok(Done::undone(resources, EVENTS, output, Credentials::Keep))
+        resources.events = None;
+        Ok(Done::undone(output, Credentials::Keep))
     }
 
     /// Norn's ingress routes the declared hostnames by itself (claimed at
     /// registration); this step adds the tunnel's rules when Norn keeps one.
-    async fn endpoints(&self, resources: &mut Value) -> Result<Done, String> {
+    async fn endpoints(&self, resources: &mut ForgedResources) -> Result<Done, String> {
         let wanted = hostnames(self.spec);
         let previous = forged_hostnames(resources);
         if wanted.is_empty() && previous.is_empty() {
@@ -566,7 +594,7 @@ impl Forge<'_> {
             .route(&wanted, &previous)
             .await
             .map_err(|e| e.to_string())?;
-        resources[ENDPOINTS] = json!({"hostnames": wanted});
+        resources.endpoints = Some(ForgedEndpoints { hostnames: wanted });
         Ok(Done {
             status: StepStatus::Complete,
             output,
@@ -574,7 +602,7 @@ impl Forge<'_> {
         })
     }
 
-    async fn endpoints_teardown(&self, resources: &mut Value) -> Result<Done, String> {
+    async fn endpoints_teardown(&self, resources: &mut ForgedResources) -> Result<Done, String> {
         let routed = forged_hostnames(resources);
         if routed.is_empty() {
             return Ok(Done::skipped("no tunnel rules were written"));
@@ -583,12 +611,8 @@ impl Forge<'_> {
             "tunnel rules were written, but NORN_CLOUDFLARED_CONFIG is unset now: they cannot be removed",
         )?;
         let output = tunnel.unroute(&routed).await.map_err(|e| e.to_string())?;
-        Ok(Done::undone(
-            resources,
-            ENDPOINTS,
-            output,
-            Credentials::Keep,
-        ))
+        resources.endpoints = None;
+        Ok(Done::undone(output, Credentials::Keep))
     }
 }
 

@@ -6,7 +6,7 @@
 use norn_shared::db::saga::{self, NewSagaEvent};
 use norn_shared::db::{apps, lease, previews, routes};
 use norn_shared::domain::ForgeStatus;
-use norn_shared::events::{self, Event};
+use norn_shared::events::{self, Event, EventBody, PreviewRemoved};
 use serde_json::json;
 
 use crate::WorkerError;
@@ -82,9 +82,11 @@ pub async fn remove(
     events::publish(
         &mut tx,
         &Event::new(
-            "preview.removed",
             name,
-            json!({"app": name, "reason": reason}),
+            EventBody::PreviewRemoved(PreviewRemoved {
+                app: name.to_owned(),
+                reason: reason.clone(),
+            }),
         ),
     )
     .await?;

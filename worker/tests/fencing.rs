@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use norn_shared::db::deployments::{self, NewDeployment};
 use norn_shared::db::lease;
-use norn_shared::domain::{Step, StepStatus};
+use norn_shared::domain::{DeploymentStatus, Step, StepStatus};
 use norn_shared::infraspec::InfraSpec;
 use norn_worker::WorkerError;
-use norn_worker::pipeline::record::Recorder;
+use norn_worker::pipeline::record::{Found, Recorder};
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -100,7 +100,11 @@ async fn a_worker_that_lost_its_lease_writes_nothing() {
                 StepStatus::Complete,
                 "late",
                 Duration::ZERO,
-                (Some("0123456789abcdef"), Some("fenced:0123456789ab")),
+                Found {
+                    commit_sha: Some("0123456789abcdef"),
+                    image_tag: Some("fenced:0123456789ab"),
+                    snapshot: None,
+                },
             )
             .await,
         Err(WorkerError::Fenced)
@@ -121,8 +125,8 @@ async fn a_worker_that_lost_its_lease_writes_nothing() {
 
     assert_eq!(row(pool.clone(), id.clone()).await, before);
     let d = deployments::get(&mut conn, &id).await.unwrap().unwrap();
-    assert_eq!(d.status, "queued");
-    assert_eq!(d.steps.0, serde_json::json!([]));
+    assert_eq!(d.status, DeploymentStatus::Queued);
+    assert!(d.steps.0.is_empty());
     let (saga,): (i64,) = sqlx::query_as("SELECT count(*) FROM saga_events WHERE saga_id = $1")
         .bind(&id)
         .fetch_one(&pool)
@@ -143,7 +147,7 @@ async fn a_worker_that_lost_its_lease_writes_nothing() {
     let mut current = Recorder::new(pool.clone(), &id, "fenced", "w2", new, Vec::new());
     current.step_started(Step::Clone).await.unwrap();
     let d = deployments::get(&mut conn, &id).await.unwrap().unwrap();
-    assert_eq!(d.status, "building");
+    assert_eq!(d.status, DeploymentStatus::Building);
     // ...and its live event is published (the listener above works).
     let heard = tokio::time::timeout(Duration::from_secs(5), listener.recv())
         .await

@@ -102,7 +102,7 @@ pub async fn trigger(
         )));
     }
     let at = chrono::Utc::now();
-    cron::record_tick(&mut tx, &app, &process, at, "manual").await?;
+    cron::record_tick(&mut tx, &app, &process, at, cron::Trigger::Manual).await?;
     let job = CronJob {
         app: app.clone(),
         process: process.clone(),

@@ -1,7 +1,9 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::{Extension, Json};
-use norn_shared::db::deployments::{self, CancelAnswer, DeployAnswer, Deployment, ListFilter};
+use norn_shared::db::deployments::{
+    self, CancelAnswer, CancelStatus, DeployAnswer, Deployment, ListFilter,
+};
 use norn_shared::db::saga::{self, NewSagaEvent, SagaEvent};
 use norn_shared::domain::{DeploymentStatus, GitRef};
 use serde::Deserialize;
@@ -229,7 +231,7 @@ pub async fn cancel(
             StatusCode::OK,
             CancelAnswer {
                 id: id.to_owned(),
-                status: "failed".into(),
+                status: CancelStatus::Failed,
                 error: Some(reason),
             },
         )
@@ -253,7 +255,7 @@ pub async fn cancel(
             StatusCode::ACCEPTED,
             CancelAnswer {
                 id: id.to_owned(),
-                status: "canceling".into(),
+                status: CancelStatus::Canceling,
                 error: None,
             },
         )

@@ -12,12 +12,13 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use norn_shared::db::functions::{
-    self, Execution, Invoked, NewInvocation, Outcome, Status, Trigger,
+    self, CancelRequested, Execution, InvokeAccepted, InvokeResult, Invoked, NewInvocation,
+    Outcome, Status, Trigger,
 };
 use norn_shared::db::{apps, deployments};
+use norn_shared::events::{Event, EventBody};
 use norn_shared::infraspec::{Function, InfraSpec};
 use serde::Deserialize;
-use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use super::apps::app_id;
@@ -48,7 +49,11 @@ const RECHECK: Duration = Duration::from_secs(5);
     summary = "Invoke the app function",
     params(("id" = String, Path, description = "app name")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the function stdin"),
-    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    responses(
+        (status = 200, body = InvokeResult, description = "the run ended (sync)"),
+        (status = 202, body = InvokeAccepted, description = "async, or the sync wait ran out"),
+        crate::openapi::Errors,
+    ),
     security(("bearer" = ["deployer"])),
 )]
 pub async fn invoke(
@@ -225,7 +230,11 @@ fn accepted(id: i64, status: Status) -> Response {
     let location = format!("/api/functions/executions/{id}");
     let mut response = (
         StatusCode::ACCEPTED,
-        Json(json!({"id": id, "status": status, "location": location})),
+        Json(InvokeAccepted {
+            id,
+            status,
+            location: location.clone(),
+        }),
     )
         .into_response();
     if let Ok(value) = HeaderValue::from_str(&location) {
@@ -267,7 +276,7 @@ async fn wait_for_end(
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("execution {id} not found")))?;
         if execution.status.is_final() {
-            return Ok(Json(result(&execution)).into_response());
+            return Ok(Json(InvokeResult::from(&execution)).into_response());
         }
         if tokio::time::Instant::now() >= give_up {
             return Ok(accepted(id, execution.status));
@@ -276,29 +285,14 @@ async fn wait_for_end(
 }
 
 fn is_end_of(text: &str, id: i64) -> bool {
+    // Most events are not a function's: skip parsing them.
     if !text.contains("\"func.") {
         return false;
     }
-    let Ok(event) = serde_json::from_str::<Value>(text) else {
-        return false;
-    };
-    matches!(
-        event["type"].as_str(),
-        Some("func.completed" | "func.failed")
-    ) && event["payload"]["executionId"].as_i64() == Some(id)
-}
-
-/// A sync invocation's answer.
-fn result(e: &functions::Execution) -> Value {
-    json!({
-        "id": e.id,
-        "status": e.status,
-        "exitCode": e.exit_code,
-        "output": e.output,
-        "outputTruncated": e.output_truncated,
-        "durationMs": e.duration_ms,
-        "reason": e.reason,
-    })
+    match serde_json::from_str::<Event>(text).map(|e| e.body) {
+        Ok(EventBody::FuncCompleted(end) | EventBody::FuncFailed(end)) => end.execution_id == id,
+        _ => false,
+    }
 }
 
 fn execution_id(raw: &str) -> ApiResult<i64> {
@@ -338,13 +332,14 @@ pub async fn get(
     tag = "functions",
     summary = "Cancel an execution",
     params(("id" = i64, Path, description = "execution id")),
-    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    responses(
+        (status = 200, body = Execution, description = "it had not started: ended `canceled`"),
+        (status = 202, body = CancelRequested, description = "its worker is stopping it"),
+        crate::openapi::Errors,
+    ),
     security(("bearer" = ["deployer"])),
 )]
-pub async fn cancel(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     let id = execution_id(&id)?;
     let mut tx = state.pool.begin().await?;
     let execution = functions::get(&mut tx, id)
@@ -360,7 +355,7 @@ pub async fn cancel(
                 .map_err(|e| ApiError::Internal(Box::new(e)))?;
             tx.commit().await?;
             match ended {
-                Some(ended) => Ok((StatusCode::OK, Json(json!(ended)))),
+                Some(ended) => Ok(Json(ended).into_response()),
                 // It started meanwhile: ask again.
                 None => Err(ApiError::Conflict(format!(
                     "execution {id} started meanwhile; cancel it again"
@@ -370,10 +365,12 @@ pub async fn cancel(
         Status::Running => {
             functions::request_cancel(&mut tx, id).await?;
             tx.commit().await?;
-            Ok((
-                StatusCode::ACCEPTED,
-                Json(json!({"id": id, "status": "running", "cancelRequested": true})),
-            ))
+            let requested = CancelRequested {
+                id,
+                status: Status::Running,
+                cancel_requested: true,
+            };
+            Ok((StatusCode::ACCEPTED, Json(requested)).into_response())
         }
         ended => Err(ApiError::Conflict(format!(
             "execution {id} already ended ({})",

@@ -150,11 +150,11 @@ impl Reader {
         let Some(step) = self.step else {
             return Ok(false);
         };
-        let finished = d.steps.0.as_array().is_some_and(|steps| {
-            steps
-                .iter()
-                .any(|e| e["step"] == step.as_str() && e["status"] != "running")
-        });
+        let finished = d
+            .steps
+            .0
+            .iter()
+            .any(|e| e.step == step && e.status != norn_shared::domain::StepStatus::Running);
         Ok(finished)
     }
 }

@@ -5,7 +5,7 @@ use norn_shared::db::apps::{self, App};
 use norn_shared::db::deployments::{self, NewDeployment};
 use norn_shared::db::saga::{self, NewSagaEvent};
 use norn_shared::domain::{DeploymentStatus, GitRef, new_deployment_id};
-use norn_shared::events::{self, Event};
+use norn_shared::events::{self, Event, EventBody};
 use norn_shared::infraspec::QueuePolicy;
 use norn_shared::jobs::DeployJob;
 use norn_shared::queue::{self, Queue};
@@ -95,7 +95,10 @@ pub async fn queue_deploy(
     .await?;
     events::publish(
         tx,
-        &Event::new("deploy.queued", &app.id, serde_json::json!(deployment)),
+        &Event::new(
+            &app.id,
+            EventBody::DeployQueued(Box::new(deployment.clone())),
+        ),
     )
     .await?;
     Ok(Queued {

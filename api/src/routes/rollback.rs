@@ -7,7 +7,7 @@ use axum::{Extension, Json};
 use norn_shared::db::deployments::{self, Deployment, RollbackAnswer};
 use norn_shared::db::saga::{self, NewSagaEvent};
 use norn_shared::domain::{DeploymentStatus, new_deployment_id};
-use norn_shared::events::{self, Event};
+use norn_shared::events::{self, Event, EventBody};
 use serde::Deserialize;
 use serde_json::json;
 use sqlx::PgConnection;
@@ -48,7 +48,7 @@ pub async fn rollback(
     let registered = queueing::lock_app(&mut tx, app.as_str()).await?;
     let target = target(&mut tx, app.as_str(), body.deployment_id.as_deref()).await?;
     let id = new_deployment_id();
-    deployments::insert_rollback(&mut tx, &id, &target, actor).await?;
+    let queued = deployments::insert_rollback(&mut tx, &id, &target, actor).await?;
     let superseded = queueing::admit_and_enqueue(
         &mut tx,
         &registered,
@@ -74,11 +74,7 @@ pub async fn rollback(
     .await?;
     events::publish(
         &mut tx,
-        &Event::new(
-            "deploy.queued",
-            app.as_str(),
-            json!({"deploymentId": id, "kind": "rollback", "target": target.id}),
-        ),
+        &Event::new(app.as_str(), EventBody::DeployQueued(Box::new(queued))),
     )
     .await?;
     tx.commit().await?;
@@ -88,7 +84,7 @@ pub async fn rollback(
         Json(RollbackAnswer {
             id,
             status: DeploymentStatus::Queued,
-            kind: "rollback".into(),
+            kind: norn_shared::domain::DeploymentKind::Rollback,
             target: target.id,
             image_tag: Some(image),
             superseded,

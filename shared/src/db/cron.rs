@@ -6,7 +6,7 @@
 //! tick twice.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 
 use crate::domain::CronExpr;
@@ -16,7 +16,55 @@ use crate::infraspec::InfraSpec;
 /// scheduler re-plans at once instead of at its next wake-up.
 pub const CHANGED_CHANNEL: &str = "norn_cron";
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+/// How a cron execution stands or ended.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Running,
+    Completed,
+    Failed,
+    TimedOut,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::TimedOut => "timed_out",
+        }
+    }
+}
+
+/// What made a tick: its schedule, a catch-up after downtime, or a person.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    Schedule,
+    CatchUp,
+    Manual,
+}
+
+/// A tick waits for a worker, has started an execution, or was skipped.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum TickState {
+    Queued,
+    Started,
+    Skipped,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CronState {
     pub app: String,
@@ -42,16 +90,16 @@ impl CronState {
     }
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Execution {
     pub id: i64,
     pub app: String,
     pub process: Option<String>,
     pub scheduled_at: Option<DateTime<Utc>>,
-    pub trigger: Option<String>,
+    pub trigger: Option<Trigger>,
     pub image_tag: Option<String>,
-    pub status: String,
+    pub status: RunStatus,
     pub exit_code: Option<i32>,
     pub output: Option<String>,
     pub duration_ms: Option<i64>,
@@ -61,14 +109,14 @@ pub struct Execution {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Tick {
     pub app: String,
     pub process: String,
     pub scheduled_at: DateTime<Utc>,
-    pub trigger: String,
-    pub state: String,
+    pub trigger: Trigger,
+    pub state: TickState,
     pub reason: Option<String>,
     pub enqueued_at: DateTime<Utc>,
 }
@@ -229,7 +277,7 @@ pub async fn record_tick(
     app: &str,
     process: &str,
     scheduled_at: DateTime<Utc>,
-    trigger: &str,
+    trigger: Trigger,
 ) -> Result<bool, sqlx::Error> {
     let inserted = sqlx::query(
         "INSERT INTO cron_ticks (app, process, scheduled_at, trigger) VALUES ($1, $2, $3, $4)

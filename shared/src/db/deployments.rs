@@ -6,9 +6,9 @@ use sqlx::PgConnection;
 use sqlx::types::Json;
 
 use super::DbError;
-use crate::domain::DeploymentStatus;
+use crate::domain::{DeploymentKind, DeploymentStatus, StepEntry};
 
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Deployment {
     pub id: String,
@@ -18,10 +18,11 @@ pub struct Deployment {
     pub git_ref: String,
     pub commit_sha: Option<String>,
     pub image_tag: Option<String>,
-    pub status: String,
-    /// Each step's entry: `{step, status, durationMs, output, …}`.
-    #[schema(value_type = Vec<Object>)]
-    pub steps: Json<serde_json::Value>,
+    #[sqlx(try_from = "String")]
+    pub status: DeploymentStatus,
+    /// The steps it ran or is running, in pipeline order.
+    #[schema(value_type = Vec<StepEntry>)]
+    pub steps: Json<Vec<StepEntry>>,
     pub error: Option<String>,
     pub failed_step: Option<String>,
     pub triggered_by: String,
@@ -30,8 +31,9 @@ pub struct Deployment {
     /// Workers that took this deployment on; more than one means it was resumed.
     pub attempts: i32,
     pub cancel_requested_by: Option<String>,
-    /// `deploy`, or `rollback` (reuses the image of `rollback_of`).
-    pub kind: String,
+    /// A rollback reuses the image of `rollback_of`.
+    #[sqlx(try_from = "String")]
+    pub kind: DeploymentKind,
     pub rollback_of: Option<String>,
 }
 
@@ -40,17 +42,14 @@ impl Deployment {
     /// printed (the output tail is in the single-deployment read, the full
     /// log in `step_logs`).
     fn without_output(mut self) -> Self {
-        if let Some(steps) = self.steps.0.as_array_mut() {
-            for entry in steps.iter_mut().filter_map(|e| e.as_object_mut()) {
-                entry.remove("output");
-            }
+        for entry in &mut self.steps.0 {
+            entry.output = None;
         }
         self
     }
 
     pub fn status(&self) -> DeploymentStatus {
-        // The column's CHECK constraint admits only known values.
-        self.status.parse().unwrap_or(DeploymentStatus::Failed)
+        self.status
     }
 }
 
@@ -277,11 +276,21 @@ pub struct RollbackAnswer {
     pub id: String,
     pub status: DeploymentStatus,
     /// Always `rollback`.
-    pub kind: String,
+    pub kind: DeploymentKind,
     /// The deployment whose release comes back.
     pub target: String,
     pub image_tag: Option<String>,
     pub superseded: Vec<String>,
+}
+
+/// Whether a cancel ended the deployment at once or asked its worker to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelStatus {
+    /// It had not started: it is `failed` now, with the reason.
+    Failed,
+    /// Its worker stops it at the next step boundary (or at once, mid-step).
+    Canceling,
 }
 
 /// What `POST /api/deployments/{id}/cancel` answers: `failed` with the
@@ -289,7 +298,7 @@ pub struct RollbackAnswer {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CancelAnswer {
     pub id: String,
-    pub status: String,
+    pub status: CancelStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -391,9 +400,12 @@ pub async fn fail_with_trail(
     crate::events::publish(
         conn,
         &crate::events::Event::new(
-            "deploy.failed",
             app,
-            serde_json::json!({"deploymentId": id, "error": reason}),
+            crate::events::EventBody::DeployFailed(crate::events::DeployFailed {
+                deployment_id: id.to_owned(),
+                step: None,
+                error: reason.to_owned(),
+            }),
         ),
     )
     .await?;
@@ -404,7 +416,7 @@ pub async fn fail_with_trail(
 #[derive(Debug, Default)]
 pub struct Update<'a> {
     pub status: Option<DeploymentStatus>,
-    pub steps: Option<&'a serde_json::Value>,
+    pub steps: Option<&'a [StepEntry]>,
     pub commit_sha: Option<&'a str>,
     pub image_tag: Option<&'a str>,
     pub error: Option<&'a str>,

@@ -2,19 +2,21 @@
 //! status only moves along [`ForgeStatus::can_become`]; writers hold the app
 //! lease and write through a fenced transaction.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use sqlx::types::Json;
 
-use crate::domain::{ForgeStatus, IllegalForgeTransition};
+use crate::domain::{ForgeStatus, ForgeStepEntry, ForgedResources, IllegalForgeTransition};
 
-#[derive(Debug, Clone, Serialize)]
+/// An app's services as the last forge (or teardown) left them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ForgeState {
     pub app: String,
     pub status: ForgeStatus,
-    pub steps: Vec<serde_json::Value>,
-    pub resources: serde_json::Value,
+    /// The steps of the last operation.
+    pub steps: Vec<ForgeStepEntry>,
+    pub resources: ForgedResources,
     pub error: Option<String>,
     pub started_at: Option<chrono::DateTime<chrono::Utc>>,
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
@@ -24,8 +26,8 @@ pub struct ForgeState {
 struct Row {
     app: String,
     status: String,
-    steps: Json<Vec<serde_json::Value>>,
-    resources: Json<serde_json::Value>,
+    steps: Json<Vec<ForgeStepEntry>>,
+    resources: Json<ForgedResources>,
     error: Option<String>,
     started_at: Option<chrono::DateTime<chrono::Utc>>,
     finished_at: Option<chrono::DateTime<chrono::Utc>>,
@@ -55,7 +57,7 @@ pub async fn get(conn: &mut PgConnection, app: &str) -> Result<ForgeState, Forge
             app: app.to_owned(),
             status: ForgeStatus::Unforged,
             steps: Vec::new(),
-            resources: serde_json::json!({}),
+            resources: ForgedResources::default(),
             error: None,
             started_at: None,
             finished_at: None,
@@ -119,8 +121,8 @@ pub async fn transition(
 pub async fn record(
     conn: &mut PgConnection,
     app: &str,
-    steps: &[serde_json::Value],
-    resources: &serde_json::Value,
+    steps: &[ForgeStepEntry],
+    resources: &ForgedResources,
 ) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE forge_states SET steps = $2, resources = $3 WHERE app = $1")
         .bind(app)

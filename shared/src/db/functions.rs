@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 
-use crate::events::{self, Event};
+use crate::events::{self, Event, EventBody};
 use crate::jobs::FunctionJob;
 use crate::queue::{self, Queue, QueueError};
 
@@ -89,6 +89,54 @@ pub struct Execution {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub deadline_at: Option<DateTime<Utc>>,
+}
+
+/// A sync invocation's answer: how the run ended and what it printed.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InvokeResult {
+    pub id: i64,
+    pub status: Status,
+    pub exit_code: Option<i32>,
+    /// The output's end (at most 1 MiB), secrets masked.
+    pub output: Option<String>,
+    pub output_truncated: bool,
+    pub duration_ms: Option<i64>,
+    pub reason: Option<String>,
+}
+
+impl From<&Execution> for InvokeResult {
+    fn from(e: &Execution) -> Self {
+        Self {
+            id: e.id,
+            status: e.status,
+            exit_code: e.exit_code,
+            output: e.output.clone(),
+            output_truncated: e.output_truncated,
+            duration_ms: e.duration_ms,
+            reason: e.reason.clone(),
+        }
+    }
+}
+
+/// The run goes on without the caller (an async invocation, or a sync one
+/// whose wait ran out): poll `location`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InvokeAccepted {
+    pub id: i64,
+    pub status: Status,
+    pub location: String,
+}
+
+/// A cancel of a running execution: its worker stops it.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CancelRequested {
+    pub id: i64,
+    /// Still `running` until its worker ends it `canceled`.
+    pub status: Status,
+    pub cancel_requested: bool,
 }
 
 macro_rules! columns {
@@ -259,9 +307,13 @@ pub async fn start(
     let Some(execution) = get(conn, id).await? else {
         return Ok(None);
     };
-    let payload = serde_json::json!({"executionId": id, "process": execution.process,
-        "node": node, "imageTag": execution.image_tag});
-    events::publish(conn, &Event::new("func.started", &execution.app, payload)).await?;
+    let started = EventBody::FuncStarted(events::FuncStarted {
+        execution_id: id,
+        process: execution.process.clone(),
+        node: node.to_owned(),
+        image_tag: execution.image_tag.clone(),
+    });
+    events::publish(conn, &Event::new(&execution.app, started)).await?;
     Ok(Some(Started { execution, input }))
 }
 
@@ -327,15 +379,20 @@ pub async fn end(
         return Ok(None);
     };
     dispatch_free(conn, &app, &process, concurrency).await?;
-    let kind = if ended.status == Status::Succeeded {
-        "func.completed"
-    } else {
-        "func.failed"
+    let payload = events::FuncEnded {
+        execution_id: id,
+        process,
+        status: ended.status,
+        exit_code: ended.exit_code,
+        duration_ms: ended.duration_ms,
+        reason: ended.reason.clone(),
     };
-    let payload = serde_json::json!({"executionId": id, "process": process,
-        "status": ended.status, "exitCode": ended.exit_code, "durationMs": ended.duration_ms,
-        "reason": ended.reason});
-    events::publish(conn, &Event::new(kind, &app, payload)).await?;
+    let body = if ended.status == Status::Succeeded {
+        EventBody::FuncCompleted(payload)
+    } else {
+        EventBody::FuncFailed(payload)
+    };
+    events::publish(conn, &Event::new(&app, body)).await?;
     Ok(Some(ended))
 }
 

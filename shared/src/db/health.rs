@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 
 /// Rows older than this are pruned; the API serves ranges up to it.
@@ -12,7 +12,7 @@ pub const RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// wait behind one and vacuum can follow. Measured by `health-prune-bench`.
 pub const PRUNE_BATCH: i64 = 5000;
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Check {
     pub id: String,
@@ -24,7 +24,7 @@ pub struct Check {
     pub checked_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Summary {
     pub checks: i64,

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ForgeStatus {
     Unforged,
@@ -85,7 +85,7 @@ impl std::fmt::Display for ForgeStatus {
 }
 
 /// The forge's steps, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ForgeStep {
     Postgres,
@@ -105,6 +105,46 @@ impl ForgeStep {
             Self::Endpoints => "endpoints",
         }
     }
+}
+
+/// What a forge operation made or left, per service.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ForgedResources {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<ForgedPostgres>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv: Option<ForgedKv>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<ForgedEvents>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<ForgedEndpoints>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ForgedPostgres {
+    pub database: String,
+    /// The app's login role (named after the database when absent: rows
+    /// from before roles were recorded).
+    #[serde(default)]
+    pub role: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ForgedKv {
+    pub namespace: String,
+    /// The app's user (derived from the namespace when absent).
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ForgedEvents {
+    pub topics: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ForgedEndpoints {
+    pub hostnames: Vec<String>,
 }
 
 #[cfg(test)]

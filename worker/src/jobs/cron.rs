@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use apalis::prelude::{BoxDynError, Data};
 use chrono::{DateTime, Utc};
+use norn_shared::db::cron::RunStatus;
 use norn_shared::db::saga::{self, NewSagaEvent};
 use norn_shared::db::{apps, cron};
-use norn_shared::events::{self, Event};
+use norn_shared::events::{self, CronEnded, CronSkipped, CronStarted, Event, EventBody};
 use norn_shared::infraspec::{CronPolicy, Overlap};
 use norn_shared::jobs::CronJob;
-use serde_json::json;
 use sqlx::PgConnection;
 
 use crate::WorkerError;
@@ -205,18 +205,23 @@ async fn claim(job: &CronJob, state: &WorkerState) -> Result<Option<Start>, Work
     .bind(job.scheduled_at)
     .execute(&mut *tx)
     .await?;
-    let payload = json!({"executionId": id, "process": job.process,
-        "scheduledAt": job.scheduled_at, "imageTag": image});
+    let payload = CronStarted {
+        execution_id: id,
+        process: job.process.clone(),
+        scheduled_at: job.scheduled_at,
+        image_tag: image.clone(),
+    };
     trail(
         &mut tx,
         job,
         "cron.started",
         &format!("execution {id} started"),
         &state.token,
-        payload.clone(),
+        &payload,
     )
     .await?;
-    events::publish(&mut tx, &Event::new("cron.started", &job.app, payload)).await?;
+    let started = EventBody::CronStarted(payload);
+    events::publish(&mut tx, &Event::new(&job.app, started)).await?;
     tx.commit().await?;
     for container in replaced {
         if let Err(e) = state.runtime.remove(&container).await {
@@ -270,10 +275,14 @@ async fn skip(tx: &mut PgConnection, job: &CronJob, reason: &str) -> Result<(), 
     .bind(reason)
     .execute(&mut *tx)
     .await?;
-    let payload =
-        json!({"process": job.process, "scheduledAt": job.scheduled_at, "reason": reason});
-    trail(tx, job, "cron.skipped", reason, "worker", payload.clone()).await?;
-    events::publish(tx, &Event::new("cron.skipped", &job.app, payload)).await?;
+    let payload = CronSkipped {
+        process: job.process.clone(),
+        scheduled_at: job.scheduled_at,
+        reason: reason.to_owned(),
+    };
+    trail(tx, job, "cron.skipped", reason, "worker", &payload).await?;
+    let skipped = EventBody::CronSkipped(payload);
+    events::publish(tx, &Event::new(&job.app, skipped)).await?;
     Ok(())
 }
 
@@ -291,9 +300,16 @@ async fn replace(tx: &mut PgConnection, job: &CronJob, id: i64) -> Result<(), Wo
     .bind(&reason)
     .execute(&mut *tx)
     .await?;
-    let payload = json!({"executionId": id, "process": job.process, "error": reason});
-    trail(tx, job, "cron.failed", &reason, "worker", payload.clone()).await?;
-    events::publish(tx, &Event::new("cron.failed", &job.app, payload)).await?;
+    let payload = CronEnded {
+        execution_id: id,
+        process: job.process.clone(),
+        status: RunStatus::Failed,
+        exit_code: None,
+        error: Some(reason.clone()),
+        output: None,
+    };
+    trail(tx, job, "cron.failed", &reason, "worker", &payload).await?;
+    events::publish(tx, &Event::new(&job.app, EventBody::CronFailed(payload))).await?;
     Ok(())
 }
 
@@ -303,7 +319,7 @@ async fn trail(
     action: &str,
     message: &str,
     actor: &str,
-    metadata: serde_json::Value,
+    metadata: &impl serde::Serialize,
 ) -> Result<(), sqlx::Error> {
     saga::append(
         conn,
@@ -315,7 +331,7 @@ async fn trail(
             step: None,
             message,
             actor,
-            metadata,
+            metadata: serde_json::to_value(metadata).unwrap_or_default(),
         },
     )
     .await
@@ -331,27 +347,27 @@ async fn record_end(
     let timeout = start.oneoff.timeout;
     let (status, exit_code, reason) = match finished {
         Ok(Finished::Exited { exit_code }) if exit_code == 0 => {
-            ("completed", Some(exit_code), None)
+            (RunStatus::Completed, Some(exit_code), None)
         }
         Ok(Finished::Exited { exit_code }) => (
-            "failed",
+            RunStatus::Failed,
             Some(exit_code),
             Some(format!("exited with {exit_code}")),
         ),
         Ok(Finished::TimedOut) => (
-            "timed_out",
+            RunStatus::TimedOut,
             None,
             Some(format!("timed out after {timeout:?}")),
         ),
         Ok(Finished::OutOfMemory) => (
-            "failed",
+            RunStatus::Failed,
             None,
             Some(format!(
                 "killed: out of memory (limit {} MiB)",
                 start.oneoff.limits.map(|l| l.memory_mb).unwrap_or_default()
             )),
         ),
-        Err(reason) => ("failed", None, Some(reason)),
+        Err(reason) => (RunStatus::Failed, None, Some(reason)),
     };
     let mut tx = state.pool.begin().await?;
     // Conditional: an execution already ended by `replace` or the scheduler's
@@ -372,30 +388,28 @@ async fn record_end(
     .rows_affected();
     if updated == 1 {
         let action = match status {
-            "completed" => "cron.completed",
-            "timed_out" => "cron.timed_out",
+            RunStatus::Completed => "cron.completed",
+            RunStatus::TimedOut => "cron.timed_out",
             _ => "cron.failed",
         };
-        let payload = json!({"executionId": start.id, "process": job.process,
-            "status": status, "exitCode": exit_code, "error": reason, "output": output});
-        let message = reason.clone().unwrap_or_else(|| "completed".into());
-        trail(
-            &mut tx,
-            job,
-            action,
-            &message,
-            &state.token,
-            payload.clone(),
-        )
-        .await?;
-        let kind = if status == "completed" {
-            "cron.completed"
-        } else {
-            "cron.failed"
+        let payload = CronEnded {
+            execution_id: start.id,
+            process: job.process.clone(),
+            status,
+            exit_code: exit_code.map(|c| c as i32),
+            error: reason.clone(),
+            output: Some(output),
         };
-        events::publish(&mut tx, &Event::new(kind, &job.app, payload)).await?;
+        let message = reason.clone().unwrap_or_else(|| "completed".into());
+        trail(&mut tx, job, action, &message, &state.token, &payload).await?;
+        let body = if status == RunStatus::Completed {
+            EventBody::CronCompleted(payload)
+        } else {
+            EventBody::CronFailed(payload)
+        };
+        events::publish(&mut tx, &Event::new(&job.app, body)).await?;
     }
     tx.commit().await?;
-    tracing::info!(app = %job.app, execution = start.id, status, "cron execution ended");
+    tracing::info!(app = %job.app, execution = start.id, status = status.as_str(), "cron execution ended");
     Ok(())
 }

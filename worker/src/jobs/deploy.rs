@@ -9,9 +9,8 @@ use std::sync::Arc;
 use apalis::prelude::{BoxDynError, Data};
 use norn_shared::db::deployments::{self, Deployment};
 use norn_shared::db::{apps, lease};
-use norn_shared::domain::{GitRef, Step, StepStatus};
+use norn_shared::domain::{DeploymentKind, GitRef, Step, StepEntry, StepStatus};
 use norn_shared::jobs::DeployJob;
-use serde_json::json;
 use tracing::Instrument;
 
 use super::lease_wait::{self, Turn};
@@ -127,14 +126,14 @@ async fn attempt(ctx: &mut DeployCtx<'_>) -> Result<(), WorkerError> {
     let Some(dep) = claimed else { return Ok(()) };
     ctx.attempt = dep.attempts;
     let (mut done, mut kept) = completed_steps(&dep);
-    if dep.kind == "rollback" {
+    if dep.kind == DeploymentKind::Rollback {
         skip_build_steps(&dep, &mut done, &mut kept);
     }
     ctx.snapshot = kept
         .iter()
-        .find(|e| e["step"] == "snapshot" && e["status"] == "complete")
-        .and_then(|e| e["output"].as_str())
-        .and_then(steps::snapshot::from_log);
+        .find(|e| e.step == Step::Snapshot && e.status == StepStatus::Complete)
+        .and_then(|e| e.snapshot.as_deref())
+        .map(std::path::PathBuf::from);
     let mut rec = Recorder::new(
         state.pool.clone(),
         &ctx.deployment_id,
@@ -194,15 +193,10 @@ async fn attempt(ctx: &mut DeployCtx<'_>) -> Result<(), WorkerError> {
 /// only together with `healthy`: the instances it started belong to the
 /// attempt that started them (their machine may be gone), so a resume before
 /// the switch starts them again.
-fn completed_steps(dep: &Deployment) -> (BTreeSet<Step>, Vec<serde_json::Value>) {
-    let entries = dep.steps.0.as_array().cloned().unwrap_or_default();
-    let finished = |e: &serde_json::Value| {
-        let step: Option<Step> = serde_json::from_value(e["step"].clone()).ok();
-        let status: Option<StepStatus> = serde_json::from_value(e["status"].clone()).ok();
-        match (step, status) {
-            (Some(s), Some(StepStatus::Complete | StepStatus::Skipped)) => Some(s),
-            _ => None,
-        }
+fn completed_steps(dep: &Deployment) -> (BTreeSet<Step>, Vec<StepEntry>) {
+    let entries = dep.steps.0.clone();
+    let finished = |e: &StepEntry| {
+        matches!(e.status, StepStatus::Complete | StepStatus::Skipped).then_some(e.step)
     };
     let mut done: BTreeSet<Step> = entries.iter().filter_map(finished).collect();
     if !done.contains(&Step::Healthy) {
@@ -217,11 +211,7 @@ fn completed_steps(dep: &Deployment) -> (BTreeSet<Step>, Vec<serde_json::Value>)
 
 /// A rollback reuses an earlier release's image: it neither builds nor
 /// migrates (its schema is already there), and says so in its step log.
-fn skip_build_steps(
-    dep: &Deployment,
-    done: &mut BTreeSet<Step>,
-    kept: &mut Vec<serde_json::Value>,
-) {
+fn skip_build_steps(dep: &Deployment, done: &mut BTreeSet<Step>, kept: &mut Vec<StepEntry>) {
     let why = format!(
         "rollback to {}: reuses image {}",
         dep.rollback_of.as_deref().unwrap_or("?"),
@@ -238,7 +228,7 @@ fn skip_build_steps(
         if done.insert(step) {
             kept.insert(
                 i.min(kept.len()),
-                json!({"step": step.as_str(), "status": StepStatus::Skipped, "durationMs": 0, "output": why}),
+                StepEntry::ended(step, StepStatus::Skipped, &why, 0),
             );
         }
     }

@@ -7,9 +7,8 @@ use std::time::Instant;
 use apalis::prelude::{BoxDynError, Data};
 use norn_shared::db::health::{self, NewCheck};
 use norn_shared::db::{apps, routes};
-use norn_shared::events::{self, Event};
+use norn_shared::events::{self, Event, EventBody};
 use norn_shared::jobs::HealthJob;
-use serde_json::json;
 
 use crate::WorkerError;
 use crate::state::WorkerState;
@@ -74,7 +73,7 @@ async fn check(app_id: &str, state: &WorkerState) -> Result<(), WorkerError> {
         },
     )
     .await?;
-    events::publish(&mut tx, &Event::new("health.check", app_id, json!(check))).await?;
+    events::publish(&mut tx, &Event::new(app_id, EventBody::HealthCheck(check))).await?;
     tx.commit().await?;
     Ok(())
 }

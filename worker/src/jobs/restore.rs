@@ -7,7 +7,7 @@ use apalis::prelude::{BoxDynError, Data};
 use norn_shared::db::lease;
 use norn_shared::db::restores::{self, Restore};
 use norn_shared::db::saga::{self, NewSagaEvent};
-use norn_shared::events::{self, Event};
+use norn_shared::events::{self, Event, EventBody, RestoreEnded};
 use norn_shared::jobs::RestoreJob;
 use serde_json::json;
 use tracing::Instrument;
@@ -121,6 +121,14 @@ async fn finish(
         ),
         Some(e) => ("snapshot.restore_failed", e.clone()),
     };
+    let ended = RestoreEnded {
+        restore_id: r.id.clone(),
+        message: message.clone(),
+    };
+    let body = match &error {
+        None => EventBody::SnapshotRestored(ended),
+        Some(_) => EventBody::SnapshotRestoreFailed(ended),
+    };
     saga::append(
         &mut tx,
         NewSagaEvent {
@@ -135,15 +143,7 @@ async fn finish(
         },
     )
     .await?;
-    events::publish(
-        &mut tx,
-        &Event::new(
-            action,
-            &r.app,
-            json!({"restoreId": r.id, "message": message}),
-        ),
-    )
-    .await?;
+    events::publish(&mut tx, &Event::new(&r.app, body)).await?;
     tx.commit().await?;
     match error {
         None => tracing::info!("restore completed"),

@@ -12,9 +12,9 @@
 use std::time::Duration;
 
 use norn_shared::db::logs;
-use norn_shared::events::{self, Event};
+use norn_shared::domain::Step;
+use norn_shared::events::{self, DeployLog, Event, EventBody};
 use norn_shared::text::{self, Masker, Tail};
-use serde_json::json;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -39,7 +39,7 @@ pub struct LogTarget {
     pub pool: PgPool,
     pub app: String,
     pub deployment_id: String,
-    pub step: &'static str,
+    pub step: Step,
     pub attempt: i32,
     /// `NORN_STEP_LOG_MAX`.
     pub cap: usize,
@@ -162,7 +162,7 @@ async fn flush(target: &LogTarget, batch: &mut String) -> usize {
     let stored = logs::append(
         &target.pool,
         &target.deployment_id,
-        target.step,
+        target.step.as_str(),
         target.attempt,
         batch,
     )
@@ -170,7 +170,7 @@ async fn flush(target: &LogTarget, batch: &mut String) -> usize {
     match stored {
         Ok(()) => announce(target, batch).await,
         Err(e) => tracing::warn!(
-            app = %target.app, deployment.id = %target.deployment_id, step = target.step,
+            app = %target.app, deployment.id = %target.deployment_id, step = %target.step,
             error = %e, "could not store step output"
         ),
     }
@@ -182,14 +182,13 @@ async fn flush(target: &LogTarget, batch: &mut String) -> usize {
 async fn announce(target: &LogTarget, batch: &str) {
     let text = text::tail(batch, EVENT_TEXT);
     let event = Event::new(
-        "deploy.log",
         &target.app,
-        json!({
-            "deploymentId": target.deployment_id,
-            "step": target.step,
-            "attempt": target.attempt,
-            "text": text,
-            "notSent": batch.len() - text.len(),
+        EventBody::DeployLog(DeployLog {
+            deployment_id: target.deployment_id.clone(),
+            step: target.step,
+            attempt: target.attempt,
+            text: text.to_owned(),
+            not_sent: (batch.len() - text.len()) as u64,
         }),
     );
     let sent = async {

@@ -237,7 +237,7 @@ pub async fn run(
                 pool: ctx.state.pool.clone(),
                 app: ctx.app.id.clone(),
                 deployment_id: ctx.deployment_id.clone(),
-                step: step.as_str(),
+                step,
                 attempt: ctx.attempt,
                 cap: ctx.state.config.step_log_max,
             },
@@ -262,10 +262,21 @@ pub async fn run(
                 } else {
                     StepStatus::Complete
                 };
+                let snapshot = ctx.snapshot.as_deref().and_then(|p| p.to_str());
                 let found = match step {
-                    Step::Clone => (ctx.sha.as_deref(), None),
-                    Step::Build => (None, ctx.image.as_deref()),
-                    _ => (None, None),
+                    Step::Clone => record::Found {
+                        commit_sha: ctx.sha.as_deref(),
+                        ..Default::default()
+                    },
+                    Step::Build => record::Found {
+                        image_tag: ctx.image.as_deref(),
+                        ..Default::default()
+                    },
+                    Step::Snapshot => record::Found {
+                        snapshot,
+                        ..Default::default()
+                    },
+                    _ => record::Found::default(),
                 };
                 rec.step_finished(step, status, &tail, took, found).await?;
                 test_hook::after_step(step).await;

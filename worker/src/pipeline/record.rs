@@ -8,13 +8,22 @@ use std::time::Duration;
 use norn_shared::db::deployments::{self, Update};
 use norn_shared::db::saga::{self, NewSagaEvent};
 use norn_shared::db::{cron, lease};
-use norn_shared::domain::{DeploymentStatus, Step, StepStatus};
-use norn_shared::events::{self, Event};
+use norn_shared::domain::{DeploymentKind, DeploymentStatus, Step, StepEntry, StepStatus};
+use norn_shared::events::{self, DeployCompleted, DeployFailed, DeployStep, Event, EventBody};
 use norn_shared::infraspec::InfraSpec;
 use serde_json::json;
 use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::WorkerError;
+
+/// What a finished step learnt that the deployment row keeps.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Found<'a> {
+    pub commit_sha: Option<&'a str>,
+    pub image_tag: Option<&'a str>,
+    /// The dump a snapshot step took.
+    pub snapshot: Option<&'a str>,
+}
 
 pub struct Recorder {
     pool: PgPool,
@@ -22,7 +31,7 @@ pub struct Recorder {
     pub app: String,
     actor: String,
     token: i64,
-    steps: Vec<serde_json::Value>,
+    steps: Vec<StepEntry>,
 }
 
 impl Recorder {
@@ -33,7 +42,7 @@ impl Recorder {
         app: &str,
         actor: &str,
         token: i64,
-        steps: Vec<serde_json::Value>,
+        steps: Vec<StepEntry>,
     ) -> Self {
         Self {
             pool,
@@ -107,24 +116,16 @@ impl Recorder {
         let at = self
             .steps
             .iter()
-            .position(|e| {
-                e["step"]
-                    .as_str()
-                    .and_then(|s| s.parse::<Step>().ok())
-                    .is_some_and(|s| s > step)
-            })
+            .position(|e| e.step > step)
             .unwrap_or(self.steps.len());
-        self.steps.insert(
-            at,
-            json!({"step": step.as_str(), "status": StepStatus::Running}),
-        );
+        self.steps.insert(at, StepEntry::running(step));
         let mut tx = self.begin().await?;
         deployments::update(
             &mut tx,
             &self.deployment_id,
             &Update {
                 status: Some(step.status()),
-                steps: Some(&serde_json::Value::Array(self.steps.clone())),
+                steps: Some(&self.steps),
                 ..Default::default()
             },
         )
@@ -134,55 +135,51 @@ impl Recorder {
             self.saga("step.start", Some(step.as_str()), "", json!({})),
         )
         .await?;
-        events::publish(
-            &mut tx,
-            &Event::new(
-                "deploy.step",
-                &self.app,
-                json!({"deploymentId": self.deployment_id, "step": step, "status": StepStatus::Running}),
-            ),
-        )
-        .await?;
+        events::publish(&mut tx, &self.step_event(StepEntry::running(step))).await?;
         tx.commit().await?;
         Ok(())
     }
 
-    fn close_step(&mut self, step: Step, status: StepStatus, output: &str, took: Duration) {
-        let entry = json!({
-            "step": step.as_str(),
-            "status": status,
-            "durationMs": took.as_millis() as u64,
-            "output": output,
-        });
-        match self
-            .steps
-            .iter_mut()
-            .rev()
-            .find(|e| e["step"] == step.as_str())
-        {
-            Some(found) => *found = entry,
-            None => self.steps.push(entry),
-        }
+    fn step_event(&self, entry: StepEntry) -> Event {
+        Event::new(
+            &self.app,
+            EventBody::DeployStep(DeployStep {
+                deployment_id: self.deployment_id.clone(),
+                entry,
+            }),
+        )
     }
 
-    /// Records a finished step; `commit_sha`/`image_tag` are set once known.
+    /// Ends `entry`'s step in the row's list (replacing its `running` entry).
+    fn close_step(&mut self, entry: StepEntry) -> StepEntry {
+        match self.steps.iter_mut().rev().find(|e| e.step == entry.step) {
+            Some(found) => *found = entry.clone(),
+            None => self.steps.push(entry.clone()),
+        }
+        entry
+    }
+
+    /// Records a finished step; `commit_sha`/`image_tag` are set once known,
+    /// `snapshot` once the snapshot step took its dump.
     pub async fn step_finished(
         &mut self,
         step: Step,
         status: StepStatus,
         output: &str,
         took: Duration,
-        found: (Option<&str>, Option<&str>),
+        found: Found<'_>,
     ) -> Result<(), WorkerError> {
-        self.close_step(step, status, output, took);
+        let mut entry = StepEntry::ended(step, status, output, took.as_millis() as u64);
+        entry.snapshot = found.snapshot.map(str::to_owned);
+        let entry = self.close_step(entry);
         let mut tx = self.begin().await?;
         deployments::update(
             &mut tx,
             &self.deployment_id,
             &Update {
-                steps: Some(&serde_json::Value::Array(self.steps.clone())),
-                commit_sha: found.0,
-                image_tag: found.1,
+                steps: Some(&self.steps),
+                commit_sha: found.commit_sha,
+                image_tag: found.image_tag,
                 ..Default::default()
             },
         )
@@ -202,18 +199,7 @@ impl Recorder {
             ),
         )
         .await?;
-        events::publish(
-            &mut tx,
-            &Event::new(
-                "deploy.step",
-                &self.app,
-                json!({
-                    "deploymentId": self.deployment_id, "step": step, "status": status,
-                    "durationMs": took.as_millis() as u64, "output": output,
-                }),
-            ),
-        )
-        .await?;
+        events::publish(&mut tx, &self.step_event(entry)).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -226,7 +212,8 @@ impl Recorder {
         output: &str,
         took: Duration,
     ) -> Result<(), WorkerError> {
-        self.close_step(step, StepStatus::Failed, output, took);
+        let entry = StepEntry::ended(step, StepStatus::Failed, output, took.as_millis() as u64);
+        let entry = self.close_step(entry);
         let error = format!("{step}: {reason}");
         let mut tx = self.begin().await?;
         deployments::update(
@@ -234,7 +221,7 @@ impl Recorder {
             &self.deployment_id,
             &Update {
                 status: Some(DeploymentStatus::Failed),
-                steps: Some(&serde_json::Value::Array(self.steps.clone())),
+                steps: Some(&self.steps),
                 error: Some(&error),
                 failed_step: Some(step.as_str()),
                 ..Default::default()
@@ -251,25 +238,13 @@ impl Recorder {
             self.saga("deploy.failed", Some(step.as_str()), &error, json!({})),
         )
         .await?;
-        events::publish(
-            &mut tx,
-            &Event::new(
-                "deploy.step",
-                &self.app,
-                json!({"deploymentId": self.deployment_id, "step": step, "status": StepStatus::Failed,
-                       "durationMs": took.as_millis() as u64, "output": output}),
-            ),
-        )
-        .await?;
-        events::publish(
-            &mut tx,
-            &Event::new(
-                "deploy.failed",
-                &self.app,
-                json!({"deploymentId": self.deployment_id, "step": step, "error": error}),
-            ),
-        )
-        .await?;
+        events::publish(&mut tx, &self.step_event(entry)).await?;
+        let failed = EventBody::DeployFailed(DeployFailed {
+            deployment_id: self.deployment_id.clone(),
+            step: Some(step),
+            error,
+        });
+        events::publish(&mut tx, &Event::new(&self.app, failed)).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -279,7 +254,9 @@ impl Recorder {
     pub async fn deployed(&self, image_tag: &str, spec: &InfraSpec) -> Result<(), WorkerError> {
         let mut tx = self.begin().await?;
         let this = deployments::get(&mut tx, &self.deployment_id).await?;
-        if this.as_ref().is_some_and(|d| d.kind == "rollback")
+        if this
+            .as_ref()
+            .is_some_and(|d| d.kind == DeploymentKind::Rollback)
             && let Some(replaced) = deployments::current(&mut tx, &self.app).await?
             && replaced.id != self.deployment_id
         {
@@ -323,15 +300,11 @@ impl Recorder {
             ),
         )
         .await?;
-        events::publish(
-            &mut tx,
-            &Event::new(
-                "deploy.completed",
-                &self.app,
-                json!({"deploymentId": self.deployment_id, "imageTag": image_tag}),
-            ),
-        )
-        .await?;
+        let completed = EventBody::DeployCompleted(DeployCompleted {
+            deployment_id: self.deployment_id.clone(),
+            image_tag: image_tag.to_owned(),
+        });
+        events::publish(&mut tx, &Event::new(&self.app, completed)).await?;
         tx.commit().await?;
         Ok(())
     }

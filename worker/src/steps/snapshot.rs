@@ -46,11 +46,3 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
     ctx.snapshot = Some(file);
     Ok(StepOutput::done(output))
 }
-
-/// The dump an earlier attempt of this deployment took, read back from its
-/// step log (`pg_dump -Fc <db> -> <file>`), for a resume after the snapshot.
-pub fn from_log(output: &str) -> Option<std::path::PathBuf> {
-    let first = output.lines().next()?;
-    let (_, file) = first.split_once(" -> ")?;
-    Some(std::path::PathBuf::from(file))
-}
