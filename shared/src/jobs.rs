@@ -45,7 +45,7 @@ pub struct ForgeJob {
     pub action: ForgeAction,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", tag = "kind")]
 pub enum ForgeAction {
     /// Provision what the spec declares; `force` tears a forged app down

@@ -8,6 +8,7 @@ pub mod db;
 pub mod domain;
 pub mod events;
 pub mod gitpolicy;
+pub mod health;
 pub mod infraspec;
 pub mod jobs;
 pub mod kv;

@@ -2,11 +2,12 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use norn_shared::db::apps::{AppDetail, Listed, Registered};
 use norn_shared::db::{apps, deployments, routes};
 use norn_shared::domain::AppName;
 use norn_shared::infraspec::document::Format;
 use norn_shared::infraspec::{InfraSpec, SpecErrors};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::body::{Body, SPEC_LIMIT};
 use crate::error::{ApiError, ApiResult};
@@ -58,14 +59,18 @@ pub async fn decode(headers: &HeaderMap, body: Bytes) -> ApiResult<(Value, Infra
     tag = "apps",
     summary = "Register or replace an app from its infraspec (YAML or JSON)",
     request_body(content((serde_json::Value = "application/json"), (String = "application/yaml"))),
-    responses((status = 201, body = serde_json::Value), crate::openapi::Errors),
+    responses(
+        (status = 201, body = Registered, description = "registered"),
+        (status = 200, body = Registered, description = "its spec replaced"),
+        crate::openapi::Errors,
+    ),
     security(("bearer" = ["admin"])),
 )]
 pub async fn register(
     State(state): State<AppState>,
     headers: HeaderMap,
     Body(body): Body<SPEC_LIMIT>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<Registered>)> {
     let (document, spec) = decode(&headers, body).await?;
     refuse_reserved_database(&state.config, &spec)?;
     if let Some(why) = spec
@@ -86,7 +91,11 @@ pub async fn register(
     };
     Ok((
         status,
-        Json(json!({ "id": spec.name, "created": created, "spec": spec })),
+        Json(Registered {
+            id: spec.name.to_string(),
+            created,
+            spec,
+        }),
     ))
 }
 
@@ -141,26 +150,22 @@ fn refuse_reserved_database(config: &norn_shared::Config, spec: &InfraSpec) -> A
     path = "/api/apps",
     tag = "apps",
     summary = "Registered apps with their validated specs",
-    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    responses((status = 200, body = Vec<Listed>), crate::openapi::Errors),
     security(("bearer" = ["viewer"])),
 )]
-pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<Listed>>> {
     let mut conn = state.pool.acquire().await?;
     // An app whose stored spec no longer validates is listed with its error
     // (`valid: false`) instead of failing the whole list.
-    let list: Vec<Value> = apps::list(&mut conn)
+    let list = apps::list(&mut conn)
         .await?
         .into_iter()
         .map(|listed| match listed {
-            Ok(app) => json!(app),
-            Err(invalid) => {
-                let mut v = json!(invalid);
-                v["valid"] = json!(false);
-                v
-            }
+            Ok(app) => Listed::Valid(Box::new(app)),
+            Err(invalid) => Listed::Invalid(invalid),
         })
         .collect();
-    Ok(Json(json!(list)))
+    Ok(Json(list))
 }
 
 /// A stored spec that no longer validates is the user's to fix (register it
@@ -180,10 +185,13 @@ pub fn invalid_spec(e: apps::AppError) -> ApiError {
     tag = "apps",
     summary = "One app",
     params(("id" = String, Path, description = "app name")),
-    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    responses((status = 200, body = AppDetail), crate::openapi::Errors),
     security(("bearer" = ["viewer"])),
 )]
-pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<AppDetail>> {
     let id = app_id(&id)?;
     let mut conn = state.pool.acquire().await?;
     let app = apps::get(&mut conn, id.as_str())
@@ -201,12 +209,12 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiRe
     .await?;
     let current = deployments::current(&mut conn, id.as_str()).await?;
     let routes = routes::for_app(&mut conn, id.as_str()).await?;
-    Ok(Json(json!({
-        "app": app,
-        "current": current,
-        "routes": routes,
-        "deployments": recent,
-    })))
+    Ok(Json(AppDetail {
+        app,
+        current,
+        routes,
+        deployments: recent,
+    }))
 }
 
 /// Registers every `<dir>/*/infraspec.yaml`. A broken spec is logged and

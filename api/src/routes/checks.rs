@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
+use norn_shared::db::health::CheckReport;
 use norn_shared::db::{apps, health};
 use norn_shared::domain::parse_duration;
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use super::apps::app_id;
 use crate::body::Query;
@@ -41,14 +41,14 @@ fn range(raw: Option<&str>) -> ApiResult<Duration> {
     tag = "health",
     summary = "Periodic health probes",
     params(("id" = String, Path, description = "app name"), RangeQuery),
-    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    responses((status = 200, body = CheckReport), crate::openapi::Errors),
     security(("bearer" = ["viewer"])),
 )]
 pub async fn list(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(q): Query<RangeQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<CheckReport>> {
     let id = app_id(&id)?;
     let range = range(q.range.as_deref())?;
     let mut conn = state.pool.acquire().await?;
@@ -62,13 +62,10 @@ pub async fn list(
     let summary = health::summary(&mut conn, id.as_str(), range).await?;
     // 24 h at one check per 30 s is 2,880 rows; the cap only bites on tiny intervals.
     let checks = health::recent(&mut conn, id.as_str(), range, 5000).await?;
-    Ok(Json(json!({
-        "app": id.as_str(),
-        "rangeSeconds": range.as_secs(),
-        "checks": summary.checks,
-        "healthy": summary.healthy,
-        "uptimePercent": summary.uptime_percent,
-        "meanResponseMs": summary.mean_response_ms,
-        "items": checks,
-    })))
+    Ok(Json(CheckReport {
+        app: id.to_string(),
+        range_seconds: range.as_secs(),
+        summary,
+        items: checks,
+    }))
 }

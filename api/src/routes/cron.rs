@@ -4,14 +4,13 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use norn_shared::db::cron::{self, CronState};
+use norn_shared::db::cron::{self, CronOverview, CronTriggered, CronView};
 use norn_shared::db::{apps, saga};
 use norn_shared::domain::CronExpr;
 use norn_shared::infraspec::Schedule;
 use norn_shared::jobs::CronJob;
 use norn_shared::queue::{self, Queue};
 use serde::Deserialize;
-use serde_json::{Value, json};
 use sqlx::PgConnection;
 
 use super::apps::app_id;
@@ -34,31 +33,19 @@ async fn scheduled(conn: &mut PgConnection, raw_id: &str) -> ApiResult<(String, 
         .ok_or_else(|| ApiError::NotFound(format!("app {id} has no scheduled process")))
 }
 
-fn state_json(state: &CronState) -> Value {
-    json!({
-        "process": state.process,
-        "schedule": state.expression(),
-        "specSchedule": state.schedule,
-        "scheduleOverride": state.schedule_override,
-        "timezone": state.timezone,
-        "paused": state.paused,
-        "imageTag": state.image_tag,
-        "nextRunAt": state.next_run_at,
-        "lastScheduledAt": state.last_scheduled_at,
-        "updatedAt": state.updated_at,
-    })
-}
-
 #[utoipa::path(
     get,
     path = "/api/apps/{id}/cron",
     tag = "cron",
     summary = "Cron state and recent runs",
     params(("id" = String, Path, description = "app name")),
-    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    responses((status = 200, body = CronOverview), crate::openapi::Errors),
     security(("bearer" = ["viewer"])),
 )]
-pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<CronOverview>> {
     let mut conn = state.pool.acquire().await?;
     let (app, process, schedule) = scheduled(&mut conn, &id).await?;
     let cron_state = cron::get(&mut conn, &app).await?;
@@ -66,15 +53,15 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiRe
     let skipped = cron::recent_skipped(&mut conn, &app, 20).await?;
     let incidents =
         saga::recent_for_app(&mut conn, &app, &["cron.missed", "cron.timed_out"], 20).await?;
-    Ok(Json(json!({
-        "app": app,
-        "process": process,
-        "policy": schedule.policy,
-        "state": cron_state.as_ref().map(state_json),
-        "executions": executions,
-        "skipped": skipped,
-        "incidents": incidents,
-    })))
+    Ok(Json(CronOverview {
+        app,
+        process,
+        policy: schedule.policy,
+        state: cron_state.as_ref().map(CronView::from),
+        executions,
+        skipped,
+        incidents,
+    }))
 }
 
 /// Runs the scheduled process now; the schedule is untouched.
@@ -84,13 +71,13 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiRe
     tag = "cron",
     summary = "Run the cron job now",
     params(("id" = String, Path, description = "app name")),
-    responses((status = 202, body = serde_json::Value), crate::openapi::Errors),
+    responses((status = 202, body = CronTriggered), crate::openapi::Errors),
     security(("bearer" = ["deployer"])),
 )]
 pub async fn trigger(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<CronTriggered>)> {
     let mut tx = state.pool.begin().await?;
     let (app, process, _) = scheduled(&mut tx, &id).await?;
     let has_image = cron::get(&mut tx, &app)
@@ -112,11 +99,16 @@ pub async fn trigger(
     tx.commit().await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"app": app, "process": process, "scheduledAt": at, "trigger": "manual"})),
+        Json(CronTriggered {
+            app,
+            process,
+            scheduled_at: at,
+            trigger: cron::Trigger::Manual,
+        }),
     ))
 }
 
-async fn set_paused(state: AppState, id: String, paused: bool) -> ApiResult<Json<Value>> {
+async fn set_paused(state: AppState, id: String, paused: bool) -> ApiResult<Json<CronView>> {
     let mut tx = state.pool.begin().await?;
     let (app, process, schedule) = scheduled(&mut tx, &id).await?;
     cron::ensure(&mut tx, &app, &process, &schedule).await?;
@@ -124,7 +116,7 @@ async fn set_paused(state: AppState, id: String, paused: bool) -> ApiResult<Json
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("app {app} has no cron state")))?;
     tx.commit().await?;
-    Ok(Json(state_json(&updated)))
+    Ok(Json(CronView::from(&updated)))
 }
 
 #[utoipa::path(
@@ -133,13 +125,13 @@ async fn set_paused(state: AppState, id: String, paused: bool) -> ApiResult<Json
     tag = "cron",
     summary = "Pause the schedule",
     params(("id" = String, Path, description = "app name")),
-    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    responses((status = 200, body = CronView), crate::openapi::Errors),
     security(("bearer" = ["admin"])),
 )]
 pub async fn pause(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<CronView>> {
     set_paused(state, id, true).await
 }
 
@@ -149,13 +141,13 @@ pub async fn pause(
     tag = "cron",
     summary = "Resume the schedule",
     params(("id" = String, Path, description = "app name")),
-    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    responses((status = 200, body = CronView), crate::openapi::Errors),
     security(("bearer" = ["admin"])),
 )]
 pub async fn resume(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<CronView>> {
     set_paused(state, id, false).await
 }
 
@@ -172,14 +164,14 @@ pub struct ScheduleBody {
     summary = "Override the schedule",
     params(("id" = String, Path, description = "app name")),
     request_body(content = ScheduleBody, content_type = "application/json"),
-    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    responses((status = 200, body = CronView), crate::openapi::Errors),
     security(("bearer" = ["admin"])),
 )]
 pub async fn set_schedule(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Body(body): Body<SMALL_LIMIT>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<CronView>> {
     let body: ScheduleBody =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("invalid body: {e}")))?;
     let mut tx = state.pool.begin().await?;
@@ -196,5 +188,5 @@ pub async fn set_schedule(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("app {app} has no cron state")))?;
     tx.commit().await?;
-    Ok(Json(state_json(&updated)))
+    Ok(Json(CronView::from(&updated)))
 }

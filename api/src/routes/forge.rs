@@ -7,13 +7,13 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use norn_shared::db::apps;
-use norn_shared::db::forge::{self, ForgeState};
+use norn_shared::db::forge::{self, ForgeQueued, ForgeState};
 use norn_shared::db::saga::{self, NewSagaEvent};
 use norn_shared::domain::ForgeStatus;
 use norn_shared::jobs::{ForgeAction, ForgeJob};
 use norn_shared::queue::{self, Queue};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use sqlx::PgConnection;
 
 use super::apps::app_id;
@@ -43,13 +43,16 @@ fn internal(e: forge::ForgeDbError) -> ApiError {
     tag = "forge",
     summary = "The app services state",
     params(("id" = String, Path, description = "app name")),
-    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    responses((status = 200, body = ForgeState), crate::openapi::Errors),
     security(("bearer" = ["viewer"])),
 )]
-pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ForgeState>> {
     let mut conn = state.pool.acquire().await?;
     let (_, forged) = state_of(&mut conn, &id).await?;
-    Ok(Json(json!(forged)))
+    Ok(Json(forged))
 }
 
 #[derive(Deserialize, Default, utoipa::ToSchema)]
@@ -66,7 +69,7 @@ pub struct ForgeBody {
     summary = "Provision the app services",
     params(("id" = String, Path, description = "app name")),
     request_body(content = ForgeBody, content_type = "application/json"),
-    responses((status = 202, body = serde_json::Value), crate::openapi::Errors),
+    responses((status = 202, body = ForgeQueued), crate::openapi::Errors),
     security(("bearer" = ["admin"])),
 )]
 pub async fn forge(
@@ -74,7 +77,7 @@ pub async fn forge(
     Extension(by): Extension<Principal>,
     Path(id): Path<String>,
     Body(body): Body<SMALL_LIMIT>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<ForgeQueued>)> {
     let ForgeBody { force } = optional_json(&body)?;
     let mut tx = state.pool.begin().await?;
     let (app, current) = state_of(&mut tx, &id).await?;
@@ -103,7 +106,7 @@ pub struct TeardownQuery {
     tag = "forge",
     summary = "Reverse the forge",
     params(("id" = String, Path, description = "app name"), TeardownQuery),
-    responses((status = 202, body = serde_json::Value), crate::openapi::Errors),
+    responses((status = 202, body = ForgeQueued), crate::openapi::Errors),
     security(("bearer" = ["admin"])),
 )]
 pub async fn teardown(
@@ -111,7 +114,7 @@ pub async fn teardown(
     Extension(by): Extension<Principal>,
     Path(id): Path<String>,
     Query(q): Query<TeardownQuery>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<ForgeQueued>)> {
     let drop_data = flag(q.drop_data.as_deref(), "dropData")?;
     if drop_data && !flag(q.confirm.as_deref(), "confirm")? {
         return Err(ApiError::field(
@@ -147,7 +150,7 @@ async fn queue_job(
     mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
     app: &str,
     action: ForgeAction,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<ForgeQueued>)> {
     let id = uuid::Uuid::now_v7().to_string();
     let job = ForgeJob {
         id: id.clone(),
@@ -174,6 +177,10 @@ async fn queue_job(
     tracing::info!(app = %app, job.id = %id, action = ?action, "forge queued");
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"id": id, "app": app, "action": action})),
+        Json(ForgeQueued {
+            id,
+            app: app.to_owned(),
+            action,
+        }),
     ))
 }

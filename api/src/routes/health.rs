@@ -1,7 +1,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use serde_json::{Value, json};
+use norn_shared::health::{FailingEngine, HealthReport, Overall, Service, ServiceStatus, Services};
 
 use crate::state::AppState;
 
@@ -18,13 +18,16 @@ const PROBE: std::time::Duration = std::time::Duration::from_secs(3);
     path = "/api/health",
     tag = "health",
     summary = "Liveness and dependencies; details only with a token",
-    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    responses(
+        (status = 200, body = HealthReport),
+        (status = 503, body = HealthReport, description = "Postgres is down"),
+    ),
     security(()),
 )]
 pub async fn health(
     State(state): State<AppState>,
     headers: HeaderMap,
-) -> (StatusCode, Json<Value>) {
+) -> (StatusCode, Json<HealthReport>) {
     // Bounded, and nothing else asks the database once it is down: a probe
     // must answer within the load balancer's patience, not after one pool
     // timeout per query.
@@ -40,30 +43,39 @@ pub async fn health(
         Err("Postgres is down".to_owned())
     };
     let docker = match &engines {
-        Err(_) => json!({"status": "unknown"}),
-        Ok(rows) if rows.is_empty() => {
-            json!({"status": "down", "details": "no live worker reports a container engine"})
-        }
+        Err(_) => Service::new(ServiceStatus::Unknown),
+        Ok(rows) if rows.is_empty() => Service::explained(
+            ServiceStatus::Down,
+            "no live worker reports a container engine",
+        ),
         Ok(rows) => {
-            let down: Vec<Value> = rows
+            let failing: Vec<FailingEngine> = rows
                 .iter()
                 .filter(|(_, ok, _)| !ok)
-                .map(|(node, _, e)| json!({"node": node, "error": e}))
+                .map(|(node, _, e)| FailingEngine {
+                    node: node.clone(),
+                    error: e.clone(),
+                })
                 .collect();
-            if down.is_empty() {
-                json!({"status": "up", "workers": rows.len()})
+            let status = if failing.is_empty() {
+                ServiceStatus::Up
             } else {
-                json!({"status": "down", "workers": rows.len(), "failing": down})
+                ServiceStatus::Down
+            };
+            Service {
+                workers: Some(rows.len()),
+                failing,
+                ..Service::new(status)
             }
         }
     };
-    let ok = pg_up && docker["status"] == "up";
+    let ok = pg_up && docker.status == ServiceStatus::Up;
     let code = if pg_up {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let status = if ok { "ok" } else { "degraded" };
+    let status = if ok { Overall::Ok } else { Overall::Degraded };
     // Details for any valid token (a named one needs the database, which
     // may be what is down: the bootstrap token never does).
     let known = tokio::time::timeout(PROBE, crate::auth::principal(&state, &headers))
@@ -73,57 +85,70 @@ pub async fn health(
         .flatten()
         .is_some();
     if !known {
-        return (code, Json(json!({ "status": status })));
+        let report = HealthReport {
+            status,
+            services: None,
+            queues: None,
+        };
+        return (code, Json(report));
     }
-    let queues: serde_json::Map<String, Value> = if pg_up {
+    let queues = if pg_up {
         norn_shared::queue::depth(&state.pool)
             .await
-            .map(|rows| rows.into_iter().map(|(q, n)| (q, json!(n))).collect())
+            .map(|rows| rows.into_iter().collect())
             .unwrap_or_default()
     } else {
-        serde_json::Map::new()
+        Default::default()
     };
-    let body = json!({
-        "status": status,
-        "services": {
-            "postgres": json!({"status": if pg_up { "up" } else { "down" }}),
-            "docker": docker,
-            "appDatabases": app_databases(&state).await,
-            "kv": kv(&state).await,
-            "events": events(&state).await,
-        },
-        "queues": queues,
-    });
-    (code, Json(body))
+    let postgres = if pg_up {
+        Service::new(ServiceStatus::Up)
+    } else {
+        Service::down(format!("no answer to SELECT 1 within {PROBE:?}"))
+    };
+    let report = HealthReport {
+        status,
+        services: Some(Services {
+            postgres,
+            docker,
+            app_databases: app_databases(&state).await,
+            kv: kv(&state).await,
+            events: events(&state).await,
+        }),
+        queues: Some(queues),
+    };
+    (code, Json(report))
 }
 
 /// The key-value server (`NORN_KV_URL`), as Norn's admin user.
-async fn kv(state: &AppState) -> Value {
+async fn kv(state: &AppState) -> Service {
     let Some(url) = &state.config.kv_url else {
-        return json!({"status": "not_configured", "details": "NORN_KV_URL is not set"});
+        return Service::explained(ServiceStatus::NotConfigured, "NORN_KV_URL is not set");
     };
     match norn_shared::kv::ping(url.expose()).await {
-        Ok(()) => json!({"status": "up"}),
-        Err(e) => json!({"status": "down", "error": e.to_string()}),
+        Ok(()) => Service::new(ServiceStatus::Up),
+        Err(e) => Service::down(e.to_string()),
     }
 }
 
 /// The Kafka-protocol brokers (`NORN_EVENTS_BROKERS`): they answer a
 /// metadata request.
-async fn events(state: &AppState) -> Value {
+async fn events(state: &AppState) -> Service {
     let Some(brokers) = &state.config.events_brokers else {
-        return json!({"status": "not_configured", "details": "NORN_EVENTS_BROKERS is not set"});
+        return Service::explained(
+            ServiceStatus::NotConfigured,
+            "NORN_EVENTS_BROKERS is not set",
+        );
     };
     match norn_shared::brokers::ping(brokers).await {
-        Ok(()) => json!({"status": "up"}),
-        Err(e) => json!({"status": "down", "error": e.to_string()}),
+        Ok(()) => Service::new(ServiceStatus::Up),
+        Err(e) => Service::down(e.to_string()),
     }
 }
 
 /// The server app databases live on (`NORN_APP_DATABASE_URL`), as the
 /// provisioning role: a forge needs it. Checked only for callers with the
 /// token, with a short timeout.
-async fn app_databases(state: &AppState) -> Value {
+async fn app_databases(state: &AppState) -> Service {
     use sqlx::Connection;
     let Some(url) = state
         .config
@@ -131,7 +156,7 @@ async fn app_databases(state: &AppState) -> Value {
         .as_ref()
         .or(state.config.database_url.as_ref())
     else {
-        return json!({"status": "not_configured"});
+        return Service::new(ServiceStatus::NotConfigured);
     };
     let check = async {
         let mut conn = sqlx::PgConnection::connect(url.expose()).await?;
@@ -139,8 +164,8 @@ async fn app_databases(state: &AppState) -> Value {
         conn.close().await
     };
     match tokio::time::timeout(std::time::Duration::from_secs(3), check).await {
-        Ok(Ok(())) => json!({"status": "up"}),
-        Ok(Err(e)) => json!({"status": "down", "error": e.to_string()}),
-        Err(_) => json!({"status": "down", "error": "no answer within 3 s"}),
+        Ok(Ok(())) => Service::new(ServiceStatus::Up),
+        Ok(Err(e)) => Service::down(e.to_string()),
+        Err(_) => Service::down("no answer within 3 s"),
     }
 }

@@ -7,12 +7,12 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use norn_shared::db::apps::{self, App};
-use norn_shared::db::restores::{self, NewRestore};
+use norn_shared::db::restores::{self, NewRestore, RestoreQueued, RestoreStatus, SnapshotList};
 use norn_shared::db::saga::{self, NewSagaEvent};
 use norn_shared::jobs::RestoreJob;
 use norn_shared::queue::{self, Queue};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use sqlx::PgConnection;
 
 use super::apps::app_id;
@@ -47,22 +47,25 @@ async fn database_of(conn: &mut PgConnection, id: &str) -> ApiResult<(App, Strin
     tag = "snapshots",
     summary = "Snapshots and recent restores",
     params(("id" = String, Path, description = "app name")),
-    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    responses((status = 200, body = SnapshotList), crate::openapi::Errors),
     security(("bearer" = ["viewer"])),
 )]
-pub async fn list(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn list(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<SnapshotList>> {
     let mut conn = state.pool.acquire().await?;
     let (app, database) = database_of(&mut conn, &id).await?;
     let dir = state.config.snapshots_dir.clone();
     let db = database.clone();
     let list =
         tokio::task::spawn_blocking(move || norn_shared::snapshots::list(&dir, &db)).await??;
-    Ok(Json(json!({
-        "database": database,
-        "keep": app.spec.snapshots.keep,
-        "snapshots": list,
-        "restores": restores::recent(&mut conn, &app.id).await?,
-    })))
+    Ok(Json(SnapshotList {
+        database,
+        keep: app.spec.snapshots.keep,
+        snapshots: list,
+        restores: restores::recent(&mut conn, &app.id).await?,
+    }))
 }
 
 #[derive(Deserialize, Default, utoipa::IntoParams)]
@@ -94,7 +97,7 @@ pub(crate) fn flag(value: Option<&str>, field: &str) -> ApiResult<bool> {
     tag = "snapshots",
     summary = "Restore a snapshot",
     params(("id" = String, Path, description = "app name"), ("ts" = String, Path, description = "snapshot time, YYYYMMDDTHHMMSS"), RestoreQuery),
-    responses((status = 202, body = serde_json::Value), crate::openapi::Errors),
+    responses((status = 202, body = RestoreQueued), crate::openapi::Errors),
     security(("bearer" = ["admin"])),
 )]
 pub async fn restore(
@@ -102,7 +105,7 @@ pub async fn restore(
     Extension(by): Extension<Principal>,
     Path((id, ts)): Path<(String, String)>,
     Query(q): Query<RestoreQuery>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<RestoreQueued>)> {
     let mut tx = state.pool.begin().await?;
     let (app, database) = database_of(&mut tx, &id).await?;
     let pre_restore = flag(q.pre_restore.as_deref(), "preRestore")?;
@@ -158,8 +161,11 @@ pub async fn restore(
     tracing::info!(app = %app.id, snapshot = %snapshot, restore.id = %restore_id, "restore queued");
     Ok((
         StatusCode::ACCEPTED,
-        Json(
-            json!({"id": restore_id, "status": "queued", "snapshot": snapshot, "preRestore": pre_restore}),
-        ),
+        Json(RestoreQueued {
+            id: restore_id,
+            status: RestoreStatus::Queued,
+            snapshot,
+            pre_restore,
+        }),
     ))
 }

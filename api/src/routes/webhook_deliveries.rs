@@ -280,13 +280,13 @@ pub async fn put_secret(
     tag = "webhooks",
     summary = "Remove the app webhook secret",
     params(("id" = String, Path, description = "app name")),
-    responses((status = 200, body = serde_json::Value), crate::openapi::Errors),
+    responses((status = 204, description = "removed"), crate::openapi::Errors),
     security(("bearer" = ["admin"])),
 )]
 pub async fn delete_secret(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<StatusCode> {
     let app = app_id(&id)?;
     let mut conn = state.pool.acquire().await?;
     if !webhooks::delete_secret(&mut conn, app.as_str()).await? {
@@ -295,5 +295,5 @@ pub async fn delete_secret(
         )));
     }
     tracing::info!(app = %app, "webhook secret removed");
-    Ok(Json(json!({"app": app.as_str(), "deleted": true})))
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -2,7 +2,7 @@
 //! JSON); it is re-validated on every read so a stored spec is never trusted
 //! blindly across Norn versions.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use sqlx::types::Json;
 
@@ -18,7 +18,7 @@ struct Row {
     updated_at: chrono::DateTime<chrono::Utc>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct App {
     pub id: String,
@@ -191,13 +191,46 @@ pub async fn lock(conn: &mut PgConnection, id: &str) -> Result<bool, AppError> {
 }
 
 /// A registered app whose stored spec no longer validates.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InvalidApp {
     pub id: String,
     pub error: String,
     pub source: String,
     pub updated_at: chrono::DateTime<chrono::Utc>,
+    /// Always `false`: what tells it from a valid app in a list.
+    pub valid: bool,
+}
+
+/// One entry of `GET /api/apps`: an app, or one whose stored spec no
+/// longer validates (register it again).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum Listed {
+    Invalid(InvalidApp),
+    Valid(Box<App>),
+}
+
+/// What `POST /api/apps` answers: the app as validated.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Registered {
+    pub id: String,
+    /// False when it replaced the app's earlier spec.
+    pub created: bool,
+    pub spec: InfraSpec,
+}
+
+/// What `GET /api/apps/{id}` answers.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppDetail {
+    pub app: App,
+    /// The deployment serving now.
+    pub current: Option<super::deployments::Deployment>,
+    pub routes: Vec<super::routes::Route>,
+    /// The newest ten, without step output.
+    pub deployments: Vec<super::deployments::Deployment>,
 }
 
 /// Every app, each either valid or listed with its validation error: one
@@ -216,6 +249,7 @@ pub async fn list(conn: &mut PgConnection) -> Result<Vec<Result<App, InvalidApp>
                 error: errors.to_string(),
                 source: row.source.clone(),
                 updated_at: row.updated_at,
+                valid: false,
             };
             match InfraSpec::from_json(row.spec.0.clone()) {
                 Ok(spec) => Ok(App::with_spec(row, spec)),

@@ -121,6 +121,67 @@ pub struct Tick {
     pub enqueued_at: DateTime<Utc>,
 }
 
+/// A cron app's schedule as it stands (`GET …/cron`'s `state`, and what
+/// pause, resume and a schedule override answer).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CronView {
+    pub process: Option<String>,
+    /// The expression in force: the override, else the infraspec's.
+    pub schedule: String,
+    pub spec_schedule: String,
+    pub schedule_override: Option<String>,
+    pub timezone: Option<String>,
+    pub paused: bool,
+    /// The image its runs use (the app's deployed one).
+    pub image_tag: Option<String>,
+    pub next_run_at: Option<DateTime<Utc>>,
+    pub last_scheduled_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<&CronState> for CronView {
+    fn from(s: &CronState) -> Self {
+        Self {
+            process: s.process.clone(),
+            schedule: s.expression().to_owned(),
+            spec_schedule: s.schedule.clone(),
+            schedule_override: s.schedule_override.clone(),
+            timezone: s.timezone.clone(),
+            paused: s.paused,
+            image_tag: s.image_tag.clone(),
+            next_run_at: s.next_run_at,
+            last_scheduled_at: s.last_scheduled_at,
+            updated_at: s.updated_at,
+        }
+    }
+}
+
+/// `GET /api/apps/{id}/cron`: the schedule, its policy, recent runs,
+/// skipped ticks and incidents (missed ticks, lost runs).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CronOverview {
+    pub app: String,
+    pub process: String,
+    pub policy: crate::infraspec::CronPolicy,
+    /// Absent until the app's first deploy.
+    pub state: Option<CronView>,
+    pub executions: Vec<Execution>,
+    pub skipped: Vec<Tick>,
+    pub incidents: Vec<super::saga::SagaEvent>,
+}
+
+/// `POST /api/apps/{id}/cron/trigger`: the tick queued.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CronTriggered {
+    pub app: String,
+    pub process: String,
+    pub scheduled_at: DateTime<Utc>,
+    pub trigger: Trigger,
+}
+
 async fn notify(conn: &mut PgConnection, app: &str) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(CHANGED_CHANNEL)

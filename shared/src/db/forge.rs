@@ -22,6 +22,15 @@ pub struct ForgeState {
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// `POST …/forge` and `…/teardown`: the operation queued.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ForgeQueued {
+    /// The job's id.
+    pub id: String,
+    pub app: String,
+    pub action: crate::jobs::ForgeAction,
+}
+
 #[derive(sqlx::FromRow)]
 struct Row {
     app: String,

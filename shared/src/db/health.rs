@@ -34,6 +34,18 @@ pub struct Summary {
     pub mean_response_ms: Option<f64>,
 }
 
+/// `GET /api/apps/{id}/health-checks`: a summary of the range and its checks.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckReport {
+    pub app: String,
+    pub range_seconds: u64,
+    #[serde(flatten)]
+    pub summary: Summary,
+    /// Newest first, at most 5,000.
+    pub items: Vec<Check>,
+}
+
 pub struct NewCheck<'a> {
     pub app: &'a str,
     pub healthy: bool,

@@ -1,9 +1,22 @@
 //! `snapshot_restores`: database restores requested through the API.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+/// Where a restore stands.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum RestoreStatus {
+    Queued,
+    Running,
+    Completed,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Restore {
     pub id: String,
@@ -12,12 +25,34 @@ pub struct Restore {
     pub snapshot: String,
     pub pre_restore: bool,
     pub pre_restore_file: Option<String>,
-    pub status: String,
+    pub status: RestoreStatus,
     pub output: String,
     pub error: Option<String>,
     pub requested_by: String,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// `GET /api/apps/{id}/snapshots`: the app database's dumps, newest first,
+/// and its recent restores.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotList {
+    pub database: String,
+    /// How many dumps the app keeps (`snapshots.keep`).
+    pub keep: u32,
+    pub snapshots: Vec<crate::snapshots::SnapshotFile>,
+    pub restores: Vec<Restore>,
+}
+
+/// `POST …/snapshots/{ts}/restore`: the restore queued.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreQueued {
+    pub id: String,
+    pub status: RestoreStatus,
+    pub snapshot: String,
+    pub pre_restore: bool,
 }
 
 const COLUMNS: &str = "id, app, database_name, snapshot, pre_restore, pre_restore_file, status, \

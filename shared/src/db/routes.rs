@@ -6,7 +6,7 @@ use sqlx::PgConnection;
 
 pub const CHANGED_CHANNEL: &str = "norn_routes";
 
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Route {
     pub app: String,

@@ -2,13 +2,13 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::raw::RawCron;
 use super::validate::{Errors, duration};
 
 /// What to do with a tick while the previous run is still going.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Overlap {
     /// Skip the new tick and record that it was skipped.
@@ -20,7 +20,7 @@ pub enum Overlap {
 }
 
 /// What to do with ticks that passed while no scheduler was running.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Missed {
     /// One run for all of them.
@@ -30,13 +30,15 @@ pub enum Missed {
     CatchUp,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CronPolicy {
     #[serde(with = "super::secs")]
+    #[schema(value_type = String)]
     pub timeout: Duration,
     /// A tick later than this (no scheduler running, no worker free) counts as missed.
     #[serde(with = "super::secs")]
+    #[schema(value_type = String)]
     pub grace: Duration,
     pub overlap: Overlap,
     pub missed: Missed,

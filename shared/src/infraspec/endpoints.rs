@@ -17,7 +17,7 @@ pub(super) struct RawEndpoint {
 }
 
 /// One endpoint: `url` normalised to its bare, lower-case hostname.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Endpoint {
     pub hostname: String,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -13,7 +13,7 @@ mod validate;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::domain::AppName;
 
@@ -35,9 +35,10 @@ impl SpecErrors {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InfraSpec {
+    #[schema(value_type = String)]
     pub name: AppName,
     pub repo: Option<Repo>,
     pub build: Build,
@@ -55,12 +56,12 @@ pub struct InfraSpec {
 }
 
 /// `snapshots`: how many pre-migration dumps of the app database to keep.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Snapshots {
     pub keep: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Repo {
     pub url: String,
@@ -68,14 +69,14 @@ pub struct Repo {
     pub auto_deploy: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Build {
     pub dockerfile: String,
     pub test: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Process {
     pub port: Option<u16>,
@@ -95,17 +96,19 @@ impl Process {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Health {
     pub path: String,
     #[serde(with = "secs")]
+    #[schema(value_type = String)]
     pub interval: Duration,
     #[serde(with = "secs")]
+    #[schema(value_type = String)]
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Schedule {
     /// As written: 5 fields, or 6 with seconds.
@@ -119,10 +122,11 @@ pub use endpoints::Endpoint;
 pub use policy::{DeployPolicy, QueuePolicy, StepTimeouts};
 pub use previews::Previews;
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Function {
     #[serde(with = "secs")]
+    #[schema(value_type = String)]
     pub timeout: Duration,
     pub memory_mb: u32,
     /// Runs at once for this function; more wait in the queue (up to
@@ -133,7 +137,7 @@ pub struct Function {
     pub warm: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Services {
     pub postgres: Option<Postgres>,
@@ -141,30 +145,47 @@ pub struct Services {
     pub events: Option<Events>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Postgres {
     pub database: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Kv {
     pub namespace: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Events {
     pub topics: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Migrations {
     pub command: String,
 }
 
+/// Durations as the API writes them, `"<n>ms"`; read back by clients of the
+/// API (the server itself reads specs only through [`InfraSpec::decode`]).
 pub(crate) mod secs {
     use std::time::Duration;
+
+    use serde::Deserialize;
+
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format!("{}ms", d.as_millis()))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        parse(&text).map_err(serde::de::Error::custom)
+    }
+
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        text.strip_suffix("ms")
+            .and_then(|n| n.parse::<u64>().ok())
+            .map(Duration::from_millis)
+            .ok_or_else(|| format!("expected a duration like \"1500ms\", got {text:?}"))
     }
 }
 

@@ -2,13 +2,13 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::raw::{RawDeployPolicy, RawTimeouts};
 use super::validate::{Errors, duration};
 
 /// What happens to an older deploy that is still queued when a newer one arrives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum QueuePolicy {
     /// The older one ends `failed` with `superseded by <id>`: only the newest runs.
@@ -19,22 +19,27 @@ pub enum QueuePolicy {
 }
 
 /// Per-app step deadlines; `None` falls back to the global setting.
-#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StepTimeouts {
     #[serde(with = "opt_secs")]
+    #[schema(value_type = Option<String>)]
     pub build: Option<Duration>,
     #[serde(with = "opt_secs")]
+    #[schema(value_type = Option<String>)]
     pub test: Option<Duration>,
     #[serde(with = "opt_secs")]
+    #[schema(value_type = Option<String>)]
     pub snapshot: Option<Duration>,
     #[serde(with = "opt_secs")]
+    #[schema(value_type = Option<String>)]
     pub migrate: Option<Duration>,
     #[serde(with = "opt_secs")]
+    #[schema(value_type = Option<String>)]
     pub healthy: Option<Duration>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeployPolicy {
     pub queue: QueuePolicy,
@@ -103,10 +108,21 @@ fn timeouts(raw: Option<RawTimeouts>, errors: &mut Errors) -> StepTimeouts {
 
 mod opt_secs {
     use std::time::Duration;
+
+    use serde::Deserialize;
+
     pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
         match d {
             Some(d) => s.serialize_str(&format!("{}ms", d.as_millis())),
             None => s.serialize_none(),
         }
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|text| super::super::secs::parse(&text).map_err(serde::de::Error::custom))
+            .transpose()
     }
 }

@@ -25,10 +25,11 @@ pub(super) struct RawPreviews {
     pub secrets: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Previews {
     /// Torn down when no commit has been pushed to it for this long.
     #[serde(with = "secs")]
+    #[schema(value_type = String)]
     pub ttl: Duration,
     /// Open previews at most; the one idle longest goes first.
     pub max: u32,
@@ -38,11 +39,25 @@ pub struct Previews {
 }
 
 mod secs {
+    use serde::Deserialize;
+
     pub fn serialize<S: serde::Serializer>(
         d: &std::time::Duration,
         s: S,
     ) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format!("{}s", d.as_secs()))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<std::time::Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        text.strip_suffix('s')
+            .and_then(|n| n.parse::<u64>().ok())
+            .map(std::time::Duration::from_secs)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!("expected a duration like \"60s\", got {text:?}"))
+            })
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use apalis::prelude::{BoxDynError, Data};
 use norn_shared::db::lease;
-use norn_shared::db::restores::{self, Restore};
+use norn_shared::db::restores::{self, Restore, RestoreStatus};
 use norn_shared::db::saga::{self, NewSagaEvent};
 use norn_shared::events::{self, Event, EventBody, RestoreEnded};
 use norn_shared::jobs::RestoreJob;
@@ -37,7 +37,8 @@ async fn load(state: &WorkerState, id: &str) -> Result<Option<Restore>, WorkerEr
 async fn execute(job: &RestoreJob, state: &WorkerState) -> Result<(), WorkerError> {
     let turn = || async {
         let r = load(state, &job.restore_id).await?;
-        let live = r.is_some_and(|r| r.status == "queued" || r.status == "running");
+        let live =
+            r.is_some_and(|r| matches!(r.status, RestoreStatus::Queued | RestoreStatus::Running));
         Ok(if live { Turn::Go } else { Turn::Gone })
     };
     let work = |token| restore(job, state, token);
