@@ -36,6 +36,23 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# One app registered at start (NORN_APPS_DIR), so the second pass below
+# reads real answers: a spec with every part, cron state, previews, secrets.
+mkdir -p "$work/apps/fuzzed"
+cat >"$work/apps/fuzzed/infraspec.yaml" <<'SPEC'
+name: fuzzed
+repo: {url: "https://git.example.com/org/fuzzed.git", branch: main, autoDeploy: true}
+processes:
+  web: {port: 8080, health: {path: /health, timeout: 2s}}
+  nightly: {command: "true", schedule: "0 3 * * *", cron: {overlap: replace}}
+  echo: {command: cat, function: {timeout: 10s, warm: 1}}
+services: {postgres: {database: fuzzed}}
+deployPolicy: {timeouts: {build: 10m}}
+previews: {enabled: true, ttl: 24h, max: 3}
+env: {GREETING: hello}
+secrets: [API_KEY]
+SPEC
+
 DATABASE_URL="postgres://postgres@127.0.0.1:$PGPORT/$db" \
 NORN_SECRET_KEY="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
 NORN_API_TOKEN="$token" \
@@ -56,9 +73,25 @@ until curl -fs "http://127.0.0.1:$port/api/openapi.json" >/dev/null; do
   sleep 0.2
 done
 
+checks=not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance
+failed() { echo "ci: schemathesis failed ($1); the API's log:" >&2; tail -50 "$work/api.log" >&2; exit 1; }
+
+# Every operation with generated (mostly hostile) input.
 "$VENV/bin/schemathesis" run "http://127.0.0.1:$port/api/openapi.json" \
   --header "Authorization: Bearer $token" \
-  --checks not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance \
-  --exclude-path /ws \
+  --checks "$checks" --exclude-path /ws \
   --max-examples 30 --seed 1 --request-timeout 20 \
-  || { echo "ci: schemathesis failed; the API's log:" >&2; tail -50 "$work/api.log" >&2; exit 1; }
+  || failed "every operation"
+
+# The app's own operations with its real name, so answers carry real data
+# (its spec, cron state, snapshots list, previews) checked against the schemas.
+cat >"$work/schemathesis.toml" <<'TOML'
+[parameters]
+"path.id" = "fuzzed"
+TOML
+"$VENV/bin/schemathesis" --config-file "$work/schemathesis.toml" \
+  run "http://127.0.0.1:$port/api/openapi.json" \
+  --header "Authorization: Bearer $token" \
+  --checks "$checks" --include-path-regex '^/api/apps' \
+  --max-examples 10 --seed 1 --request-timeout 20 \
+  || failed "the registered app"

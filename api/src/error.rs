@@ -1,10 +1,10 @@
 //! The one HTTP error type. 4xx carry a useful message (and the field it is
 //! about); 5xx carry a generic body, with the cause logged once, here.
 
+use crate::openapi::ErrorBody;
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 #[derive(Debug)]
 pub enum ApiError {
@@ -63,41 +63,42 @@ where
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let said = |error: String| ErrorBody { error, field: None };
         let (status, body) = match self {
-            ApiError::BadRequest { message, field } => {
-                let mut body = json!({ "error": message });
-                if let Some(field) = field {
-                    body["field"] = json!(field);
-                }
-                (StatusCode::BAD_REQUEST, body)
-            }
+            ApiError::BadRequest { message, field } => (
+                StatusCode::BAD_REQUEST,
+                ErrorBody {
+                    error: message,
+                    field,
+                },
+            ),
             ApiError::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
-                json!({"error": "missing or invalid bearer token"}),
+                said("missing or invalid bearer token".into()),
             ),
-            ApiError::Forbidden(what) => (StatusCode::FORBIDDEN, json!({ "error": what })),
-            ApiError::NotFound(what) => (StatusCode::NOT_FOUND, json!({ "error": what })),
-            ApiError::Conflict(what) => (StatusCode::CONFLICT, json!({ "error": what })),
+            ApiError::Forbidden(what) => (StatusCode::FORBIDDEN, said(what)),
+            ApiError::NotFound(what) => (StatusCode::NOT_FOUND, said(what)),
+            ApiError::Conflict(what) => (StatusCode::CONFLICT, said(what)),
             ApiError::ConflictOn { message, field } => (
                 StatusCode::CONFLICT,
-                json!({ "error": message, "field": field }),
+                ErrorBody {
+                    error: message,
+                    field: Some(field),
+                },
             ),
             ApiError::TooLarge { limit } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
-                json!({ "error": format!("the request body exceeds this route's limit of {limit} bytes") }),
+                said(format!(
+                    "the request body exceeds this route's limit of {limit} bytes"
+                )),
             ),
-            ApiError::Unavailable(what) => {
-                (StatusCode::SERVICE_UNAVAILABLE, json!({ "error": what }))
-            }
+            ApiError::Unavailable(what) => (StatusCode::SERVICE_UNAVAILABLE, said(what)),
             ApiError::TooMany {
                 message,
                 retry_after_secs,
             } => {
-                let mut response = (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    Json(json!({ "error": message })),
-                )
-                    .into_response();
+                let mut response =
+                    (StatusCode::TOO_MANY_REQUESTS, Json(said(message))).into_response();
                 response.headers_mut().insert(
                     axum::http::header::RETRY_AFTER,
                     axum::http::HeaderValue::from(retry_after_secs),
@@ -108,7 +109,7 @@ impl IntoResponse for ApiError {
                 tracing::error!(error = %cause, "request failed");
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    json!({"error": "internal error"}),
+                    said("internal error".into()),
                 )
             }
         };

@@ -14,10 +14,11 @@ use norn_shared::db::functions::{InvokeAccepted, InvokeResult};
 use crate::routes::*;
 
 /// The body of every error answer.
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: String,
     /// The input field the error is about, when it is about one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
 }
 
@@ -213,6 +214,58 @@ mod tests {
                 Some(crate::auth::required_role(&m, &route).as_str().to_owned())
             };
             assert_eq!(role, enforced, "{method} {path}");
+        }
+    }
+
+    /// A schema that says something: a reference, a type or a combination
+    /// (`{}` is what an untyped `serde_json::Value` answer documents).
+    fn is_typed(schema: &serde_json::Value) -> bool {
+        ["$ref", "type", "oneOf", "anyOf", "allOf", "items"]
+            .iter()
+            .any(|k| schema.get(k).is_some())
+    }
+
+    #[test]
+    fn every_json_answer_of_the_document_has_a_type() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let mut untyped = Vec::new();
+        let mut answers = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            // The document itself is OpenAPI's own format.
+            if path == "/api/openapi.json" {
+                continue;
+            }
+            for (method, op) in item.as_object().unwrap() {
+                for (status, response) in op["responses"].as_object().unwrap() {
+                    let Some(schema) = response.pointer("/content/application~1json/schema") else {
+                        continue;
+                    };
+                    answers += 1;
+                    if !is_typed(schema) {
+                        untyped.push(format!("{method} {path} {status}"));
+                    }
+                }
+            }
+        }
+        assert!(answers > 100, "found only {answers} JSON answers");
+        assert!(untyped.is_empty(), "answers without a type: {untyped:#?}");
+    }
+
+    #[test]
+    fn the_event_schema_names_every_kind() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let text = doc["components"]["schemas"].to_string();
+        for kind in [
+            "deploy.queued",
+            "deploy.step",
+            "deploy.log",
+            "cron.missed",
+            "func.failed",
+            "forge.completed",
+            "preview.removed",
+            "stream.lagged",
+        ] {
+            assert!(text.contains(kind), "{kind} is not in the Event schema");
         }
     }
 }

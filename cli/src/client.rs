@@ -4,9 +4,13 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
+use norn_api::openapi::ErrorBody;
+use norn_shared::db::apps::Listed;
 use norn_shared::db::deployments::{CancelStatus, Deployment};
 use norn_shared::domain::{DeploymentStatus, StepEntry, StepStatus};
 use norn_shared::events::{DeployLog, Event, EventBody};
+use norn_shared::health::{HealthReport, Overall, ServiceStatus};
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -46,8 +50,7 @@ impl Api {
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
-            let msg = body["error"].as_str().unwrap_or("request failed");
-            bail!("{msg} (HTTP {})", status.as_u16());
+            bail!("{} (HTTP {})", error_of(body), status.as_u16());
         }
         Ok((status.as_u16(), body))
     }
@@ -66,6 +69,25 @@ impl Api {
 
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.send(self.req(reqwest::Method::GET, path)).await
+    }
+
+    /// GET into the answer's type (the one the API serialises).
+    pub async fn get_as<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        decode(self.get(path).await?, path)
+    }
+
+    /// POST of `body` into the answer's type.
+    pub async fn post_as<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<T> {
+        decode(self.post(path, body).await?, path)
+    }
+
+    /// PUT of `body` into the answer's type.
+    pub async fn put_as<T: DeserializeOwned>(&self, path: &str, body: &Value) -> anyhow::Result<T> {
+        decode(self.put(path, body).await?, path)
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
@@ -109,8 +131,7 @@ impl Api {
         let status = resp.status();
         if !status.is_success() {
             let body: Value = resp.json().await.unwrap_or(Value::Null);
-            let msg = body["error"].as_str().unwrap_or("request failed");
-            bail!("{msg} (HTTP {})", status.as_u16());
+            bail!("{} (HTTP {})", error_of(body), status.as_u16());
         }
         let mut out = std::io::stdout().lock();
         while let Some(chunk) = resp.chunk().await? {
@@ -136,6 +157,33 @@ impl Api {
         req.headers_mut()
             .insert("Sec-WebSocket-Protocol", protocols.parse()?);
         Ok(req)
+    }
+}
+
+/// What an error answer (`{error, field?}`) says; its messages name the
+/// field already.
+fn error_of(body: Value) -> String {
+    serde_json::from_value::<ErrorBody>(body)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| "request failed".to_owned())
+}
+
+/// An answer read as its type; a shape this build does not know means the
+/// API is another version.
+pub fn decode<T: DeserializeOwned>(answer: Value, path: &str) -> anyhow::Result<T> {
+    serde_json::from_value(answer).with_context(|| {
+        format!(
+            "the API's answer to {path} is not what this norn expects (are both the same version?)"
+        )
+    })
+}
+
+/// What a status or kind is called in the API's answers (`not_configured`,
+/// `tearing_down`, …): the same words on screen as on the wire.
+pub fn wire_name<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(Value::String(name)) => name,
+        _ => "?".to_owned(),
     }
 }
 
@@ -233,8 +281,7 @@ async fn queue_and_follow(
     struct Queued {
         id: String,
     }
-    let queued: Queued = serde_json::from_value(api.post(path, body).await?)
-        .context("the API returned no deployment id")?;
+    let queued: Queued = api.post_as(path, body).await?;
     let id = queued.id;
     println!("deployment {id} queued");
     let mut ws = ws;
@@ -270,8 +317,7 @@ async fn queue_and_follow(
                 _ => ws = None,
             },
             _ = poll.tick() => {
-                let d: Deployment =
-                    serde_json::from_value(api.get(&format!("/api/deployments/{id}")).await?)?;
+                let d: Deployment = api.get_as(&format!("/api/deployments/{id}")).await?;
                 match d.status {
                     DeploymentStatus::Deployed => {
                         println!("deployed {}", d.image_tag.unwrap_or_default());
@@ -289,10 +335,9 @@ async fn queue_and_follow(
 }
 
 pub async fn cancel(api: &Api, deployment: &str) -> anyhow::Result<()> {
-    let r: norn_shared::db::deployments::CancelAnswer = serde_json::from_value(
-        api.post(&format!("/api/deployments/{deployment}/cancel"), &json!({}))
-            .await?,
-    )?;
+    let r: norn_shared::db::deployments::CancelAnswer = api
+        .post_as(&format!("/api/deployments/{deployment}/cancel"), &json!({}))
+        .await?;
     match r.status {
         CancelStatus::Canceling => {
             println!("{deployment}: cancel requested; its worker is stopping it")
@@ -303,8 +348,7 @@ pub async fn cancel(api: &Api, deployment: &str) -> anyhow::Result<()> {
 }
 
 pub async fn nodes(api: &Api) -> anyhow::Result<()> {
-    let list: Vec<norn_shared::db::nodes::Node> =
-        serde_json::from_value(api.get("/api/cluster/nodes").await?)?;
+    let list: Vec<norn_shared::db::nodes::Node> = api.get_as("/api/cluster/nodes").await?;
     println!(
         "{:<36}  {:<9}  {:<16}  {:<8}  {:>4}  last heartbeat",
         "id", "role", "name", "status", "jobs"
@@ -332,33 +376,31 @@ pub async fn drain(api: &Api, id: &str) -> anyhow::Result<()> {
 }
 
 pub async fn status(api: &Api) -> anyhow::Result<()> {
-    let apps = api.get("/api/apps").await?;
-    let deployments = api.get("/api/deployments?limit=20").await?;
+    let apps: Vec<Listed> = api.get_as("/api/apps").await?;
+    let deployments: Vec<Deployment> = api.get_as("/api/deployments?limit=20").await?;
     println!("{:<24} {:<10}", "APP", "SOURCE");
-    for app in apps.as_array().into_iter().flatten() {
-        let invalid = match app["error"].as_str() {
-            Some(e) if app["valid"] == false => format!("  INVALID SPEC: {e}"),
-            _ => String::new(),
-        };
-        println!(
-            "{:<24} {:<10}{invalid}",
-            app["id"].as_str().unwrap_or(""),
-            app["source"].as_str().unwrap_or("")
-        );
+    for listed in apps {
+        match listed {
+            Listed::Valid(app) => println!("{:<24} {:<10}", app.id, app.source),
+            Listed::Invalid(bad) => println!(
+                "{:<24} {:<10}  INVALID SPEC: {}",
+                bad.id, bad.source, bad.error
+            ),
+        }
     }
     println!();
     println!(
         "{:<38} {:<20} {:<13} {:<26} ERROR",
         "DEPLOYMENT", "APP", "STATUS", "IMAGE"
     );
-    for d in deployments.as_array().into_iter().flatten() {
+    for d in deployments {
         println!(
             "{:<38} {:<20} {:<13} {:<26} {}",
-            d["id"].as_str().unwrap_or(""),
-            d["app"].as_str().unwrap_or(""),
-            d["status"].as_str().unwrap_or(""),
-            d["imageTag"].as_str().unwrap_or("-"),
-            d["error"].as_str().unwrap_or(""),
+            d.id,
+            d.app,
+            d.status.as_str(),
+            d.image_tag.as_deref().unwrap_or("-"),
+            d.error.as_deref().unwrap_or(""),
         );
     }
     Ok(())
@@ -368,24 +410,22 @@ pub async fn status(api: &Api) -> anyhow::Result<()> {
 /// doctor`. `true` when none is down.
 pub async fn health(api: &Api) -> anyhow::Result<bool> {
     let (code, body) = api.get_any("/api/health").await?;
-    let status = body["status"].as_str().unwrap_or("unknown");
-    println!("norn: {status} (HTTP {code})");
-    let Some(services) = body["services"].as_object() else {
+    let report: HealthReport = decode(body, "/api/health")?;
+    println!("norn: {} (HTTP {code})", wire_name(&report.status));
+    let Some(services) = report.services else {
         println!("  (send the API token to see each service)");
-        return Ok(status == "ok");
+        return Ok(report.status == Overall::Ok);
     };
     let mut all_up = code == 200;
-    for (name, s) in services {
-        all_up &= s["status"] != "down";
-        let detail = s["error"]
-            .as_str()
-            .or(s["details"].as_str())
+    for (name, s) in services.named() {
+        all_up &= s.status != ServiceStatus::Down;
+        let detail = s
+            .error
+            .as_deref()
+            .or(s.details.as_deref())
             .map(|d| format!("  {d}"))
             .unwrap_or_default();
-        println!(
-            "  {name:<14} {}{detail}",
-            s["status"].as_str().unwrap_or("unknown")
-        );
+        println!("  {name:<14} {}{detail}", wire_name(&s.status));
     }
     // `not_configured` is not a failure: nothing needs it yet.
     Ok(all_up)

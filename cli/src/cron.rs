@@ -1,9 +1,10 @@
 //! `norn cron <app> [trigger|pause|resume|schedule <expr>]`.
 
 use clap::Subcommand;
-use serde_json::{Value, json};
+use norn_shared::db::cron::{CronOverview, CronTriggered, CronView};
+use serde_json::json;
 
-use crate::client::Api;
+use crate::client::{Api, wire_name};
 
 #[derive(Subcommand)]
 pub enum Action {
@@ -24,13 +25,10 @@ pub enum Action {
 pub async fn run(api: &Api, app: &str, action: Option<Action>) -> anyhow::Result<()> {
     let base = format!("/api/apps/{app}/cron");
     match action {
-        None => show(&api.get(&base).await?),
+        None => show(&api.get_as(&base).await?),
         Some(Action::Trigger) => {
-            let r = api.post(&format!("{base}/trigger"), &json!({})).await?;
-            println!(
-                "queued a run of {app} ({})",
-                r["scheduledAt"].as_str().unwrap_or("")
-            );
+            let r: CronTriggered = api.post_as(&format!("{base}/trigger"), &json!({})).await?;
+            println!("queued a run of {app} ({})", r.scheduled_at.to_rfc3339());
         }
         Some(Action::Pause) => {
             api.post(&format!("{base}/pause"), &json!({})).await?;
@@ -44,59 +42,51 @@ pub async fn run(api: &Api, app: &str, action: Option<Action>) -> anyhow::Result
             if expression.is_none() && !clear {
                 anyhow::bail!("give a cron expression, or --clear to use the infraspec's schedule");
             }
-            let r = api
-                .put(
+            let r: CronView = api
+                .put_as(
                     &format!("{base}/schedule"),
                     &json!({"schedule": expression}),
                 )
                 .await?;
-            println!(
-                "{app}: schedule is now {}",
-                r["schedule"].as_str().unwrap_or("?")
-            );
+            println!("{app}: schedule is now {}", r.schedule);
         }
     }
     Ok(())
 }
 
-fn show(body: &Value) {
-    let state = &body["state"];
-    println!("app       {}", body["app"].as_str().unwrap_or(""));
-    println!("process   {}", body["process"].as_str().unwrap_or(""));
-    if state.is_null() {
-        println!("state     not deployed yet");
-    } else {
-        println!("schedule  {}", state["schedule"].as_str().unwrap_or(""));
-        println!("paused    {}", state["paused"].as_bool().unwrap_or(false));
-        println!("next run  {}", state["nextRunAt"].as_str().unwrap_or("-"));
-        println!("image     {}", state["imageTag"].as_str().unwrap_or("-"));
+fn show(cron: &CronOverview) {
+    println!("app       {}", cron.app);
+    println!("process   {}", cron.process);
+    match &cron.state {
+        None => println!("state     not deployed yet"),
+        Some(state) => {
+            let or_dash = |t: Option<String>| t.unwrap_or_else(|| "-".into());
+            println!("schedule  {}", state.schedule);
+            println!("paused    {}", state.paused);
+            println!(
+                "next run  {}",
+                or_dash(state.next_run_at.map(|t| t.to_rfc3339()))
+            );
+            println!("image     {}", or_dash(state.image_tag.clone()));
+        }
     }
     println!();
     println!(
         "{:<28} {:<10} {:<10} {:>6} {:>9}",
         "SCHEDULED", "TRIGGER", "STATUS", "EXIT", "MS"
     );
-    for e in body["executions"].as_array().into_iter().flatten() {
+    let text = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    for e in &cron.executions {
         println!(
             "{:<28} {:<10} {:<10} {:>6} {:>9}",
-            e["scheduledAt"].as_str().unwrap_or(""),
-            e["trigger"].as_str().unwrap_or(""),
-            e["status"].as_str().unwrap_or(""),
-            e["exitCode"]
-                .as_i64()
-                .map(|c| c.to_string())
-                .unwrap_or("-".into()),
-            e["durationMs"]
-                .as_i64()
-                .map(|c| c.to_string())
-                .unwrap_or("-".into()),
+            text(e.scheduled_at.map(|t| t.to_rfc3339())),
+            text(e.trigger.map(|t| wire_name(&t))),
+            e.status.as_str(),
+            text(e.exit_code.map(|c| c.to_string())),
+            text(e.duration_ms.map(|c| c.to_string())),
         );
     }
-    for i in body["incidents"].as_array().into_iter().flatten() {
-        println!(
-            "! {} {}",
-            i["action"].as_str().unwrap_or(""),
-            i["message"].as_str().unwrap_or("")
-        );
+    for i in &cron.incidents {
+        println!("! {} {}", i.action, i.message);
     }
 }

@@ -5,7 +5,10 @@
 use std::time::Duration;
 
 use anyhow::bail;
-use serde_json::{Value, json};
+use norn_shared::db::apps::AppDetail;
+use norn_shared::db::forge::{ForgeQueued, ForgeState};
+use norn_shared::domain::{ForgeStatus, StepStatus};
+use serde_json::json;
 
 use crate::client::Api;
 
@@ -14,54 +17,46 @@ const FOLLOW: Duration = Duration::from_secs(600);
 
 pub async fn forge(api: &Api, app: &str, force: bool) -> anyhow::Result<bool> {
     let path = format!("/api/apps/{app}/forge");
-    let before = api.get(&path).await?;
-    let queued = api.post(&path, &json!({"force": force})).await?;
-    println!(
-        "forge of {app} queued ({})",
-        queued["id"].as_str().unwrap_or("")
-    );
-    follow(api, app, &before, "forged").await
+    let before: ForgeState = api.get_as(&path).await?;
+    let queued: ForgeQueued = api.post_as(&path, &json!({"force": force})).await?;
+    println!("forge of {app} queued ({})", queued.id);
+    follow(api, app, &before, ForgeStatus::Forged).await
 }
 
 pub async fn teardown(api: &Api, app: &str, drop_data: bool, yes: bool) -> anyhow::Result<bool> {
     if drop_data && !yes {
         bail!("--drop-data deletes {app}'s databases; repeat with --yes");
     }
-    let before = api.get(&format!("/api/apps/{app}/forge")).await?;
+    let before: ForgeState = api.get_as(&format!("/api/apps/{app}/forge")).await?;
     let query = if drop_data {
         "?dropData=true&confirm=true"
     } else {
         ""
     };
-    let queued = api
-        .post(&format!("/api/apps/{app}/teardown{query}"), &json!({}))
+    let queued: ForgeQueued = api
+        .post_as(&format!("/api/apps/{app}/teardown{query}"), &json!({}))
         .await?;
-    println!(
-        "teardown of {app} queued ({})",
-        queued["id"].as_str().unwrap_or("")
-    );
-    follow(api, app, &before, "unforged").await
+    println!("teardown of {app} queued ({})", queued.id);
+    follow(api, app, &before, ForgeStatus::Unforged).await
 }
 
 /// `norn endpoints <app>`: one line per declared hostname.
 pub async fn endpoints(api: &Api, app: &str) -> anyhow::Result<()> {
-    let detail = api.get(&format!("/api/apps/{app}")).await?;
-    let forge = api.get(&format!("/api/apps/{app}/forge")).await?;
-    let declared = detail["app"]["spec"]["endpoints"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let detail: AppDetail = api.get_as(&format!("/api/apps/{app}")).await?;
+    let forge: ForgeState = api.get_as(&format!("/api/apps/{app}/forge")).await?;
+    let declared = detail.app.spec.endpoints;
     if declared.is_empty() {
         println!("{app} declares no endpoints");
         return Ok(());
     }
-    let tunneled = forge["resources"]["endpoints"]["hostnames"]
-        .as_array()
-        .cloned()
+    let tunneled = forge
+        .resources
+        .endpoints
+        .map(|e| e.hostnames)
         .unwrap_or_default();
     for e in declared {
-        let host = e["hostname"].as_str().unwrap_or("");
-        let tunnel = if tunneled.iter().any(|t| t == host) {
+        let host = e.hostname;
+        let tunnel = if tunneled.contains(&host) {
             "tunnel rule written"
         } else {
             "no tunnel rule"
@@ -74,23 +69,23 @@ pub async fn endpoints(api: &Api, app: &str) -> anyhow::Result<()> {
 /// `norn topics <app>`: one line per declared topic, with its name on the
 /// brokers and whether the forge made it.
 pub async fn topics(api: &Api, app: &str) -> anyhow::Result<()> {
-    let detail = api.get(&format!("/api/apps/{app}")).await?;
-    let forge = api.get(&format!("/api/apps/{app}/forge")).await?;
-    let declared = detail["app"]["spec"]["services"]["events"]["topics"]
-        .as_array()
-        .cloned()
+    let detail: AppDetail = api.get_as(&format!("/api/apps/{app}")).await?;
+    let forge: ForgeState = api.get_as(&format!("/api/apps/{app}/forge")).await?;
+    let declared = detail
+        .app
+        .spec
+        .services
+        .events
+        .map(|e| e.topics)
         .unwrap_or_default();
     if declared.is_empty() {
         println!("{app} declares no topics");
         return Ok(());
     }
-    let made = forge["resources"]["events"]["topics"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let made = forge.resources.events.map(|e| e.topics).unwrap_or_default();
     for topic in declared {
-        let name = format!("{app}.{}", topic.as_str().unwrap_or(""));
-        let state = if made.iter().any(|t| *t == name.as_str()) {
+        let name = format!("{app}.{topic}");
+        let state = if made.contains(&name) {
             "on the brokers"
         } else {
             "not forged (see norn forge and norn health)"
@@ -102,37 +97,41 @@ pub async fn topics(api: &Api, app: &str) -> anyhow::Result<()> {
 
 /// Polls the forge state until an operation that started after `before`
 /// has ended; prints each step once. `true` when it ended in `want`.
-async fn follow(api: &Api, app: &str, before: &Value, want: &str) -> anyhow::Result<bool> {
+async fn follow(
+    api: &Api,
+    app: &str,
+    before: &ForgeState,
+    want: ForgeStatus,
+) -> anyhow::Result<bool> {
     let path = format!("/api/apps/{app}/forge");
     let deadline = tokio::time::Instant::now() + FOLLOW;
     let mut printed = 0;
     let mut started = false;
     loop {
-        let now = api.get(&path).await?;
-        let status = now["status"].as_str().unwrap_or("");
-        started |= now["startedAt"] != before["startedAt"];
-        let steps = now["steps"].as_array().cloned().unwrap_or_default();
+        let now: ForgeState = api.get_as(&path).await?;
+        let status = now.status;
+        started |= now.started_at != before.started_at;
         if started {
-            for s in steps.iter().skip(printed) {
+            for s in now.steps.iter().skip(printed) {
                 println!(
                     "{} {} {}: {}",
-                    mark(s["status"].as_str().unwrap_or("")),
-                    s["operation"].as_str().unwrap_or(""),
-                    s["step"].as_str().unwrap_or("?"),
-                    s["output"].as_str().unwrap_or("")
+                    mark(s.status),
+                    s.operation.as_str(),
+                    s.step.as_str(),
+                    s.output
                 );
             }
-            printed = printed.max(steps.len());
+            printed = printed.max(now.steps.len());
         }
-        let ended = started && !matches!(status, "forging" | "tearing_down");
-        if ended && now["finishedAt"] != before["finishedAt"] {
+        let ended = started && !status.is_busy();
+        if ended && now.finished_at != before.finished_at {
             if status == want {
                 println!("{app} is {status}");
                 return Ok(true);
             }
             // A forge --force runs a teardown first: follow on to the forge.
-            if !(want == "forged" && status == "unforged") {
-                let error = now["error"].as_str().unwrap_or("");
+            if !(want == ForgeStatus::Forged && status == ForgeStatus::Unforged) {
+                let error = now.error.as_deref().unwrap_or("");
                 eprintln!("{app} is {status}: {error}");
                 return Ok(false);
             }
@@ -147,11 +146,11 @@ async fn follow(api: &Api, app: &str, before: &Value, want: &str) -> anyhow::Res
     }
 }
 
-fn mark(status: &str) -> &'static str {
+fn mark(status: StepStatus) -> &'static str {
     match status {
-        "complete" => "✓",
-        "skipped" => "·",
-        "running" => "▶",
-        _ => "✗",
+        StepStatus::Complete => "✓",
+        StepStatus::Skipped => "·",
+        StepStatus::Running => "▶",
+        StepStatus::Failed => "✗",
     }
 }

@@ -4,9 +4,9 @@
 use std::io::{Read, Write};
 
 use anyhow::{Context, bail};
-use serde_json::Value;
+use norn_shared::db::functions::{InvokeAccepted, InvokeResult, Status};
 
-use crate::client::Api;
+use crate::client::{Api, decode};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -72,7 +72,7 @@ pub async fn run(api: &Api, args: Args) -> anyhow::Result<i32> {
         )
         .await?;
     if status == 202 {
-        let id = &answer["id"];
+        let InvokeAccepted { id, .. } = decode(answer, &path)?;
         if args.asynchronous {
             println!("{id}");
         } else {
@@ -82,23 +82,23 @@ pub async fn run(api: &Api, args: Args) -> anyhow::Result<i32> {
         }
         return Ok(0);
     }
-    print_result(&answer)
+    print_result(&decode(answer, &path)?)
 }
 
-fn print_result(answer: &Value) -> anyhow::Result<i32> {
-    if let Some(output) = answer["output"].as_str() {
+fn print_result(answer: &InvokeResult) -> anyhow::Result<i32> {
+    if let Some(output) = &answer.output {
         let mut out = std::io::stdout().lock();
         out.write_all(output.as_bytes())?;
         out.flush()?;
     }
-    let status = answer["status"].as_str().unwrap_or("unknown");
-    if status != "succeeded" {
-        let reason = answer["reason"].as_str().unwrap_or(status);
-        eprintln!("norn: execution {} {status}: {reason}", answer["id"]);
+    let status = answer.status.as_str();
+    if answer.status != Status::Succeeded {
+        let reason = answer.reason.as_deref().unwrap_or(status);
+        eprintln!("norn: execution {} {status}: {reason}", answer.id);
     }
-    Ok(match answer["exitCode"].as_i64() {
-        Some(code) => i32::try_from(code).unwrap_or(1),
-        None if status == "succeeded" => 0,
+    Ok(match answer.exit_code {
+        Some(code) => code,
+        None if answer.status == Status::Succeeded => 0,
         None => 1,
     })
 }

@@ -7,7 +7,8 @@ use std::io::Read;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use serde_json::{Value, json};
+use norn_shared::db::secrets::{Rotated, SecretName, SecretsSet};
+use serde_json::json;
 
 use crate::client::Api;
 
@@ -32,38 +33,31 @@ pub enum Action {
 pub async fn run(api: &Api, app: &str, action: Option<Action>) -> anyhow::Result<bool> {
     match action {
         None if app == "rotate-key" => {
-            let done = api.post("/api/secrets/rotate", &json!({})).await?;
+            let done: Rotated = api.post_as("/api/secrets/rotate", &json!({})).await?;
             println!(
                 "re-sealed {} value(s) with key {}",
-                done["resealed"],
-                done["keyId"].as_str().unwrap_or("")
+                done.resealed, done.key_id
             );
         }
         None | Some(Action::List) => {
-            let list = api.get(&format!("/api/apps/{app}/secrets")).await?;
-            for s in list.as_array().into_iter().flatten() {
+            let list: Vec<SecretName> = api.get_as(&format!("/api/apps/{app}/secrets")).await?;
+            for s in list {
                 println!(
                     "{}  (set {}, key {})",
-                    s["name"].as_str().unwrap_or(""),
-                    s["updatedAt"].as_str().unwrap_or(""),
-                    s["keyId"].as_str().unwrap_or("")
+                    s.name,
+                    s.updated_at.to_rfc3339(),
+                    s.key_id
                 );
             }
         }
         Some(Action::Set { pairs }) => {
             let values = parse_pairs(&pairs)?;
-            let done = api
-                .put(&format!("/api/apps/{app}/secrets"), &json!(values))
+            let done: SecretsSet = api
+                .put_as(&format!("/api/apps/{app}/secrets"), &json!(values))
                 .await?;
-            let set: Vec<&str> = done["set"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
             println!(
                 "set {} on {app} (takes effect at the next deploy)",
-                set.join(", ")
+                done.set.join(", ")
             );
         }
         Some(Action::Unset { names }) => {

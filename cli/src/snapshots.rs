@@ -3,34 +3,31 @@
 use std::time::Duration;
 
 use anyhow::bail;
-use serde_json::{Value, json};
+use norn_shared::db::restores::{RestoreQueued, RestoreStatus, SnapshotList};
+use serde_json::json;
 
-use crate::client::Api;
+use crate::client::{Api, wire_name};
 
 pub async fn list(api: &Api, app: &str) -> anyhow::Result<()> {
-    let body = api.get(&format!("/api/apps/{app}/snapshots")).await?;
+    let body: SnapshotList = api.get_as(&format!("/api/apps/{app}/snapshots")).await?;
     println!(
         "database {} (keeping the newest {})",
-        body["database"].as_str().unwrap_or(""),
-        body["keep"]
+        body.database, body.keep
     );
-    for s in body["snapshots"].as_array().into_iter().flatten() {
+    for s in &body.snapshots {
         println!(
             "  {}  commit {:<12}  {:>10} bytes  {}",
-            s["timestamp"].as_str().unwrap_or(""),
-            s["commit"].as_str().unwrap_or(""),
-            s["sizeBytes"],
-            s["file"].as_str().unwrap_or("")
+            s.timestamp, s.commit, s.size_bytes, s.file
         );
     }
-    for r in body["restores"].as_array().into_iter().flatten() {
+    for r in &body.restores {
         println!(
             "  restore {} of {}: {}{}",
-            r["id"].as_str().unwrap_or(""),
-            r["snapshot"].as_str().unwrap_or(""),
-            r["status"].as_str().unwrap_or(""),
-            r["error"]
-                .as_str()
+            r.id,
+            r.snapshot,
+            wire_name(&r.status),
+            r.error
+                .as_deref()
                 .map(|e| format!(" ({e})"))
                 .unwrap_or_default()
         );
@@ -51,30 +48,30 @@ pub async fn restore(
     }
     let path =
         format!("/api/apps/{app}/snapshots/{ts}/restore?confirm=true&preRestore={pre_restore}");
-    let queued = api.post(&path, &json!({})).await?;
-    let id = queued["id"].as_str().unwrap_or_default().to_owned();
-    println!(
-        "restore {id} of {} queued",
-        queued["snapshot"].as_str().unwrap_or(ts)
-    );
+    let queued: RestoreQueued = api.post_as(&path, &json!({})).await?;
+    let id = queued.id;
+    println!("restore {id} of {} queued", queued.snapshot);
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let body = api.get(&format!("/api/apps/{app}/snapshots")).await?;
-        let found: Option<Value> = body["restores"]
-            .as_array()
-            .and_then(|l| l.iter().find(|r| r["id"] == id.as_str()).cloned());
-        match found.as_ref().and_then(|r| r["status"].as_str()) {
-            Some("completed") => {
-                let r = found.unwrap_or_default();
-                println!("{}", r["output"].as_str().unwrap_or("restored"));
+        let body: SnapshotList = api.get_as(&format!("/api/apps/{app}/snapshots")).await?;
+        let Some(r) = body.restores.into_iter().find(|r| r.id == id) else {
+            continue;
+        };
+        match r.status {
+            RestoreStatus::Completed => {
+                let output = if r.output.is_empty() {
+                    "restored"
+                } else {
+                    &r.output
+                };
+                println!("{output}");
                 return Ok(true);
             }
-            Some("failed") => {
-                let r = found.unwrap_or_default();
-                println!("failed: {}", r["error"].as_str().unwrap_or("unknown error"));
+            RestoreStatus::Failed => {
+                println!("failed: {}", r.error.as_deref().unwrap_or("unknown error"));
                 return Ok(false);
             }
-            _ => {}
+            RestoreStatus::Queued | RestoreStatus::Running => {}
         }
     }
 }

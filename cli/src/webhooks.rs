@@ -6,9 +6,12 @@
 use std::io::Read;
 
 use clap::Subcommand;
+use norn_api::routes::webhook_deliveries::{Replayed, SecretSet};
+use norn_shared::db::previews::Preview;
+use norn_shared::db::webhooks::DeliveryRow;
 use serde_json::json;
 
-use crate::client::Api;
+use crate::client::{Api, wire_name};
 
 #[derive(Subcommand)]
 pub enum Action {
@@ -55,10 +58,10 @@ pub async fn run(api: &Api, action: Action) -> anyhow::Result<bool> {
             } else {
                 json!({})
             };
-            let set = api
-                .put(&format!("/api/apps/{app}/webhook-secret"), &body)
+            let set: SecretSet = api
+                .put_as(&format!("/api/apps/{app}/webhook-secret"), &body)
                 .await?;
-            match set["secret"].as_str() {
+            match set.secret {
                 Some(made) => {
                     eprintln!(
                         "norn: webhook secret of {app} made; it is shown this once (paste it into the forge's webhook form):"
@@ -72,37 +75,34 @@ pub async fn run(api: &Api, action: Action) -> anyhow::Result<bool> {
             let mut query = vec![format!("limit={limit}")];
             query.extend(app.map(|a| format!("app={a}")));
             query.extend(status.map(|s| format!("status={s}")));
-            let list = api
-                .get(&format!("/api/webhooks/deliveries?{}", query.join("&")))
+            let list: Vec<DeliveryRow> = api
+                .get_as(&format!("/api/webhooks/deliveries?{}", query.join("&")))
                 .await?;
-            for d in list.as_array().into_iter().flatten() {
-                let text = |f: &str| d[f].as_str().unwrap_or("-").to_owned();
+            for d in list {
                 println!(
                     "{}  {}  {:<9}  {}  {} {}  {}{}",
-                    text("id"),
-                    text("receivedAt"),
-                    text("status"),
-                    text("app"),
-                    text("provider"),
-                    text("event"),
-                    text("reason"),
-                    d["deploymentId"]
-                        .as_str()
+                    d.id,
+                    d.received_at.to_rfc3339(),
+                    wire_name(&d.status),
+                    d.app.as_deref().unwrap_or("-"),
+                    d.provider.as_str(),
+                    d.event,
+                    d.reason.as_deref().unwrap_or("-"),
+                    d.deployment_id
                         .map(|id| format!("  deployment {id}"))
                         .unwrap_or_default()
                 );
             }
         }
         Action::Replay { id } => {
-            let done = api
-                .post(&format!("/api/webhooks/deliveries/{id}/replay"), &json!({}))
+            let done: Replayed = api
+                .post_as(&format!("/api/webhooks/deliveries/{id}/replay"), &json!({}))
                 .await?;
             eprintln!(
                 "norn: delivery {id} replayed: deployment {} of {} queued",
-                done["deploymentId"].as_str().unwrap_or("-"),
-                done["app"].as_str().unwrap_or("-")
+                done.deployment_id, done.app
             );
-            println!("{}", done["deploymentId"].as_str().unwrap_or(""));
+            println!("{}", done.deployment_id);
         }
     }
     Ok(true)
@@ -110,24 +110,22 @@ pub async fn run(api: &Api, action: Action) -> anyhow::Result<bool> {
 
 /// `norn previews <app>`: each preview, its pull request, head and state.
 pub async fn previews(api: &Api, app: &str) -> anyhow::Result<bool> {
-    let list = api.get(&format!("/api/apps/{app}/previews")).await?;
-    let list = list.as_array().cloned().unwrap_or_default();
+    let list: Vec<Preview> = api.get_as(&format!("/api/apps/{app}/previews")).await?;
     if list.is_empty() {
         eprintln!("norn: app {app} has no previews");
     }
     for p in list {
-        let text = |f: &str| p[f].as_str().unwrap_or("-").to_owned();
-        let head = text("headSha");
+        let head = &p.head_sha;
         println!(
             "{}  #{}  {} @ {}  {}  last push {}{}",
-            text("app"),
-            p["number"],
-            text("headBranch"),
-            head.get(..12).unwrap_or(&head),
-            text("status"),
-            text("updatedAt"),
-            p["reason"]
-                .as_str()
+            p.app,
+            p.number,
+            p.head_branch,
+            head.get(..12).unwrap_or(head),
+            wire_name(&p.status),
+            p.updated_at.to_rfc3339(),
+            p.reason
+                .as_deref()
                 .map(|r| format!("  ({r})"))
                 .unwrap_or_default()
         );

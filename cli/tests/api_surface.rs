@@ -322,6 +322,13 @@ async fn ws_streams_queued_every_step_in_order_and_completed_and_filters_by_app(
         filtered.push(event);
     }
 
+    // Every event the server sent reads as the one typed `Event` the
+    // OpenAPI document describes (the CLI reads them so too).
+    for e in &seen {
+        if let Err(err) = serde_json::from_value::<norn_shared::events::Event>(e.clone()) {
+            panic!("event {e} is not an Event: {err}");
+        }
+    }
     let want = expected_deploy_events();
     // `deploy.log` batches (a step's output) come between a step's start and
     // end, as many as the output takes: checked apart from the fixed sequence.

@@ -76,6 +76,18 @@ async fn a_failed_migration_restores_the_pre_migration_snapshot() {
         .unwrap()
         .to_owned();
     assert!(migrate_log.contains("restored"), "{migrate_log}");
+    // The dump a resumed attempt would restore is a field of the step.
+    let snapshot_step = d["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "snapshot")
+        .unwrap();
+    let dumped = snapshot_step["snapshot"].as_str().unwrap_or_default();
+    assert!(
+        dumped.contains(&format!("_{}_", &sha2[..12])) && dumped.ends_with(".dump"),
+        "{snapshot_step}"
+    );
     assert_eq!(items(&app_db).await, ["v1"]);
     assert_eq!(h.fetch(&app).await.unwrap(), "v1");
 

@@ -86,7 +86,7 @@ pub async fn get(
         .ok_or_else(|| ApiError::NotFound(format!("delivery {id} not found")))
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Replayed {
     /// The replay's own delivery row.
@@ -213,7 +213,7 @@ struct SecretBody {
     secret: Option<String>,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretSet {
     pub app: String,

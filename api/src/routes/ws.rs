@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
+use norn_shared::events::{Event, EventBody, Lagged};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -47,6 +48,12 @@ pub async fn upgrade(
         .on_upgrade(move |socket| pump(socket, rx, q.app)))
 }
 
+/// The one field `?app=` filters on.
+#[derive(serde::Deserialize)]
+struct Whose {
+    app: String,
+}
+
 async fn pump(
     mut socket: WebSocket,
     mut rx: tokio::sync::broadcast::Receiver<String>,
@@ -56,8 +63,9 @@ async fn pump(
         tokio::select! {
             event = rx.recv() => match event {
                 Ok(text) => {
+                    // Only the app is read: the text goes on as the writer sent it.
                     if let Some(app) = &app {
-                        let matches = serde_json::from_str::<norn_shared::events::Event>(&text)
+                        let matches = serde_json::from_str::<Whose>(&text)
                             .map(|e| &e.app == app)
                             .unwrap_or(false);
                         if !matches { continue; }
@@ -65,7 +73,10 @@ async fn pump(
                     if socket.send(Message::Text(text.into())).await.is_err() { return; }
                 }
                 Err(RecvError::Lagged(n)) => {
-                    let _ = socket.send(Message::Text(format!(r#"{{"type":"stream.lagged","app":"","payload":{{"missed":{n}}}}}"#).into())).await;
+                    let lagged = Event::new("", EventBody::StreamLagged(Lagged { missed: n }));
+                    if let Ok(text) = serde_json::to_string(&lagged) {
+                        let _ = socket.send(Message::Text(text.into())).await;
+                    }
                     return;
                 }
                 Err(RecvError::Closed) => return,

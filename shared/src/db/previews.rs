@@ -15,7 +15,7 @@ pub enum PreviewStatus {
     TearingDown,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Preview {
     /// The preview's own app (`<parent>-pr-<number>`).

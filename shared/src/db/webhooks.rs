@@ -52,8 +52,8 @@ pub struct DeliveryRow {
     pub app: Option<String>,
     pub status: DeliveryStatus,
     pub reason: Option<String>,
-    /// What the verified payload said (`{kind: push|branchDeleted|tagPush|pullRequest|ping|other, …}`).
-    #[schema(value_type = Option<Object>)]
+    /// What the verified payload said; absent for a rejected delivery.
+    #[schema(value_type = Option<Change>)]
     pub change: Option<Json<Change>>,
     pub deployment_id: Option<String>,
     pub replay_of: Option<String>,

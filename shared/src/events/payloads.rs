@@ -65,6 +65,16 @@ pub enum EventBody {
     SnapshotRestoreFailed(RestoreEnded),
     #[serde(rename = "preview.removed")]
     PreviewRemoved(PreviewRemoved),
+    /// Sent by `/ws` itself (with an empty `app`) to a client that fell
+    /// behind, just before it closes the socket: events were lost to it.
+    #[serde(rename = "stream.lagged")]
+    StreamLagged(Lagged),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Lagged {
+    /// Events the client missed.
+    pub missed: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

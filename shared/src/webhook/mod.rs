@@ -84,7 +84,7 @@ impl std::fmt::Display for Provider {
 }
 
 /// What a pull (merge) request event did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum PullAction {
     Opened,
@@ -100,7 +100,7 @@ pub enum PullAction {
 
 /// What a delivery says happened, whatever forge sent it. Stored with the
 /// delivery, so a replay decides again from exactly this.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "camelCase")]
 pub enum Change {
     /// Commits pushed to a branch; `after` is its new head. `created`: the
