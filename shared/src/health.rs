@@ -27,7 +27,7 @@ pub enum ServiceStatus {
 
 /// One dependency.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct Service {
+pub struct Dependency {
     pub status: ServiceStatus,
     /// Why it is down.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -43,7 +43,7 @@ pub struct Service {
     pub failing: Vec<FailingEngine>,
 }
 
-impl Service {
+impl Dependency {
     pub fn new(status: ServiceStatus) -> Self {
         Self {
             status,
@@ -77,18 +77,18 @@ pub struct FailingEngine {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct Services {
-    pub postgres: Service,
-    pub docker: Service,
+pub struct Dependencies {
+    pub postgres: Dependency,
+    pub docker: Dependency,
     /// The server app databases live on, as the provisioning role.
-    pub app_databases: Service,
-    pub kv: Service,
-    pub events: Service,
+    pub app_databases: Dependency,
+    pub kv: Dependency,
+    pub events: Dependency,
 }
 
-impl Services {
+impl Dependencies {
     /// Each with its name, in a fixed order.
-    pub fn named(&self) -> [(&'static str, &Service); 5] {
+    pub fn named(&self) -> [(&'static str, &Dependency); 5] {
         [
             ("postgres", &self.postgres),
             ("docker", &self.docker),
@@ -104,7 +104,7 @@ impl Services {
 pub struct HealthReport {
     pub status: Overall,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub services: Option<Services>,
+    pub services: Option<Dependencies>,
     /// Jobs waiting or running, per queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queues: Option<BTreeMap<String, i64>>,

@@ -1,7 +1,9 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use norn_shared::health::{FailingEngine, HealthReport, Overall, Service, ServiceStatus, Services};
+use norn_shared::health::{
+    Dependencies, Dependency, FailingEngine, HealthReport, Overall, ServiceStatus,
+};
 
 use crate::state::AppState;
 
@@ -43,8 +45,8 @@ pub async fn health(
         Err("Postgres is down".to_owned())
     };
     let docker = match &engines {
-        Err(_) => Service::new(ServiceStatus::Unknown),
-        Ok(rows) if rows.is_empty() => Service::explained(
+        Err(_) => Dependency::new(ServiceStatus::Unknown),
+        Ok(rows) if rows.is_empty() => Dependency::explained(
             ServiceStatus::Down,
             "no live worker reports a container engine",
         ),
@@ -62,10 +64,10 @@ pub async fn health(
             } else {
                 ServiceStatus::Down
             };
-            Service {
+            Dependency {
                 workers: Some(rows.len()),
                 failing,
-                ..Service::new(status)
+                ..Dependency::new(status)
             }
         }
     };
@@ -101,13 +103,13 @@ pub async fn health(
         Default::default()
     };
     let postgres = if pg_up {
-        Service::new(ServiceStatus::Up)
+        Dependency::new(ServiceStatus::Up)
     } else {
-        Service::down(format!("no answer to SELECT 1 within {PROBE:?}"))
+        Dependency::down(format!("no answer to SELECT 1 within {PROBE:?}"))
     };
     let report = HealthReport {
         status,
-        services: Some(Services {
+        services: Some(Dependencies {
             postgres,
             docker,
             app_databases: app_databases(&state).await,
@@ -120,35 +122,35 @@ pub async fn health(
 }
 
 /// The key-value server (`NORN_KV_URL`), as Norn's admin user.
-async fn kv(state: &AppState) -> Service {
+async fn kv(state: &AppState) -> Dependency {
     let Some(url) = &state.config.kv_url else {
-        return Service::explained(ServiceStatus::NotConfigured, "NORN_KV_URL is not set");
+        return Dependency::explained(ServiceStatus::NotConfigured, "NORN_KV_URL is not set");
     };
     match norn_shared::kv::ping(url.expose()).await {
-        Ok(()) => Service::new(ServiceStatus::Up),
-        Err(e) => Service::down(e.to_string()),
+        Ok(()) => Dependency::new(ServiceStatus::Up),
+        Err(e) => Dependency::down(e.to_string()),
     }
 }
 
 /// The Kafka-protocol brokers (`NORN_EVENTS_BROKERS`): they answer a
 /// metadata request.
-async fn events(state: &AppState) -> Service {
+async fn events(state: &AppState) -> Dependency {
     let Some(brokers) = &state.config.events_brokers else {
-        return Service::explained(
+        return Dependency::explained(
             ServiceStatus::NotConfigured,
             "NORN_EVENTS_BROKERS is not set",
         );
     };
     match norn_shared::brokers::ping(brokers).await {
-        Ok(()) => Service::new(ServiceStatus::Up),
-        Err(e) => Service::down(e.to_string()),
+        Ok(()) => Dependency::new(ServiceStatus::Up),
+        Err(e) => Dependency::down(e.to_string()),
     }
 }
 
 /// The server app databases live on (`NORN_APP_DATABASE_URL`), as the
 /// provisioning role: a forge needs it. Checked only for callers with the
 /// token, with a short timeout.
-async fn app_databases(state: &AppState) -> Service {
+async fn app_databases(state: &AppState) -> Dependency {
     use sqlx::Connection;
     let Some(url) = state
         .config
@@ -156,7 +158,7 @@ async fn app_databases(state: &AppState) -> Service {
         .as_ref()
         .or(state.config.database_url.as_ref())
     else {
-        return Service::new(ServiceStatus::NotConfigured);
+        return Dependency::new(ServiceStatus::NotConfigured);
     };
     let check = async {
         let mut conn = sqlx::PgConnection::connect(url.expose()).await?;
@@ -164,8 +166,8 @@ async fn app_databases(state: &AppState) -> Service {
         conn.close().await
     };
     match tokio::time::timeout(std::time::Duration::from_secs(3), check).await {
-        Ok(Ok(())) => Service::new(ServiceStatus::Up),
-        Ok(Err(e)) => Service::down(e.to_string()),
-        Err(_) => Service::down("no answer within 3 s"),
+        Ok(Ok(())) => Dependency::new(ServiceStatus::Up),
+        Ok(Err(e)) => Dependency::down(e.to_string()),
+        Err(_) => Dependency::down("no answer within 3 s"),
     }
 }

@@ -46,6 +46,7 @@ impl RunStatus {
 )]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
 #[serde(rename_all = "snake_case")]
+#[schema(as = CronTrigger)]
 pub enum Trigger {
     Schedule,
     CatchUp,
@@ -92,6 +93,7 @@ impl CronState {
 
 #[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = CronExecution)]
 pub struct Execution {
     pub id: i64,
     pub app: String,

@@ -24,6 +24,7 @@ pub const CANCEL_CHANNEL: &str = "norn_func_cancel";
 )]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
 #[serde(rename_all = "snake_case")]
+#[schema(as = FunctionStatus)]
 pub enum Status {
     Queued,
     Running,
@@ -56,6 +57,7 @@ impl Status {
 )]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
 #[serde(rename_all = "snake_case")]
+#[schema(as = FunctionTrigger)]
 pub enum Trigger {
     Sync,
     Async,
@@ -63,6 +65,7 @@ pub enum Trigger {
 
 #[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = FunctionExecution)]
 pub struct Execution {
     pub id: i64,
     pub app: String,
