@@ -58,7 +58,10 @@ pub async fn decode(headers: &HeaderMap, body: Bytes) -> ApiResult<(Value, Infra
     path = "/api/apps",
     tag = "apps",
     summary = "Register or replace an app from its infraspec (YAML or JSON)",
-    request_body(content((serde_json::Value = "application/json"), (String = "application/yaml"))),
+    request_body(content(
+        (norn_shared::infraspec::raw::RawSpec = "application/json"),
+        (String = "application/yaml"),
+    )),
     responses(
         (status = 201, body = Registered, description = "registered"),
         (status = 200, body = Registered, description = "its spec replaced"),

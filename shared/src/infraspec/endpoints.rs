@@ -9,9 +9,9 @@ use super::validate::Errors;
 /// At most this many endpoints per app.
 pub const MAX_ENDPOINTS: usize = 32;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawEndpoint {
+pub struct RawEndpoint {
     pub url: Option<String>,
     pub region: Option<String>,
 }

@@ -7,7 +7,7 @@ pub mod endpoints;
 pub mod limits;
 mod policy;
 pub mod previews;
-mod raw;
+pub mod raw;
 mod validate;
 
 use std::collections::BTreeMap;

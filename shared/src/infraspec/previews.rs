@@ -15,9 +15,9 @@ pub const MAX_PREVIEWS: u32 = 20;
 /// The longest a preview may sit idle.
 pub const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawPreviews {
+pub struct RawPreviews {
     #[serde(default)]
     pub enabled: bool,
     pub ttl: Option<Scalar>,

@@ -1,13 +1,16 @@
 //! The wire shape of `infraspec.yaml`, as written by users. Only
 //! [`super::InfraSpec::parse`] reads it; everything else uses the typed spec.
+//! Public only so the OpenAPI document can describe what `POST /api/apps`
+//! takes (as `InfraSpecDocument`).
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub(super) struct RawSpec {
+#[schema(as = InfraSpecDocument)]
+pub struct RawSpec {
     pub name: Option<String>,
     /// Accepted for compatibility with the seeds; every registered app is deployable.
     #[allow(dead_code)]
@@ -30,24 +33,24 @@ pub(super) struct RawSpec {
     pub previews: Option<super::previews::RawPreviews>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawSnapshots {
+pub struct RawSnapshots {
     pub keep: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub(super) struct RawDeployPolicy {
+pub struct RawDeployPolicy {
     pub queue: Option<String>,
     pub auto_rollback: Option<bool>,
     pub restore_on_failed_migration: Option<bool>,
     pub timeouts: Option<RawTimeouts>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawTimeouts {
+pub struct RawTimeouts {
     pub build: Option<Scalar>,
     pub test: Option<Scalar>,
     pub snapshot: Option<Scalar>,
@@ -55,25 +58,25 @@ pub(super) struct RawTimeouts {
     pub healthy: Option<Scalar>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub(super) struct RawRepo {
+pub struct RawRepo {
     pub url: Option<String>,
     pub branch: Option<String>,
     #[serde(default)]
     pub auto_deploy: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub(super) struct RawBuild {
+pub struct RawBuild {
     pub dockerfile: Option<String>,
     pub test: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub(super) struct RawProcess {
+pub struct RawProcess {
     pub port: Option<i64>,
     pub command: Option<String>,
     pub health: Option<RawHealth>,
@@ -85,9 +88,9 @@ pub(super) struct RawProcess {
     pub memory: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub(super) struct RawCron {
+pub struct RawCron {
     pub timeout: Option<Scalar>,
     pub grace: Option<Scalar>,
     pub overlap: Option<String>,
@@ -98,54 +101,54 @@ pub(super) struct RawCron {
     pub pids: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub(super) struct RawHealth {
+pub struct RawHealth {
     pub path: Option<String>,
     pub interval: Option<Scalar>,
     pub timeout: Option<Scalar>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub(super) struct RawFunction {
+pub struct RawFunction {
     pub timeout: Option<Scalar>,
     pub memory: Option<i64>,
     pub concurrency: Option<i64>,
     pub warm: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub(super) struct RawServices {
+pub struct RawServices {
     pub postgres: Option<RawPostgres>,
     pub kv: Option<RawKv>,
     pub events: Option<RawEvents>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub(super) struct RawPostgres {
+pub struct RawPostgres {
     pub database: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub(super) struct RawKv {
+pub struct RawKv {
     pub namespace: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub(super) struct RawEvents {
+pub struct RawEvents {
     #[serde(default)]
     pub topics: Vec<String>,
 }
 
 /// `migrations: "./migrate up"` or `migrations: {command: "./migrate up"}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
-pub(super) enum RawMigrations {
+pub enum RawMigrations {
     Command(String),
     Table {
         command: Option<String>,
@@ -155,9 +158,9 @@ pub(super) enum RawMigrations {
 }
 
 /// YAML writes `PORT: 8080` and `TIMEOUT: 30`; both are meant as strings.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
-pub(super) enum Scalar {
+pub enum Scalar {
     Str(String),
     Int(i64),
     Float(f64),
