@@ -2,6 +2,7 @@
 
 pub mod bootstrap;
 pub mod brokers;
+pub mod changes;
 pub mod config;
 pub mod crypto;
 pub mod db;

@@ -160,9 +160,15 @@ pub struct Events {
     pub topics: Vec<String>,
 }
 
+/// How the app's database schema moves forward: a command run from the new
+/// image, or a folder of changes Norn's change runner applies
+/// (`crate::changes`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Migrations {
-    pub command: String,
+#[serde(rename_all = "camelCase")]
+pub enum Migrations {
+    Command(String),
+    /// Relative to the app's source (its repository or directory).
+    Dir(String),
 }
 
 /// Durations as the API writes them, `"<n>ms"`; read back by clients of the

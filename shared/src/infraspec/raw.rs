@@ -152,6 +152,9 @@ pub enum RawMigrations {
     Command(String),
     Table {
         command: Option<String>,
+        /// A folder of changes (relative to the app's source) for Norn's own
+        /// change runner, instead of a command.
+        dir: Option<String>,
         /// The seeds' v1 name for the target database; must match the app's.
         database: Option<String>,
     },

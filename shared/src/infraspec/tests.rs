@@ -71,7 +71,29 @@ fn infrastructure_is_an_alias_and_migrations_may_be_a_string() {
     )
     .unwrap();
     assert_eq!(spec.services.postgres.unwrap().database, "a_db");
-    assert_eq!(spec.migrations.unwrap().command, "./up");
+    assert_eq!(spec.migrations.unwrap(), Migrations::Command("./up".into()));
+}
+
+#[test]
+fn migrations_name_a_command_or_a_folder_inside_the_source() {
+    let spec = InfraSpec::parse(
+        "name: a\nprocesses: {web: {port: 80}}\nservices: {postgres: {database: a_db}}\nmigrations: {dir: db/changes/}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        spec.migrations.unwrap(),
+        Migrations::Dir("db/changes".into())
+    );
+    for bad in ["../up", "/etc", "db/../../x", ""] {
+        let e = first_error(&format!(
+            "name: a\nprocesses: {{web: {{port: 80}}}}\nservices: {{postgres: {{database: a_db}}}}\nmigrations: {{dir: {bad:?}}}\n"
+        ));
+        assert_eq!(e.field, "migrations.dir", "{bad}");
+    }
+    let e = first_error(
+        "name: a\nprocesses: {web: {port: 80}}\nservices: {postgres: {database: a_db}}\nmigrations: {dir: x, command: y}\n",
+    );
+    assert_eq!(e.field, "migrations");
 }
 
 #[test]

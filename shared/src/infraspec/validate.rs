@@ -33,6 +33,30 @@ fn is_process_name(s: &str) -> bool {
     AppName::parse(s).is_ok() && s.len() <= 30
 }
 
+/// A folder inside the app's source: relative, no `..`, bounded.
+fn migrations_dir(dir: String, errors: &mut Errors) -> Option<String> {
+    const FIELD: &str = "migrations.dir";
+    let dir = dir.trim().trim_end_matches('/').to_owned();
+    let path = std::path::Path::new(&dir);
+    let inside = !dir.is_empty()
+        && dir.len() <= 255
+        && path.is_relative()
+        && path.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        });
+    if !inside {
+        errors.push(
+            FIELD,
+            "must be a folder inside the app's source (relative, no .., at most 255 bytes)",
+        );
+        return None;
+    }
+    Some(dir)
+}
+
 fn non_empty(value: Option<String>, field: &str, errors: &mut Errors) -> Option<String> {
     match value.map(|v| v.trim().to_owned()) {
         Some(v) if !v.is_empty() => Some(v),
@@ -177,17 +201,31 @@ pub(super) fn validate(raw: RawSpec) -> Result<InfraSpec, SpecErrors> {
     let services = services(raw.services, raw.infrastructure, &mut errors);
 
     let migrations = raw.migrations.and_then(|m| {
-        let (command, database) = match m {
-            RawMigrations::Command(c) => (Some(c), None),
-            RawMigrations::Table { command, database } => (command, database),
+        let (command, dir, database) = match m {
+            RawMigrations::Command(c) => (Some(c), None, None),
+            RawMigrations::Table {
+                command,
+                dir,
+                database,
+            } => (command, dir, database),
         };
-        let command = non_empty(command, "migrations.command", &mut errors)?;
-        bounded(
-            &command,
-            MAX_COMMAND_BYTES,
-            "migrations.command",
-            &mut errors,
-        );
+        let chosen = match (command, dir) {
+            (Some(_), Some(_)) => {
+                errors.push("migrations", "give either command or dir, not both");
+                None
+            }
+            (None, Some(dir)) => migrations_dir(dir, &mut errors).map(Migrations::Dir),
+            (command, None) => {
+                let command = non_empty(command, "migrations.command", &mut errors)?;
+                bounded(
+                    &command,
+                    MAX_COMMAND_BYTES,
+                    "migrations.command",
+                    &mut errors,
+                );
+                Some(Migrations::Command(command))
+            }
+        };
         if let Some(db) = database {
             let declared = services.postgres.as_ref().map(|p| p.database.as_str());
             if declared != Some(db.as_str()) {
@@ -202,7 +240,7 @@ pub(super) fn validate(raw: RawSpec) -> Result<InfraSpec, SpecErrors> {
                 "migrations need a database: declare services.postgres.database",
             );
         }
-        Some(Migrations { command })
+        chosen
     });
 
     if raw.env.len() > limits::MAX_ENV_ENTRIES {

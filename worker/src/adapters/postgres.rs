@@ -76,6 +76,23 @@ impl PgTools {
         Ok(cmd)
     }
 
+    /// A connection to the app's database as its own role, from this host
+    /// (the change runner's).
+    pub async fn connect_as(
+        &self,
+        database: &str,
+        login: &Login,
+    ) -> Result<sqlx::PgConnection, SnapshotError> {
+        use sqlx::ConnectOptions;
+        self.server()?
+            .username(&login.role)
+            .password(&login.password)
+            .database(database)
+            .connect()
+            .await
+            .map_err(failed("connecting to the app database as its role"))
+    }
+
     async fn admin(&self) -> Result<sqlx::PgPool, SnapshotError> {
         sqlx::PgPool::connect(&self.server_url)
             .await

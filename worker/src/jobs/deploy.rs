@@ -101,6 +101,7 @@ async fn execute(job: &DeployJob, state: &WorkerState) -> Result<(), WorkerError
         token,
         abort: watchers.receiver(),
         snapshot: None,
+        migration_undone: false,
         attempt: 0,
         log: crate::pipeline::log::StepLog::detached(),
     };

@@ -97,6 +97,9 @@ pub struct DeployCtx<'a> {
     pub abort: watch::Receiver<Option<Abort>>,
     /// The dump the snapshot step took (restored if the migration fails).
     pub snapshot: Option<PathBuf>,
+    /// The failed migration was a change the runner rolled back: nothing to
+    /// restore.
+    pub migration_undone: bool,
     /// This attempt's number (`deployments.attempts`), for its step logs.
     pub attempt: i32,
     /// The running step's output (see `log.rs`).

@@ -1,7 +1,11 @@
-use norn_shared::domain::Step;
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use crate::adapters::OneOff;
+use norn_shared::changes;
+use norn_shared::domain::{GitRef, Step};
+use norn_shared::infraspec::Migrations;
+
+use crate::adapters::{OneOff, Output};
 use crate::pipeline::{DeployCtx, StepFailure, StepOutput};
 
 pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
@@ -9,11 +13,15 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
         return Ok(StepOutput::skipped("no migrations declared"));
     };
     // The infraspec guarantees a database whenever migrations are declared.
-    if ctx.app.spec.services.postgres.is_none() {
+    let Some(pg) = ctx.app.spec.services.postgres.clone() else {
         return Err(StepFailure::new(
             "migrations need services.postgres.database",
         ));
-    }
+    };
+    let command = match migrations {
+        Migrations::Dir(dir) => return run_changes(ctx, &pg.database, &dir).await,
+        Migrations::Command(command) => command,
+    };
     // The forge step made the database and the app's role; the migration
     // runs as that role, like the app.
     let env = crate::services::app_env(ctx.state, &ctx.app.id, &ctx.app.spec)
@@ -22,7 +30,7 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
     let job = OneOff {
         name: ctx.one_off_name("migrate"),
         image: ctx.image()?.to_owned(),
-        command: migrations.command.clone(),
+        command: command.clone(),
         env,
         labels: BTreeMap::from([
             ("norn.app".into(), ctx.app.id.clone()),
@@ -36,15 +44,82 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
     let exit_code = runtime
         .run_once(&job, &mut ctx.log)
         .await
-        .map_err(|e| StepFailure::new(format!("running {:?}: {e}", migrations.command)))?;
+        .map_err(|e| StepFailure::new(format!("running {command:?}: {e}")))?;
     if exit_code != 0 {
         return Err(StepFailure::new(format!(
-            "{:?} exited with {exit_code}",
-            migrations.command
+            "{command:?} exited with {exit_code}"
         )));
     }
     Ok(StepOutput::done(""))
 }
+
+/// `migrations.dir`: Norn's change runner applies the folder's pending
+/// changes as the app's own role, under the database's change lock (held
+/// for the whole step), and logs each change and file.
+async fn run_changes(
+    ctx: &mut DeployCtx<'_>,
+    database: &str,
+    dir: &str,
+) -> Result<StepOutput, StepFailure> {
+    if !ctx.workdir.exists()
+        && let Some(sha) = ctx.sha.clone()
+    {
+        // Resumed on another worker: fetch the commit the clone recorded.
+        let at = GitRef::parse(&sha).map_err(|e| StepFailure::new(e.to_string()))?;
+        super::clone::fetch(ctx, at).await?;
+    }
+    let folder = ctx.workdir.join(dir);
+    let loaded = tokio::task::spawn_blocking(move || changes::disk::load(&folder))
+        .await
+        .map_err(|e| StepFailure::new(e.to_string()))?
+        .map_err(|e| StepFailure::new(format!("migrations.dir: {e}")))?;
+    let login = crate::services::require_pg_login(ctx.state, &ctx.app.id, database)
+        .await
+        .map_err(|e| StepFailure::new(e.to_string()))?;
+    let mut conn = ctx
+        .state
+        .pg
+        .connect_as(database, &login)
+        .await
+        .map_err(|e| StepFailure::new(e.to_string()))?;
+    let opts = changes::Options {
+        holder: format!("deploy {}", ctx.deployment_id),
+        app: ctx.app.id.clone(),
+        scope: database.to_owned(),
+        lock_ttl: changes::LOCK_TTL,
+        // A developer's `norn changes run` may hold it for a while.
+        wait: Some(changes::Wait {
+            timeout: LOCK_WAIT,
+            poll: Duration::from_secs(1),
+        }),
+    };
+    let runs = changes::apply(&mut conn, &loaded, &opts, false)
+        .await
+        .map_err(|e| StepFailure::new(e.to_string()))?;
+    let log: Vec<String> = runs.iter().flat_map(|r| r.lines()).collect();
+    ctx.log.write(&format!("{}\n", log.join("\n"))).await;
+    if let Some(failed) = runs.iter().find(|r| r.outcome == changes::Outcome::Failed) {
+        // Its transaction already undid it: the snapshot is not needed.
+        ctx.migration_undone = failed.transactional;
+        return Err(StepFailure::new(
+            failed
+                .error
+                .clone()
+                .unwrap_or_else(|| format!("change {} failed", failed.name)),
+        ));
+    }
+    let applied = runs
+        .iter()
+        .filter(|r| r.outcome == changes::Outcome::Applied)
+        .count();
+    Ok(StepOutput::done(format!(
+        "{applied} change(s) applied, {} already applied",
+        runs.len() - applied
+    )))
+}
+
+/// How long a deploy waits for another runner's change lock.
+const LOCK_WAIT: Duration = Duration::from_secs(120);
 
 /// After a failed migration: restores the dump the snapshot step took before
 /// it (`deployPolicy.restoreOnFailedMigration`, default on). Returns what
@@ -53,6 +128,9 @@ pub async fn restore_after_failure(ctx: &DeployCtx<'_>) -> String {
     let Some(pg) = &ctx.app.spec.services.postgres else {
         return String::new();
     };
+    if ctx.migration_undone {
+        return "nothing restored: the failed change's transaction already undid it".into();
+    }
     if !ctx.app.spec.deploy_policy.restore_on_failed_migration {
         return "deployPolicy.restoreOnFailedMigration is off: the database was left as the migration left it".into();
     }
