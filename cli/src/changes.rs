@@ -57,7 +57,11 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     let user = std::env::var("USER").unwrap_or_else(|_| "someone".into());
     let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
     let opts = Options {
-        holder: format!("norn changes ({user}@{})", host.trim()),
+        holder: format!(
+            "norn changes ({user}@{} pid {})",
+            host.trim(),
+            std::process::id()
+        ),
         app: String::new(),
         scope: database.unwrap_or_default(),
         lock_ttl: changes::LOCK_TTL,

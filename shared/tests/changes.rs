@@ -351,20 +351,60 @@ async fn a_held_lock_names_its_holder_and_a_waiting_runner_gets_it_once_free() {
 }
 
 #[tokio::test]
-async fn an_expired_lock_is_taken_over() {
-    let mut conn = database().await;
+async fn an_expired_lock_is_taken_over_once_its_holder_is_gone_never_while_it_runs() {
+    let url = norn_shared::testing::fresh_database().await;
     let dir = folder(1);
     let loaded = changes::disk::load(dir.path()).unwrap();
-    track::ensure(&mut conn).await.unwrap();
-    track::try_lock(&mut conn, "shop", "dead-worker", Duration::ZERO, "apply")
+    let mut slow = PgConnection::connect(&url).await.unwrap();
+    track::ensure(&mut slow).await.unwrap();
+    track::try_lock(&mut slow, "shop", "slow-runner", Duration::ZERO, "apply")
         .await
         .unwrap()
         .unwrap();
+    // Its row has expired, but its connection lives: it may still be running
+    // a change, so nobody takes over.
+    let mut conn = PgConnection::connect(&url).await.unwrap();
+    let err = changes::apply(&mut conn, &loaded, &opts("alive"), false)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("slow-runner"), "{err}");
+    assert!(tables(&mut conn).await.is_empty());
+    // Gone (its connection closed, as when its process dies): taken over.
+    slow.close().await.unwrap();
     let runs = changes::apply(&mut conn, &loaded, &opts("alive"), false)
         .await
         .unwrap();
     assert_eq!(runs[0].outcome, Outcome::Applied);
     assert_eq!(tables(&mut conn).await, ["t1"]);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM __norn_lock__")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "released after the run");
+}
+
+#[tokio::test]
+async fn a_rewind_that_fails_gives_the_lock_back() {
+    let mut conn = database().await;
+    let tmp = tempfile::tempdir().unwrap();
+    write(
+        tmp.path(),
+        "2026-01-01-no-revert/change/001.sql",
+        "CREATE TABLE t1 (id int);",
+    );
+    let loaded = changes::disk::load(tmp.path()).unwrap();
+    changes::apply(&mut conn, &loaded, &opts("a"), false)
+        .await
+        .unwrap();
+    let err = changes::rewind(&mut conn, &loaded, 1, &opts("a"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RunError::NoRevert(_)), "{err}");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM __norn_lock__")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the failed rewind released its lock");
 }
 
 #[tokio::test]

@@ -12,6 +12,8 @@ use sha2::{Digest, Sha256};
 pub const MAX_CHANGES: usize = 10_000;
 /// Files in one `change/` or `revert/` at most.
 pub const MAX_FILES: usize = 500;
+/// The longest name of a file in `change/` or `revert/`.
+pub const MAX_FILE_NAME: usize = 200;
 /// One SQL file at most.
 pub const MAX_FILE_BYTES: u64 = 16 << 20;
 /// Every file read for one run at most.
@@ -231,6 +233,22 @@ impl Reader {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
+            // Refused before the file system is asked, so the error never
+            // says whether a file outside the folder exists.
+            let lexical = Path::new(line);
+            if lexical.is_absolute()
+                || lexical
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return Err(at(
+                    &shown,
+                    format!(
+                        "line {}: {line} resolves outside the migrations folder",
+                        n + 1
+                    ),
+                ));
+            }
             let listed = self.root.join(line);
             if listed.extension().and_then(|e| e.to_str()) != Some("sql") {
                 return Err(at(
@@ -271,6 +289,17 @@ impl Reader {
             ));
         }
         paths.sort();
+        // The tracking table's filepath holds 500 bytes: a 255-byte change
+        // name, `/change/` and a name of at most 200.
+        if let Some(long) = paths
+            .iter()
+            .find(|p| p.file_name().is_some_and(|n| n.len() > MAX_FILE_NAME))
+        {
+            return Err(at(
+                &self.relative(long),
+                format!("a file name is at most {MAX_FILE_NAME} bytes"),
+            ));
+        }
         paths.iter().map(|p| self.file(p)).collect()
     }
 }
@@ -391,6 +420,16 @@ mod tests {
         write(&root.join(".."), "outside.sql", "SELECT 1;");
         let e = load(root).unwrap_err().to_string();
         assert!(e.contains("outside the migrations folder"), "{e}");
+        // A symlink inside the folder that points out of it.
+        std::fs::create_dir_all(root.join("_shared")).unwrap();
+        std::os::unix::fs::symlink(root.join("../outside.sql"), root.join("_shared/link.sql"))
+            .unwrap();
+        write(root, "2026-01-01-a/change/002.txt", "_shared/link.sql\n");
+        let e = load(root).unwrap_err().to_string();
+        assert!(
+            e.contains("_shared/link.sql") && e.contains("outside the migrations folder"),
+            "{e}"
+        );
         std::fs::remove_file(root.join("2026-01-01-a/change/002.txt")).unwrap();
         write(root, "2026-01-01-a/change/003.psql", "SELECT 1;");
         let e = load(root).unwrap_err().to_string();

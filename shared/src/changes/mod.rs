@@ -39,7 +39,9 @@ pub enum RunError {
 /// Who runs, for which app, and how long to wait for another runner.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Recorded as `executed_by` and as the lock's holder.
+    /// Recorded as `executed_by` and as the lock's holder: unique per runner
+    /// (a deploy id; the CLI adds its process id), since the lock is
+    /// re-entrant for its holder.
     pub holder: String,
     pub app: String,
     /// The lock's scope: one per database.
@@ -199,7 +201,8 @@ async fn lock(conn: &mut PgConnection, opts: &Options, reason: &str) -> Result<(
     }
 }
 
-/// Runs `work` under the lock, and gives the lock back whatever happened.
+/// Runs `work` under the lock, and gives the lock back whatever happened
+/// (`work` is one call, so its `?` cannot skip the release).
 macro_rules! locked {
     ($conn:expr, $opts:expr, $reason:expr, $work:expr) => {{
         track::ensure($conn).await?;
@@ -459,25 +462,38 @@ pub async fn rewind(
     n: usize,
     opts: &Options,
 ) -> Result<Vec<ChangeRun>, RunError> {
-    locked!(conn, opts, "rewind", {
-        let mut applied: Vec<Applied> = track::latest(conn)
-            .await?
-            .into_iter()
-            .filter(|r| r.status == "success")
-            .collect();
-        applied.sort_by_key(|r| std::cmp::Reverse((r.executed_at, r.id)));
-        let mut runs = Vec::new();
-        for row in applied.into_iter().take(n) {
-            lock(conn, opts, "rewind").await?;
-            let run = revert_locked(conn, changes, &row.name, opts).await?;
-            let failed = run.outcome == Outcome::Failed;
-            runs.push(run);
-            if failed {
-                break;
-            }
+    locked!(
+        conn,
+        opts,
+        "rewind",
+        rewind_locked(conn, changes, n, opts).await
+    )
+}
+
+async fn rewind_locked(
+    conn: &mut PgConnection,
+    changes: &[Change],
+    n: usize,
+    opts: &Options,
+) -> Result<Vec<ChangeRun>, RunError> {
+    let mut applied: Vec<Applied> = track::latest(conn)
+        .await?
+        .into_iter()
+        .filter(|r| r.status == "success")
+        .collect();
+    // Row ids grow with every run: the newest applied first, whatever the clock did.
+    applied.sort_by_key(|r| std::cmp::Reverse(r.id));
+    let mut runs = Vec::new();
+    for row in applied.into_iter().take(n) {
+        lock(conn, opts, "rewind").await?;
+        let run = revert_locked(conn, changes, &row.name, opts).await?;
+        let failed = run.outcome == Outcome::Failed;
+        runs.push(run);
+        if failed {
+            break;
         }
-        Ok::<_, RunError>(runs)
-    })
+    }
+    Ok(runs)
 }
 
 /// Runs `files` in order on `conn`; after a failure the rest are skipped

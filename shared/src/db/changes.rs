@@ -204,9 +204,29 @@ pub struct Holder {
     pub reason: String,
 }
 
+/// The first key of the session advisory lock each scope also takes.
+const ADVISORY: i32 = 7317;
+
+/// Whether this session holds the scope's advisory lock.
+async fn session_holds(conn: &mut PgConnection, scope: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
+             AND pid = pg_backend_pid() AND objsubid = 2 AND classid::bigint = $1
+             AND objid::bigint = (hashtext($2)::bigint & 4294967295))",
+    )
+    .bind(i64::from(ADVISORY))
+    .bind(scope)
+    .fetch_one(conn)
+    .await
+}
+
 /// Takes the lock of `scope` for `holder` until `ttl` from now: free,
 /// expired (taken over) or already `holder`'s (re-entrant: extended).
-/// `Err(Holder)` names who has it otherwise.
+/// `Err(Holder)` names who has it otherwise. The row says who holds it and
+/// until when; a session advisory lock taken with it keeps excluding others
+/// while the holder's connection lives, so a change that outlasts the row's
+/// expiry is never run twice. A holder that died loses both: its connection
+/// closed, and its row is taken over once expired.
 pub async fn try_lock(
     conn: &mut PgConnection,
     scope: &str,
@@ -214,6 +234,17 @@ pub async fn try_lock(
     ttl: std::time::Duration,
     reason: &str,
 ) -> Result<Result<(), Holder>, sqlx::Error> {
+    let had = session_holds(conn, scope).await?;
+    if !had {
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
+            .bind(ADVISORY)
+            .bind(scope)
+            .fetch_one(&mut *conn)
+            .await?;
+        if !got {
+            return Ok(Err(holder_of(conn, scope).await?));
+        }
+    }
     let taken: Option<String> = sqlx::query_scalar(
         "INSERT INTO __norn_lock__ (scope, locked_by, expires_at, reason)
          VALUES ($1, $2, clock_timestamp() + make_interval(secs => $3), $4)
@@ -233,32 +264,53 @@ pub async fn try_lock(
     if taken.is_some() {
         return Ok(Ok(()));
     }
+    if !had {
+        release_advisory(conn, scope).await?;
+    }
+    Ok(Err(holder_of(conn, scope).await?))
+}
+
+async fn release_advisory(conn: &mut PgConnection, scope: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_unlock($1, hashtext($2))")
+        .bind(ADVISORY)
+        .bind(scope)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Who the row names.
+async fn holder_of(conn: &mut PgConnection, scope: &str) -> Result<Holder, sqlx::Error> {
     let held: Option<(String, DateTime<Utc>, String)> =
         sqlx::query_as("SELECT locked_by, expires_at, reason FROM __norn_lock__ WHERE scope = $1")
             .bind(scope)
             .fetch_optional(conn)
             .await?;
     Ok(match held {
-        Some((locked_by, expires_at, reason)) => Err(Holder {
+        Some((locked_by, expires_at, reason)) => Holder {
             locked_by,
             expires_at,
             reason,
-        }),
-        // Released between the two statements: the caller tries again.
-        None => Err(Holder {
-            locked_by: String::new(),
+        },
+        // Released between the two statements.
+        None => Holder {
+            locked_by: "a runner that has just released it".into(),
             expires_at: Utc::now(),
             reason: String::new(),
-        }),
+        },
     })
 }
 
-/// Gives the lock back, if `holder` still has it.
+/// Gives the lock back, if `holder` still has it, with this session's
+/// advisory lock.
 pub async fn unlock(conn: &mut PgConnection, scope: &str, holder: &str) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM __norn_lock__ WHERE scope = $1 AND locked_by = $2")
         .bind(scope)
         .bind(holder)
-        .execute(conn)
+        .execute(&mut *conn)
         .await?;
+    if session_holds(conn, scope).await? {
+        release_advisory(conn, scope).await?;
+    }
     Ok(())
 }

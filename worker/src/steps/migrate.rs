@@ -68,7 +68,22 @@ async fn run_changes(
         let at = GitRef::parse(&sha).map_err(|e| StepFailure::new(e.to_string()))?;
         super::clone::fetch(ctx, at).await?;
     }
-    let folder = ctx.workdir.join(dir);
+    let (workdir, folder) = (ctx.workdir.clone(), ctx.workdir.join(dir));
+    // The folder may be a symlink in the repository: it must still resolve
+    // inside the checkout, or the app's repo could feed host files to SQL.
+    let inside = tokio::task::spawn_blocking(move || {
+        let root = workdir.canonicalize()?;
+        let real = folder.canonicalize()?;
+        Ok::<_, std::io::Error>(real.starts_with(&root).then_some(real))
+    })
+    .await
+    .map_err(|e| StepFailure::new(e.to_string()))?
+    .map_err(|e| StepFailure::new(format!("migrations.dir {dir}: {e}")))?;
+    let Some(folder) = inside else {
+        return Err(StepFailure::new(format!(
+            "migrations.dir {dir} resolves outside the app's source"
+        )));
+    };
     let loaded = tokio::task::spawn_blocking(move || changes::disk::load(&folder))
         .await
         .map_err(|e| StepFailure::new(e.to_string()))?
@@ -83,7 +98,9 @@ async fn run_changes(
         .await
         .map_err(|e| StepFailure::new(e.to_string()))?;
     let opts = changes::Options {
-        holder: format!("deploy {}", ctx.deployment_id),
+        // The attempt's lease token too: a fenced attempt still running is
+        // another holder, not the same one.
+        holder: format!("deploy {} #{}", ctx.deployment_id, ctx.token),
         app: ctx.app.id.clone(),
         scope: database.to_owned(),
         lock_ttl: changes::LOCK_TTL,
@@ -99,8 +116,10 @@ async fn run_changes(
     let log: Vec<String> = runs.iter().flat_map(|r| r.lines()).collect();
     ctx.log.write(&format!("{}\n", log.join("\n"))).await;
     if let Some(failed) = runs.iter().find(|r| r.outcome == changes::Outcome::Failed) {
-        // Its transaction already undid it: the snapshot is not needed.
-        ctx.migration_undone = failed.transactional;
+        // Its transaction already undid it, and nothing before it in this run
+        // committed: the snapshot is not needed.
+        ctx.migration_undone =
+            failed.transactional && !runs.iter().any(|r| r.outcome == changes::Outcome::Applied);
         return Err(StepFailure::new(
             failed
                 .error
