@@ -109,6 +109,10 @@ pub fn required_role(method: &Method, route: &str) -> Role {
         ("POST", "/api/deployments/{id}/cancel"),
         ("POST", "/api/apps/{id}/cron/trigger"),
         ("POST", "/api/functions/executions/{id}/cancel"),
+        // What a deploy's migrate step does anyway; reverts stay admin.
+        ("POST", "/api/apps/{id}/changes/run"),
+        ("POST", "/api/apps/{id}/changes/dry-run"),
+        ("POST", "/api/apps/{id}/changes/check"),
     ];
     const ADMIN_READS: &[&str] = &[
         "/api/tokens",

@@ -136,8 +136,10 @@ enum Command {
     /// Run an app's function once: the body goes to its stdin, its output
     /// is printed, and norn exits with its exit code.
     Invoke(invoke::Args),
-    /// Norn's change runner on a folder of changes, against DATABASE_URL
-    /// (local mode, for developers): list, run, revert, rewind, dry-run.
+    /// Norn's change runner (`migrations.dir`): `norn changes <app>` through
+    /// the API on the deployed commit, or `--dir <folder>` against
+    /// DATABASE_URL (local mode, for developers): list, check, run, revert,
+    /// rewind, dry-run.
     Changes(changes::Args),
     /// A cron app: show its state and recent runs, or act on it.
     Cron {
@@ -176,7 +178,6 @@ async fn main() {
     let api = client::Api::new(&api, token);
     let result = match command {
         Command::Invoke(args) => invoke::run(&api, args).await,
-        Command::Changes(args) => changes::run(args).await.map(|ok| if ok { 0 } else { 1 }),
         command => run(&api, command).await.map(|ok| if ok { 0 } else { 1 }),
     };
     let code = match result {
@@ -235,7 +236,7 @@ async fn run(api: &client::Api, command: Command) -> anyhow::Result<bool> {
         Command::Secrets { app, action } => secrets::run(api, &app, action).await,
         Command::Cron { app, action } => cron::run(api, &app, action).await.map(|_| true),
         Command::Invoke(args) => invoke::run(api, args).await.map(|code| code == 0),
-        Command::Changes(args) => changes::run(args).await,
+        Command::Changes(args) => changes::run(api, args).await,
         Command::Tokens { action } => tokens::run(api, action).await,
         Command::Webhooks { action } => webhooks::run(api, action).await,
         Command::Previews { app } => webhooks::previews(api, &app).await,

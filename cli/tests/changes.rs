@@ -205,3 +205,180 @@ async fn norn_changes_runs_lists_dry_runs_and_rewinds_a_folder_against_database_
     assert_eq!(unset.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&unset.stderr).contains("DATABASE_URL"));
 }
+
+/// A change folder `2026-03-0N-<table>` creating and dropping `table`.
+fn table_change(repo: &AppRepo, day: u32, table: &str) {
+    let name = format!("2026-03-{day:02}-{table}");
+    write(
+        repo,
+        &format!("db/changes/{name}/change/001.sql"),
+        &format!("CREATE TABLE {table} (id int);"),
+    );
+    write(
+        repo,
+        &format!("db/changes/{name}/revert/001.sql"),
+        &format!("DROP TABLE {table};"),
+    );
+}
+
+async fn tables(url: &str) -> Vec<String> {
+    let rows: Vec<(String,)> = query(
+        url,
+        "SELECT tablename::text FROM pg_tables WHERE tablename IN ('ta', 'tb') ORDER BY 1",
+    )
+    .await;
+    rows.into_iter().map(|(t,)| t).collect()
+}
+
+#[tokio::test]
+async fn the_api_lists_reverts_rewinds_and_runs_an_apps_changes_on_its_deployed_commit() {
+    let h = Harness::start().await;
+    let app = unique_app("chapi");
+    let database = app.replace('-', "_");
+    let app_db = norn_shared::db::with_database(&h.db_url, &database);
+    let repo = AppRepo::create(h.tmp.path(), &app);
+    table_change(&repo, 1, "ta");
+    table_change(&repo, 2, "tb");
+    let sha = repo.commit("v1");
+    let spec = json!({
+        "name": app,
+        "repo": {"url": repo.url()},
+        "processes": {"web": {"port": 8080, "health": {"path": "/health", "timeout": "2s"}}},
+        "services": {"postgres": {"database": database}},
+        "migrations": {"dir": "db/changes"},
+    });
+    let base = format!("/api/apps/{app}/changes");
+    let (code, body) = h.post("/api/apps", spec).await;
+    assert_eq!(code, 201, "{body}");
+    // Nothing deployed yet: nothing to read the folder from.
+    let (code, body) = h.post(&format!("{base}/run"), json!({})).await;
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("deploy it first"),
+        "{body}"
+    );
+    let d = h.wait_terminal(&h.deploy(&app, "HEAD").await).await;
+    assert_eq!(d["status"], "deployed", "{d}");
+
+    // The deploy's migrate step recorded every change's status.
+    let (code, overview) = h.get(&base).await;
+    assert_eq!(code, 200, "{overview}");
+    assert_eq!(overview["commitSha"], sha.as_str(), "{overview}");
+    let states: Vec<(&str, &str)> = overview["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        states,
+        [("2026-03-01-ta", "applied"), ("2026-03-02-tb", "applied")]
+    );
+    assert_eq!(overview["runs"][0]["action"], "deploy", "{overview}");
+
+    // Refused before anything is queued.
+    let (code, body) = h
+        .post(&format!("{base}/2026-03-02-tb/revert"), json!({}))
+        .await;
+    assert_eq!(
+        (code, body["field"].as_str()),
+        (400, Some("confirm")),
+        "{body}"
+    );
+    let (code, body) = h
+        .post(&format!("{base}/nope/revert?confirm=true"), json!({}))
+        .await;
+    assert_eq!(
+        (code, body["field"].as_str()),
+        (400, Some("name")),
+        "{body}"
+    );
+    let (code, body) = h
+        .post(
+            &format!("{base}/2026-09-09-none/revert?confirm=true"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = h
+        .post(&format!("{base}/rewind?count=0&confirm=true"), json!({}))
+        .await;
+    assert_eq!(
+        (code, body["field"].as_str()),
+        (400, Some("count")),
+        "{body}"
+    );
+
+    // Revert through the CLI: a worker runs it on the deployed commit.
+    let revert = common::norn(&h.api, &["changes", &app, "revert", "2026-03-02-tb"]).await;
+    assert_eq!(revert.code, 1, "{revert}");
+    assert!(revert.stderr.contains("--yes"), "{revert}");
+    let revert = common::norn(
+        &h.api,
+        &["changes", &app, "revert", "2026-03-02-tb", "--yes"],
+    )
+    .await;
+    assert_eq!(revert.code, 0, "{revert}");
+    assert!(
+        revert.stdout.contains("revert 2026-03-02-tb (Reverted"),
+        "{revert}"
+    );
+    assert_eq!(tables(&app_db).await, ["ta"]);
+    let list = common::norn(&h.api, &["changes", &app]).await;
+    assert!(list.stdout.contains("reverted  2026-03-02-tb"), "{list}");
+    assert!(list.stdout.contains(&sha[..12]), "{list}");
+    let (code, body) = h
+        .post(
+            &format!("{base}/2026-03-02-tb/revert?confirm=true"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(code, 409, "{body}");
+
+    // A dry run shows the SQL and changes nothing; a run applies it again.
+    let dry = common::norn(&h.api, &["changes", &app, "dry-run"]).await;
+    assert_eq!(dry.code, 0, "{dry}");
+    assert!(dry.stdout.contains("CREATE TABLE tb (id int);"), "{dry}");
+    assert_eq!(tables(&app_db).await, ["ta"]);
+    let run = common::norn(&h.api, &["changes", &app, "run"]).await;
+    assert_eq!(run.code, 0, "{run}");
+    assert!(
+        run.stdout.contains("change 2026-03-02-tb (Applied"),
+        "{run}"
+    );
+    assert_eq!(tables(&app_db).await, ["ta", "tb"]);
+
+    // Rewind 2: newest first, both gone; recorded in the app database.
+    let rewind = common::norn(&h.api, &["changes", &app, "rewind", "2", "--yes"]).await;
+    assert_eq!(rewind.code, 0, "{rewind}");
+    assert!(tables(&app_db).await.is_empty());
+    let reverts: Vec<(String,)> = query(
+        &app_db,
+        "SELECT name::text FROM __norn_change__ WHERE direction = 'revert' ORDER BY id",
+    )
+    .await;
+    let names: Vec<&str> = reverts.iter().map(|(n,)| n.as_str()).collect();
+    assert_eq!(names, ["2026-03-02-tb", "2026-03-02-tb", "2026-03-01-ta"]);
+    let by: Vec<(String,)> = query(
+        &app_db,
+        "SELECT executed_by::text FROM __norn_change__ ORDER BY id DESC LIMIT 1",
+    )
+    .await;
+    assert!(by[0].0.contains("via api (run "), "{by:?}");
+
+    // A status check reads the database again.
+    let check = common::norn(&h.api, &["changes", &app, "check"]).await;
+    assert_eq!(check.code, 0, "{check}");
+    assert_eq!(
+        check
+            .stdout
+            .lines()
+            .filter(|l| l.starts_with("reverted"))
+            .count(),
+        2,
+        "{check}"
+    );
+    let (_, overview) = h.get(&base).await;
+    assert_eq!(overview["runs"][0]["action"], "status", "{overview}");
+    assert_eq!(overview["runs"][0]["status"], "succeeded", "{overview}");
+}

@@ -142,4 +142,9 @@ async fn prune(pool: PgPool, retention: Retention) {
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "pruning webhook deliveries failed"),
     }
+    match norn_shared::db::change_runs::prune(&pool).await {
+        Ok(n) if n > 0 => tracing::info!(rows = n, "pruned change runs past retention"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "pruning change runs failed"),
+    }
 }

@@ -66,3 +66,12 @@ pub struct FunctionJob {
     pub execution_id: i64,
     pub app: String,
 }
+
+/// Run a change-runner operation requested through the API (a recorded
+/// `change_runs` row) on the app's deployed commit.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ChangesJob {
+    pub run_id: String,
+    pub app: String,
+}

@@ -106,12 +106,16 @@ impl LocalServer {
             )
             .map_err(io("writing the ACL file"))?;
         }
+        // `shutdown-on-sigterm force`: on SIGTERM, exit even when the final
+        // save fails (its directory deleted under it); otherwise the server
+        // refuses to stop and keeps the port from the next `norn up`.
         let conf = dir.join("redis.conf");
         std::fs::write(
             &conf,
             format!(
                 "port {port}\nbind {}\nprotected-mode no\ndaemonize no\ndir {}\n\
-                 aclfile {}\nappendonly yes\nsave 60 1\nlogfile {}\n",
+                 aclfile {}\nappendonly yes\nsave 60 1\nlogfile {}\n\
+                 shutdown-on-sigterm force\n",
                 binds.join(" "),
                 dir.display(),
                 acl.display(),

@@ -21,16 +21,18 @@ pub enum Queue {
     Cron,
     Health,
     Snapshot,
+    Changes,
 }
 
 impl Queue {
-    pub const ALL: [Queue; 6] = [
+    pub const ALL: [Queue; 7] = [
         Queue::Deploy,
         Queue::Forge,
         Queue::Function,
         Queue::Cron,
         Queue::Health,
         Queue::Snapshot,
+        Queue::Changes,
     ];
 
     pub fn name(self) -> &'static str {
@@ -41,6 +43,7 @@ impl Queue {
             Queue::Cron => "norn.cron",
             Queue::Health => "norn.health",
             Queue::Snapshot => "norn.snapshot",
+            Queue::Changes => "norn.changes",
         }
     }
 }

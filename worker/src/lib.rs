@@ -89,6 +89,10 @@ pub async fn run(
         state.clone(),
         stop.clone(),
     )));
+    roles.push(Box::pin(supervisor::changes_queue(
+        state.clone(),
+        stop.clone(),
+    )));
     roles.push(Box::pin(supervisor::forge_queue(
         state.clone(),
         stop.clone(),

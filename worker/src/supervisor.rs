@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use apalis::prelude::*;
 use apalis_postgres::PostgresStorage;
-use norn_shared::jobs::{CronJob, DeployJob, ForgeJob, FunctionJob, HealthJob, RestoreJob};
+use norn_shared::jobs::{
+    ChangesJob, CronJob, DeployJob, ForgeJob, FunctionJob, HealthJob, RestoreJob,
+};
 use norn_shared::queue::{self, Queue};
 use tokio::sync::watch;
 
@@ -121,6 +123,18 @@ pub async fn snapshot_queue(state: Arc<WorkerState>, shutdown: watch::Receiver<b
         Queue::Snapshot,
         1,
         jobs::restore::run
+    )
+}
+
+/// Change runs are rare and may hold the app lease: one at a time per claim.
+pub async fn changes_queue(state: Arc<WorkerState>, shutdown: watch::Receiver<bool>) {
+    supervise!(
+        state,
+        shutdown,
+        ChangesJob,
+        Queue::Changes,
+        1,
+        jobs::changes::run
     )
 }
 

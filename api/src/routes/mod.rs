@@ -1,6 +1,7 @@
 //! One file per route group.
 
 pub mod apps;
+pub mod changes;
 pub mod checks;
 pub mod cluster;
 pub mod cron;
@@ -48,6 +49,16 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/apps/{id}/snapshots/{ts}/restore",
             post(snapshots::restore),
+        )
+        .route("/api/apps/{id}/changes", get(changes::list))
+        .route("/api/apps/{id}/changes/runs/{run}", get(changes::get))
+        .route("/api/apps/{id}/changes/run", post(changes::run))
+        .route("/api/apps/{id}/changes/dry-run", post(changes::dry_run))
+        .route("/api/apps/{id}/changes/check", post(changes::check))
+        .route("/api/apps/{id}/changes/rewind", post(changes::rewind))
+        .route(
+            "/api/apps/{id}/changes/{name}/revert",
+            post(changes::revert),
         )
         .route("/api/apps/{id}/cron", get(cron::get))
         .route("/api/apps/{id}/cron/trigger", post(cron::trigger))

@@ -9,7 +9,7 @@ pub mod disk;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::{Connection, PgConnection};
 
 use crate::db::changes::{self as track, Applied, Holder, NewChangeRow, NewExecution};
@@ -58,7 +58,7 @@ pub struct Wait {
 }
 
 /// A change as disk and database see it together.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     Pending,
@@ -69,7 +69,7 @@ pub enum State {
     Drifted,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ChangeStatus {
     pub name: String,
@@ -83,7 +83,7 @@ pub struct ChangeStatus {
     pub drifted_files: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FileStatus {
     Success,
@@ -104,7 +104,7 @@ impl FileStatus {
     }
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FileRun {
     pub path: String,
@@ -118,7 +118,7 @@ pub struct FileRun {
     pub sql: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Ran, and committed.
@@ -132,7 +132,7 @@ pub enum Outcome {
     WouldRun,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ChangeRun {
     pub name: String,
@@ -476,17 +476,10 @@ async fn rewind_locked(
     n: usize,
     opts: &Options,
 ) -> Result<Vec<ChangeRun>, RunError> {
-    let mut applied: Vec<Applied> = track::latest(conn)
-        .await?
-        .into_iter()
-        .filter(|r| r.status == "success")
-        .collect();
-    // Row ids grow with every run: the newest applied first, whatever the clock did.
-    applied.sort_by_key(|r| std::cmp::Reverse(r.id));
     let mut runs = Vec::new();
-    for row in applied.into_iter().take(n) {
+    for name in newest_applied(conn, n).await? {
         lock(conn, opts, "rewind").await?;
-        let run = revert_locked(conn, changes, &row.name, opts).await?;
+        let run = revert_locked(conn, changes, &name, opts).await?;
         let failed = run.outcome == Outcome::Failed;
         runs.push(run);
         if failed {
@@ -494,6 +487,22 @@ async fn rewind_locked(
         }
     }
     Ok(runs)
+}
+
+/// The names of the newest `n` applied changes, newest first (what `rewind
+/// n` reverts).
+pub async fn newest_applied(conn: &mut PgConnection, n: usize) -> Result<Vec<String>, RunError> {
+    if !track::exists(conn).await? {
+        return Ok(Vec::new());
+    }
+    let mut applied: Vec<Applied> = track::latest(conn)
+        .await?
+        .into_iter()
+        .filter(|r| r.status == "success")
+        .collect();
+    // Row ids grow with every run: the newest applied first, whatever the clock did.
+    applied.sort_by_key(|r| std::cmp::Reverse(r.id));
+    Ok(applied.into_iter().take(n).map(|r| r.name).collect())
 }
 
 /// Runs `files` in order on `conn`; after a failure the rest are skipped

@@ -1,6 +1,7 @@
 //! Database access. Every query lives here; callers never write SQL.
 
 pub mod apps;
+pub mod change_runs;
 pub mod changes;
 pub mod credentials;
 pub mod cron;

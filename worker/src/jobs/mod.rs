@@ -1,5 +1,6 @@
 //! One file per job type (and the lease wait they share).
 
+pub mod changes;
 pub mod cron;
 pub mod deploy;
 pub mod forge;

@@ -1,12 +1,15 @@
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
 use norn_shared::changes;
+use norn_shared::db::change_runs;
 use norn_shared::domain::{GitRef, Step};
 use norn_shared::infraspec::Migrations;
 
 use crate::adapters::{OneOff, Output};
 use crate::pipeline::{DeployCtx, StepFailure, StepOutput};
+use crate::state::WorkerState;
 
 pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
     let Some(migrations) = ctx.app.spec.migrations.clone() else {
@@ -55,7 +58,8 @@ pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
 
 /// `migrations.dir`: Norn's change runner applies the folder's pending
 /// changes as the app's own role, under the database's change lock (held
-/// for the whole step), and logs each change and file.
+/// for the whole step), and logs each change and file. What it did is also
+/// recorded in `change_runs`, which `GET /api/apps/{id}/changes` reads.
 async fn run_changes(
     ctx: &mut DeployCtx<'_>,
     database: &str,
@@ -68,35 +72,12 @@ async fn run_changes(
         let at = GitRef::parse(&sha).map_err(|e| StepFailure::new(e.to_string()))?;
         super::clone::fetch(ctx, at).await?;
     }
-    let (workdir, folder) = (ctx.workdir.clone(), ctx.workdir.join(dir));
-    // The folder may be a symlink in the repository: it must still resolve
-    // inside the checkout, or the app's repo could feed host files to SQL.
-    let inside = tokio::task::spawn_blocking(move || {
-        let root = workdir.canonicalize()?;
-        let real = folder.canonicalize()?;
-        Ok::<_, std::io::Error>(real.starts_with(&root).then_some(real))
-    })
-    .await
-    .map_err(|e| StepFailure::new(e.to_string()))?
-    .map_err(|e| StepFailure::new(format!("migrations.dir {dir}: {e}")))?;
-    let Some(folder) = inside else {
-        return Err(StepFailure::new(format!(
-            "migrations.dir {dir} resolves outside the app's source"
-        )));
-    };
-    let loaded = tokio::task::spawn_blocking(move || changes::disk::load(&folder))
+    let loaded = load_folder(&ctx.workdir, dir)
         .await
-        .map_err(|e| StepFailure::new(e.to_string()))?
-        .map_err(|e| StepFailure::new(format!("migrations.dir: {e}")))?;
-    let login = crate::services::require_pg_login(ctx.state, &ctx.app.id, database)
+        .map_err(StepFailure::new)?;
+    let mut conn = connect(ctx.state, &ctx.app.id, database)
         .await
-        .map_err(|e| StepFailure::new(e.to_string()))?;
-    let mut conn = ctx
-        .state
-        .pg
-        .connect_as(database, &login)
-        .await
-        .map_err(|e| StepFailure::new(e.to_string()))?;
+        .map_err(StepFailure::new)?;
     let opts = changes::Options {
         // The attempt's lease token too: a fenced attempt still running is
         // another holder, not the same one.
@@ -110,22 +91,40 @@ async fn run_changes(
             poll: Duration::from_secs(1),
         }),
     };
-    let runs = changes::apply(&mut conn, &loaded, &opts, false)
-        .await
-        .map_err(|e| StepFailure::new(e.to_string()))?;
+    let applied = changes::apply(&mut conn, &loaded, &opts, false).await;
+    let runs = applied.as_deref().unwrap_or_default();
     let log: Vec<String> = runs.iter().flat_map(|r| r.lines()).collect();
-    ctx.log.write(&format!("{}\n", log.join("\n"))).await;
-    if let Some(failed) = runs.iter().find(|r| r.outcome == changes::Outcome::Failed) {
-        // Its transaction already undid it, and nothing before it in this run
-        // committed: the snapshot is not needed.
-        ctx.migration_undone =
-            failed.transactional && !runs.iter().any(|r| r.outcome == changes::Outcome::Applied);
-        return Err(StepFailure::new(
-            failed
-                .error
-                .clone()
-                .unwrap_or_else(|| format!("change {} failed", failed.name)),
-        ));
+    if !log.is_empty() {
+        ctx.log.write(&format!("{}\n", log.join("\n"))).await;
+    }
+    let failure = match &applied {
+        Err(e) => Some(e.to_string()),
+        Ok(runs) => runs
+            .iter()
+            .find(|r| r.outcome == changes::Outcome::Failed)
+            .map(|f| {
+                f.error
+                    .clone()
+                    .unwrap_or_else(|| format!("change {} failed", f.name))
+            }),
+    };
+    record(
+        ctx,
+        &opts.holder,
+        &mut conn,
+        &loaded,
+        runs,
+        failure.as_deref(),
+    )
+    .await;
+    if let Some(error) = failure {
+        // A failed change's transaction already undid it; when nothing
+        // before it in this run committed, the snapshot is not needed.
+        ctx.migration_undone = runs
+            .iter()
+            .any(|r| r.outcome == changes::Outcome::Failed && r.transactional)
+            && !runs.iter().any(|r| r.outcome == changes::Outcome::Applied);
+        return Err(StepFailure::new(error));
     }
     let applied = runs
         .iter()
@@ -135,6 +134,71 @@ async fn run_changes(
         "{applied} change(s) applied, {} already applied",
         runs.len() - applied
     )))
+}
+
+/// Records the step's run in `change_runs` with every change's status
+/// afterwards. Only a record: failing to write it is logged, not fatal.
+async fn record(
+    ctx: &DeployCtx<'_>,
+    holder: &str,
+    conn: &mut sqlx::PgConnection,
+    loaded: &[changes::Change],
+    runs: &[changes::ChangeRun],
+    error: Option<&str>,
+) {
+    let statuses = changes::status(conn, loaded).await.ok();
+    let run = change_runs::DeployRun {
+        app: &ctx.app.id,
+        deployment_id: &ctx.deployment_id,
+        commit_sha: ctx.sha.as_deref(),
+        holder,
+        changes: statuses.as_deref(),
+        runs,
+        error,
+    };
+    if let Err(e) = change_runs::insert_deploy(&ctx.state.pool, &run).await {
+        tracing::warn!(error = %e, "recording the change run failed");
+    }
+}
+
+/// Reads and checks `dir` of the checkout in `workdir`. The folder may be a
+/// symlink in the repository: it must still resolve inside the checkout, or
+/// the app's repo could feed host files to SQL.
+pub async fn load_folder(workdir: &Path, dir: &str) -> Result<Vec<changes::Change>, String> {
+    let (workdir, folder) = (workdir.to_owned(), workdir.join(dir));
+    let inside = tokio::task::spawn_blocking(move || {
+        let root = workdir.canonicalize()?;
+        let real = folder.canonicalize()?;
+        Ok::<_, std::io::Error>(real.starts_with(&root).then_some(real))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("migrations.dir {dir}: {e}"))?;
+    let Some(folder) = inside else {
+        return Err(format!(
+            "migrations.dir {dir} resolves outside the app's source"
+        ));
+    };
+    tokio::task::spawn_blocking(move || changes::disk::load(&folder))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("migrations.dir: {e}"))
+}
+
+/// A connection to the app's database as the app's own role.
+pub async fn connect(
+    state: &WorkerState,
+    app: &str,
+    database: &str,
+) -> Result<sqlx::PgConnection, String> {
+    let login = crate::services::require_pg_login(state, app, database)
+        .await
+        .map_err(|e| e.to_string())?;
+    state
+        .pg
+        .connect_as(database, &login)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// How long a deploy waits for another runner's change lock.
