@@ -384,6 +384,78 @@ async fn an_expired_lock_is_taken_over_once_its_holder_is_gone_never_while_it_ru
 }
 
 #[tokio::test]
+async fn a_holder_dropped_mid_run_leaves_no_lock_behind_even_before_its_row_expires() {
+    let url = norn_shared::testing::fresh_database().await;
+    let dir = folder(1);
+    let loaded = changes::disk::load(dir.path()).unwrap();
+    let mut gone = PgConnection::connect(&url).await.unwrap();
+    track::ensure(&mut gone).await.unwrap();
+    // As a step deadline leaves it: the runner's future dropped with its
+    // connection, the row never deleted, five minutes left on it.
+    track::try_lock(&mut gone, "shop", "deploy-9 #3", changes::LOCK_TTL, "apply")
+        .await
+        .unwrap()
+        .unwrap();
+    drop(gone);
+    let mut conn = PgConnection::connect(&url).await.unwrap();
+    let waiting = Options {
+        wait: Some(Wait {
+            timeout: Duration::from_secs(10),
+            poll: Duration::from_millis(50),
+        }),
+        ..opts("next")
+    };
+    let runs = changes::apply(&mut conn, &loaded, &waiting, false)
+        .await
+        .unwrap();
+    assert_eq!(runs[0].outcome, Outcome::Applied);
+    assert_eq!(tables(&mut conn).await, ["t1"]);
+}
+
+#[tokio::test]
+async fn a_change_that_sets_its_search_path_or_role_leaves_the_session_as_it_found_it() {
+    let url = norn_shared::testing::fresh_database().await;
+    let tmp = tempfile::tempdir().unwrap();
+    write(
+        tmp.path(),
+        "2026-01-01-schema/change/001.sql",
+        "CREATE SCHEMA s1; SET search_path = s1; CREATE TABLE t9 (id int);",
+    );
+    write(
+        tmp.path(),
+        "2026-01-02-plain/change/001.sql",
+        "CREATE TABLE t1 (id int);",
+    );
+    write(
+        tmp.path(),
+        "2026-01-03-loose/change/001.sql",
+        "-- norn:no-transaction\nSET search_path = s1;",
+    );
+    write(
+        tmp.path(),
+        "2026-01-04-after/change/001.sql",
+        "CREATE TABLE t2 (id int);",
+    );
+    let loaded = changes::disk::load(tmp.path()).unwrap();
+    let mut conn = PgConnection::connect(&url).await.unwrap();
+    let runs = changes::apply(&mut conn, &loaded, &opts("cli"), false)
+        .await
+        .unwrap();
+    assert!(
+        runs.iter().all(|r| r.outcome == Outcome::Applied),
+        "{runs:?}"
+    );
+    // Each later change ran in public, and the tracking rows went there too.
+    assert_eq!(tables(&mut conn).await, ["t1", "t2"]);
+    assert_eq!(rows(&mut conn).await.len(), 4);
+    let path: String = sqlx::query_scalar("SHOW search_path")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert!(!path.contains("s1"), "{path}");
+}
+
+#[tokio::test]
 async fn a_rewind_that_fails_gives_the_lock_back() {
     let mut conn = database().await;
     let tmp = tempfile::tempdir().unwrap();

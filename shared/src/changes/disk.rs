@@ -274,14 +274,21 @@ impl Reader {
 
     /// The files of `change/` or `revert/`, in file-name order.
     fn files(&mut self, dir: &Path) -> Result<Vec<ChangeFile>, DiskError> {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return Ok(Vec::new());
+        // Absent is empty (a change without revert/); unreadable is an
+        // error, never a change that silently has no files.
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(at(&self.relative(dir), format!("cannot be read: {e}"))),
         };
-        let mut paths: Vec<PathBuf> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| !hidden(p))
-            .collect();
+        let mut paths: Vec<PathBuf> = Vec::new();
+        for entry in entries {
+            let entry =
+                entry.map_err(|e| at(&self.relative(dir), format!("cannot be read: {e}")))?;
+            if !hidden(&entry.path()) {
+                paths.push(entry.path());
+            }
+        }
         if paths.len() > MAX_FILES {
             return Err(at(
                 &self.relative(dir),
@@ -438,6 +445,14 @@ mod tests {
         write(root, "Add-Users/change/001.sql", "SELECT 1;");
         let e = load(root).unwrap_err().to_string();
         assert!(e.contains("Add-Users") && e.contains("YYYY-MM-DD"), "{e}");
+        std::fs::remove_dir_all(root.join("Add-Users")).unwrap();
+        // A revert/ that cannot be listed is an error, not "no revert".
+        std::fs::write(root.join("2026-01-01-a/revert"), "not a folder").unwrap();
+        let e = load(root).unwrap_err().to_string();
+        assert!(
+            e.contains("2026-01-01-a/revert") && e.contains("cannot be read"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -597,6 +597,7 @@ async fn execute(
         let (files, error) = run_files(&mut tx, files).await;
         let run = finish(files, error);
         if run.outcome != Outcome::Failed {
+            reset_session(&mut tx).await?;
             record(&mut tx, change, &run, opts, forward).await?;
             tx.commit().await?;
             return Ok(run);
@@ -605,12 +606,24 @@ async fn execute(
         run
     } else {
         let (files, error) = run_files(conn, files).await;
+        reset_session(conn).await?;
         finish(files, error)
     };
     let mut tx = conn.begin().await?;
     record(&mut tx, change, &run, opts, forward).await?;
     tx.commit().await?;
     Ok(run)
+}
+
+/// A change may `SET search_path` or `SET ROLE` (and a rolled-back one
+/// already lost its settings): the session is put back before anything else
+/// runs on it, the tracking rows included, which would otherwise land in the
+/// change's schema, or fail.
+async fn reset_session(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql("RESET ALL; RESET ROLE; RESET SESSION AUTHORIZATION")
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 async fn record(

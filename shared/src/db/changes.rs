@@ -225,8 +225,10 @@ async fn session_holds(conn: &mut PgConnection, scope: &str) -> Result<bool, sql
 /// `Err(Holder)` names who has it otherwise. The row says who holds it and
 /// until when; a session advisory lock taken with it keeps excluding others
 /// while the holder's connection lives, so a change that outlasts the row's
-/// expiry is never run twice. A holder that died loses both: its connection
-/// closed, and its row is taken over once expired.
+/// expiry is never run twice. A holder that died loses both at once: its
+/// closed connection released the advisory lock, and whoever takes that
+/// takes its row over whatever its expiry (the expiry still rules between
+/// holders sharing one connection).
 pub async fn try_lock(
     conn: &mut PgConnection,
     scope: &str,
@@ -253,12 +255,18 @@ pub async fn try_lock(
              expires_at = EXCLUDED.expires_at, reason = EXCLUDED.reason
          WHERE __norn_lock__.locked_by = EXCLUDED.locked_by
             OR __norn_lock__.expires_at < clock_timestamp()
+            OR $5
          RETURNING locked_by",
     )
     .bind(scope)
     .bind(holder)
     .bind(ttl.as_secs_f64())
     .bind(reason)
+    // Every live holder keeps the advisory lock while it holds the row, so
+    // having just taken it means the row's holder is gone (its connection
+    // closed: a killed process, or a step deadline that dropped the runner
+    // mid-change): its row is taken over at once, not when it expires.
+    .bind(!had)
     .fetch_optional(&mut *conn)
     .await?;
     if taken.is_some() {
