@@ -399,3 +399,40 @@ async fn a_function_run_whose_job_died_is_ended_and_its_slot_goes_on() {
         "the freed slot went to d"
     );
 }
+
+#[tokio::test]
+async fn change_run_pruning_keeps_each_apps_newest_status_and_drops_a_gone_apps_runs() {
+    let (pool, _) = norn_shared::testing::fresh_pool().await;
+    sqlx::query("INSERT INTO apps (id, spec, source) VALUES ('shop', '{}', 'api')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // shop: its newest status is 100 days old, with older runs around it and
+    // one still queued; gone: an app no longer registered, with a fresh run.
+    sqlx::query(
+        "INSERT INTO change_runs (id, app, action, status, changes, requested_by, created_at, finished_at)
+         VALUES
+           ('old-1', 'shop', 'run', 'succeeded', '[]', 't', now() - interval '120 days', now() - interval '120 days'),
+           ('old-2', 'shop', 'revert', 'failed', NULL, 't', now() - interval '95 days', now() - interval '95 days'),
+           ('newest', 'shop', 'status', 'succeeded', '[]', 't', now() - interval '100 days', now() - interval '100 days'),
+           ('recent', 'shop', 'dry_run', 'succeeded', NULL, 't', now() - interval '1 day', now() - interval '1 day'),
+           ('gone-1', 'gone', 'run', 'succeeded', '[]', 't', now(), now())",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO change_runs (id, app, action, requested_by, created_at)
+         VALUES ('waiting', 'shop', 'run', 't', now() - interval '200 days')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let deleted = norn_shared::db::change_runs::prune(&pool).await.unwrap();
+    assert_eq!(deleted, 3);
+    let left: Vec<String> = sqlx::query_scalar("SELECT id FROM change_runs ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, ["newest", "recent", "waiting"]);
+}

@@ -217,14 +217,22 @@ pub async fn open(conn: &mut PgConnection, app: &str) -> Result<i64, sqlx::Error
     .await
 }
 
-/// Marks it running and counts the attempt; returns the attempts so far.
-pub async fn start(conn: &mut PgConnection, id: &str) -> Result<i32, sqlx::Error> {
-    sqlx::query_scalar(
+/// Marks it running, counts the attempt and moves it to the commit deployed
+/// now (`commit`, when there is one: a deploy may have finished since it was
+/// queued). Returns the attempts so far and the commit to read.
+pub async fn start(
+    conn: &mut PgConnection,
+    id: &str,
+    commit: Option<&str>,
+) -> Result<(i32, Option<String>), sqlx::Error> {
+    sqlx::query_as(
         "UPDATE change_runs SET status = 'running', attempts = attempts + 1,
-                started_at = coalesce(started_at, now())
-         WHERE id = $1 RETURNING attempts",
+                started_at = coalesce(started_at, now()),
+                commit_sha = coalesce($2, commit_sha)
+         WHERE id = $1 RETURNING attempts, commit_sha",
     )
     .bind(id)
+    .bind(commit)
     .fetch_one(conn)
     .await
 }
@@ -265,15 +273,18 @@ pub async fn finish(
     Ok(())
 }
 
-/// Deletes finished runs past [`RETENTION_DAYS`], keeping each app's newest
-/// status.
+/// Deletes finished runs past [`RETENTION_DAYS`], keeping each registered
+/// app's newest status, and every finished run of an app that is gone (a
+/// closed preview's, say).
 pub async fn prune(pool: &PgPool) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
         "DELETE FROM change_runs r
-         WHERE r.finished_at < now() - make_interval(days => $1)
-           AND r.id <> coalesce((SELECT n.id FROM change_runs n
-                                  WHERE n.app = r.app AND n.changes IS NOT NULL
-                                  ORDER BY n.finished_at DESC LIMIT 1), '')",
+         WHERE r.finished_at IS NOT NULL
+           AND (NOT EXISTS (SELECT 1 FROM apps a WHERE a.id = r.app)
+                OR (r.finished_at < now() - make_interval(days => $1)
+                    AND r.id <> coalesce((SELECT n.id FROM change_runs n
+                                           WHERE n.app = r.app AND n.changes IS NOT NULL
+                                           ORDER BY n.finished_at DESC LIMIT 1), '')))",
     )
     .bind(RETENTION_DAYS)
     .execute(pool)

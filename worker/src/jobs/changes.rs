@@ -11,6 +11,7 @@ use apalis::prelude::{BoxDynError, Data};
 use norn_shared::changes::{self, ChangeRun, ChangeStatus, Options, Outcome, State, Wait};
 use norn_shared::db::apps;
 use norn_shared::db::change_runs::{self, ChangeAction, ChangeRunRecord};
+use norn_shared::db::deployments;
 use norn_shared::db::lease;
 use norn_shared::domain::GitRef;
 use norn_shared::infraspec::Migrations;
@@ -82,8 +83,12 @@ async fn perform(
     token: Option<i64>,
 ) -> Result<(), WorkerError> {
     let mut tx = begin(state, &r.app, token).await?;
-    let attempts = change_runs::start(&mut tx, &r.id).await?;
+    let deployed = deployments::current(&mut tx, &r.app)
+        .await?
+        .and_then(|d| d.commit_sha);
+    let (attempts, commit_sha) = change_runs::start(&mut tx, &r.id, deployed.as_deref()).await?;
     tx.commit().await?;
+    let r = ChangeRunRecord { commit_sha, ..r };
     let workdir = state.config.work_dir.join(format!("changes-{}", r.id));
     let ended = operate(state, &r, attempts, &workdir).await;
     crate::steps::cleanup::remove_workdir(&workdir).await;
