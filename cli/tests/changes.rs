@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{AppRepo, Harness, unique_app};
 use serde_json::json;
 
@@ -381,4 +383,66 @@ async fn the_api_lists_reverts_rewinds_and_runs_an_apps_changes_on_its_deployed_
     let (_, overview) = h.get(&base).await;
     assert_eq!(overview["runs"][0]["action"], "status", "{overview}");
     assert_eq!(overview["runs"][0]["status"], "succeeded", "{overview}");
+}
+
+#[tokio::test]
+async fn a_deploy_waits_for_a_developers_change_lock_says_who_holds_it_then_applies() {
+    let h = Harness::start().await;
+    let app = unique_app("chlock");
+    let database = app.replace('-', "_");
+    let app_db = norn_shared::db::with_database(&h.db_url, &database);
+    let repo = AppRepo::create(h.tmp.path(), &app);
+    table_change(&repo, 1, "ta");
+    repo.commit("v1");
+    let spec = json!({
+        "name": app,
+        "repo": {"url": repo.url()},
+        "processes": {"web": {"port": 8080, "health": {"path": "/health", "timeout": "2s"}}},
+        "services": {"postgres": {"database": database}},
+        "migrations": {"dir": "db/changes"},
+    });
+    let (code, body) = h.post("/api/apps", spec).await;
+    assert_eq!(code, 201, "{body}");
+    let v1 = h.deploy(&app, "HEAD").await;
+    assert_eq!(h.wait_terminal(&v1).await["status"], "deployed");
+
+    // A developer's runner holds the database's change lock.
+    use sqlx::Connection;
+    let mut dev = sqlx::PgConnection::connect(&app_db).await.unwrap();
+    let held = "norn changes (dev@laptop pid 42)";
+    norn_shared::db::changes::try_lock(
+        &mut dev,
+        &database,
+        held,
+        Duration::from_secs(300),
+        "apply",
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    table_change(&repo, 2, "tb");
+    repo.commit("v2");
+    let v2 = h.deploy(&app, "HEAD").await;
+    let logs = format!("{}/api/deployments/{v2}/logs?step=migrate", h.api);
+    let said = common::eventually(
+        Duration::from_secs(90),
+        "the deploy waiting on the lock",
+        || async {
+            let text = h.http.get(&logs).send().await.ok()?.text().await.ok()?;
+            text.contains("is held by").then_some(text)
+        },
+    )
+    .await;
+    assert!(said.contains(held), "{said}");
+    // It waits: the change has not run while the developer holds the lock.
+    assert_eq!(tables(&app_db).await, ["ta"]);
+    let d: serde_json::Value = h.get(&format!("/api/deployments/{v2}")).await.1;
+    assert_eq!(d["status"], "migrating", "{d}");
+
+    norn_shared::db::changes::unlock(&mut dev, &database, held)
+        .await
+        .unwrap();
+    let d = h.wait_terminal(&v2).await;
+    assert_eq!(d["status"], "deployed", "{d}");
+    assert_eq!(tables(&app_db).await, ["ta", "tb"]);
 }

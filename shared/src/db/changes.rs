@@ -287,6 +287,29 @@ async fn release_advisory(conn: &mut PgConnection, scope: &str) -> Result<(), sq
     Ok(())
 }
 
+/// Who holds the lock of `scope` now (`None`: free, or no tables yet).
+pub async fn held(conn: &mut PgConnection, scope: &str) -> Result<Option<Holder>, sqlx::Error> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('__norn_lock__') IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await?;
+    if !exists {
+        return Ok(None);
+    }
+    sqlx::query_as::<_, (String, DateTime<Utc>, String)>(
+        "SELECT locked_by, expires_at, reason FROM __norn_lock__ WHERE scope = $1",
+    )
+    .bind(scope)
+    .fetch_optional(conn)
+    .await
+    .map(|row| {
+        row.map(|(locked_by, expires_at, reason)| Holder {
+            locked_by,
+            expires_at,
+            reason,
+        })
+    })
+}
+
 /// Who the row names.
 async fn holder_of(conn: &mut PgConnection, scope: &str) -> Result<Holder, sqlx::Error> {
     let held: Option<(String, DateTime<Utc>, String)> =

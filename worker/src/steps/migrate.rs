@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use norn_shared::changes;
 use norn_shared::db::change_runs;
+use norn_shared::db::changes as track;
 use norn_shared::domain::{GitRef, Step};
 use norn_shared::infraspec::Migrations;
 
@@ -91,6 +92,18 @@ async fn run_changes(
             poll: Duration::from_secs(1),
         }),
     };
+    if let Ok(Some(other)) = track::held(&mut conn, database).await {
+        // Said before the wait, so a deploy that seems stuck tells why.
+        ctx.log
+            .write(&format!(
+                "the change lock of {database} is held by {} ({}) until {}; waiting up to {} s\n",
+                other.locked_by,
+                other.reason,
+                other.expires_at.to_rfc3339(),
+                LOCK_WAIT.as_secs()
+            ))
+            .await;
+    }
     let applied = changes::apply(&mut conn, &loaded, &opts, false).await;
     let runs = applied.as_deref().unwrap_or_default();
     let log: Vec<String> = runs.iter().flat_map(|r| r.lines()).collect();
