@@ -11,6 +11,7 @@ use crate::adapters::cloudflared::CloudflaredFile;
 use crate::adapters::docker::{DockerEngine, ImageBuilder, Runtime};
 use crate::adapters::git::GitSource;
 use crate::adapters::kafka::KafkaTopics;
+use crate::adapters::migrator::{Migrator, PgMigrator};
 use crate::adapters::postgres::PgTools;
 use crate::adapters::redis::RedisKv;
 use crate::adapters::{KvProvisioner, Provisioner, Source, TopicProvisioner, Tunnel};
@@ -22,6 +23,8 @@ pub struct WorkerState {
     pub builder: Arc<dyn ImageBuilder>,
     pub runtime: Arc<dyn Runtime>,
     pub pg: Arc<PgTools>,
+    /// Norn's change runner on app databases (`migrations.dir`).
+    pub migrator: Arc<dyn Migrator>,
     /// Makes apps' services (the same server as `pg`, as the provisioning role).
     pub provisioner: Arc<dyn Provisioner>,
     /// Makes apps' key-value namespaces; `None` without `NORN_KV_URL`.
@@ -161,6 +164,7 @@ impl WorkerState {
                 });
                 tunnel
             }),
+            migrator: Arc::new(PgMigrator { pg: pg.clone() }),
             pg,
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())

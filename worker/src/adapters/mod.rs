@@ -7,6 +7,7 @@ pub mod filelock;
 pub mod git;
 pub mod invoke;
 pub mod kafka;
+pub mod migrator;
 pub mod network;
 pub mod postgres;
 pub mod redis;

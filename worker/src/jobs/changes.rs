@@ -16,11 +16,11 @@ use norn_shared::db::lease;
 use norn_shared::domain::GitRef;
 use norn_shared::infraspec::Migrations;
 use norn_shared::jobs::ChangesJob;
-use sqlx::PgConnection;
 use tracing::Instrument;
 
 use super::lease_wait::{self, Turn};
 use crate::WorkerError;
+use crate::adapters::migrator::{ChangeSession, MigrateError};
 use crate::state::WorkerState;
 use crate::steps::{clone, migrate};
 
@@ -139,7 +139,7 @@ async fn operate(
     let at = GitRef::parse(sha).map_err(|e| e.to_string())?;
     clone::checkout(state, &app, at, workdir).await?;
     let loaded = migrate::load_folder(workdir, &dir).await?;
-    let mut conn = migrate::connect(state, &r.app, &pg.database).await?;
+    let mut session = migrate::connect(state, &r.app, &pg.database).await?;
     let opts = Options {
         // Unique per attempt: a resumed run is a new holder.
         holder: format!("{} via api (run {} #{attempts})", r.requested_by, r.id),
@@ -152,8 +152,8 @@ async fn operate(
             poll: Duration::from_secs(1),
         }),
     };
-    let acted = act(state, r, attempts, &mut conn, &loaded, &opts).await;
-    let statuses = changes::status(&mut conn, &loaded).await.ok();
+    let acted = act(state, r, attempts, session.as_mut(), &loaded, &opts).await;
+    let statuses = session.status(&loaded).await.ok();
     let (runs, error) = match acted {
         Ok(runs) => {
             let failed = runs.iter().find(|r| r.outcome == Outcome::Failed);
@@ -177,28 +177,25 @@ async fn act(
     state: &WorkerState,
     r: &ChangeRunRecord,
     attempts: i32,
-    conn: &mut PgConnection,
+    session: &mut dyn ChangeSession,
     loaded: &[changes::Change],
     opts: &Options,
 ) -> Result<Vec<ChangeRun>, String> {
-    let fail = |e: changes::RunError| e.to_string();
+    let fail = |e: MigrateError| e.to_string();
     match r.action {
         ChangeAction::Status | ChangeAction::Deploy => Ok(Vec::new()),
-        ChangeAction::DryRun => changes::dry_run(conn, loaded).await.map_err(fail),
-        ChangeAction::Run => changes::apply(conn, loaded, opts, r.force)
-            .await
-            .map_err(fail),
+        ChangeAction::DryRun => session.dry_run(loaded).await.map_err(fail),
+        ChangeAction::Run => session.apply(loaded, opts, r.force).await.map_err(fail),
         ChangeAction::Revert | ChangeAction::Rewind => {
-            let targets = targets(state, r, conn).await?;
+            let targets = targets(state, r, session).await?;
             let mut runs = Vec::new();
             for name in targets {
                 // A resumed run skips what its earlier attempt reverted.
-                if attempts > 1 && state_of(conn, loaded, &name).await? == Some(State::Reverted) {
+                if attempts > 1 && state_of(session, loaded, &name).await? == Some(State::Reverted)
+                {
                     continue;
                 }
-                let run = changes::revert(conn, loaded, &name, opts)
-                    .await
-                    .map_err(fail)?;
+                let run = session.revert(loaded, &name, opts).await.map_err(fail)?;
                 let failed = run.outcome == Outcome::Failed;
                 runs.push(run);
                 if failed {
@@ -215,15 +212,13 @@ async fn act(
 async fn targets(
     state: &WorkerState,
     r: &ChangeRunRecord,
-    conn: &mut PgConnection,
+    session: &mut dyn ChangeSession,
 ) -> Result<Vec<String>, String> {
     if let Some(targets) = &r.targets {
         return Ok(targets.0.clone());
     }
     let n = usize::try_from(r.count.unwrap_or(1)).unwrap_or(1);
-    let names = changes::newest_applied(conn, n)
-        .await
-        .map_err(|e| e.to_string())?;
+    let names = session.newest_applied(n).await.map_err(|e| e.to_string())?;
     let mut pool_conn = state.pool.acquire().await.map_err(|e| e.to_string())?;
     change_runs::set_targets(&mut pool_conn, &r.id, &names)
         .await
@@ -232,11 +227,12 @@ async fn targets(
 }
 
 async fn state_of(
-    conn: &mut PgConnection,
+    session: &mut dyn ChangeSession,
     loaded: &[changes::Change],
     name: &str,
 ) -> Result<Option<State>, String> {
-    Ok(changes::status(conn, loaded)
+    Ok(session
+        .status(loaded)
         .await
         .map_err(|e| e.to_string())?
         .into_iter()

@@ -4,10 +4,10 @@ use std::time::Duration;
 
 use norn_shared::changes;
 use norn_shared::db::change_runs;
-use norn_shared::db::changes as track;
 use norn_shared::domain::{GitRef, Step};
 use norn_shared::infraspec::Migrations;
 
+use crate::adapters::migrator::ChangeSession;
 use crate::adapters::{OneOff, Output};
 use crate::pipeline::{DeployCtx, StepFailure, StepOutput};
 use crate::state::WorkerState;
@@ -76,7 +76,7 @@ async fn run_changes(
     let loaded = load_folder(&ctx.workdir, dir)
         .await
         .map_err(StepFailure::new)?;
-    let mut conn = connect(ctx.state, &ctx.app.id, database)
+    let mut session = connect(ctx.state, &ctx.app.id, database)
         .await
         .map_err(StepFailure::new)?;
     let opts = changes::Options {
@@ -92,7 +92,7 @@ async fn run_changes(
             poll: Duration::from_secs(1),
         }),
     };
-    if let Ok(Some(other)) = track::held(&mut conn, database).await {
+    if let Ok(Some(other)) = session.held(database).await {
         // Said before the wait, so a deploy that seems stuck tells why.
         ctx.log
             .write(&format!(
@@ -104,7 +104,7 @@ async fn run_changes(
             ))
             .await;
     }
-    let applied = changes::apply(&mut conn, &loaded, &opts, false).await;
+    let applied = session.apply(&loaded, &opts, false).await;
     let runs = applied.as_deref().unwrap_or_default();
     let log: Vec<String> = runs.iter().flat_map(|r| r.lines()).collect();
     if !log.is_empty() {
@@ -124,7 +124,7 @@ async fn run_changes(
     record(
         ctx,
         &opts.holder,
-        &mut conn,
+        session.as_mut(),
         &loaded,
         runs,
         failure.as_deref(),
@@ -154,12 +154,12 @@ async fn run_changes(
 async fn record(
     ctx: &DeployCtx<'_>,
     holder: &str,
-    conn: &mut sqlx::PgConnection,
+    session: &mut dyn ChangeSession,
     loaded: &[changes::Change],
     runs: &[changes::ChangeRun],
     error: Option<&str>,
 ) {
-    let statuses = changes::status(conn, loaded).await.ok();
+    let statuses = session.status(loaded).await.ok();
     let run = change_runs::DeployRun {
         app: &ctx.app.id,
         deployment_id: &ctx.deployment_id,
@@ -198,18 +198,18 @@ pub async fn load_folder(workdir: &Path, dir: &str) -> Result<Vec<changes::Chang
         .map_err(|e| format!("migrations.dir: {e}"))
 }
 
-/// A connection to the app's database as the app's own role.
+/// A change session on the app's database as the app's own role.
 pub async fn connect(
     state: &WorkerState,
     app: &str,
     database: &str,
-) -> Result<sqlx::PgConnection, String> {
+) -> Result<Box<dyn ChangeSession>, String> {
     let login = crate::services::require_pg_login(state, app, database)
         .await
         .map_err(|e| e.to_string())?;
     state
-        .pg
-        .connect_as(database, &login)
+        .migrator
+        .open(database, &login)
         .await
         .map_err(|e| e.to_string())
 }
