@@ -146,6 +146,28 @@ async fn an_edited_applied_change_is_drift_and_nothing_runs_unless_forced() {
         "{runs:#?}"
     );
     assert_eq!(tables(&mut conn).await, ["t1", "t2"]);
+
+    // A renamed file (same bytes, so the same change checksum) changes the
+    // order the files run in: drift too, naming both names.
+    std::fs::rename(
+        dir.path().join("2026-01-02-later/change/001.sql"),
+        dir.path().join("2026-01-02-later/change/000.sql"),
+    )
+    .unwrap();
+    let loaded = changes::disk::load(dir.path()).unwrap();
+    match changes::apply(&mut conn, &loaded, &opts("a"), false).await {
+        Err(RunError::Drift { change, files }) => {
+            assert_eq!(change, "2026-01-02-later");
+            assert_eq!(
+                files,
+                [
+                    "2026-01-02-later/change/000.sql",
+                    "2026-01-02-later/change/001.sql (removed)"
+                ]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test]

@@ -295,7 +295,12 @@ async fn merge(
     };
     let mut state = state_of(&row.status);
     let mut drifted_files = Vec::new();
-    if state == State::Applied && row.checksum != change.checksum(Direction::Change) {
+    let renamed = !change
+        .change
+        .iter()
+        .map(|f| f.path.as_str())
+        .eq(row.files.iter().map(String::as_str));
+    if state == State::Applied && (renamed || row.checksum != change.checksum(Direction::Change)) {
         state = State::Drifted;
         drifted_files = drift(change, &track::file_sums(conn, row.id).await?);
     }

@@ -95,12 +95,18 @@ pub struct Applied {
     pub executed_at: DateTime<Utc>,
     pub executed_by: String,
     pub error_message: String,
+    /// The paths of the files it ran, in the order it ran them: a renamed
+    /// file keeps the change's checksum (made of file checksums alone) but
+    /// is drift all the same.
+    pub files: Vec<String>,
 }
 
 pub async fn latest(conn: &mut PgConnection) -> Result<Vec<Applied>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT DISTINCT ON (name) id, name, checksum, status, executed_at, executed_by, error_message
-         FROM __norn_change__ WHERE direction = 'change'
+        "SELECT DISTINCT ON (name) id, name, checksum, status, executed_at, executed_by, error_message,
+                coalesce((SELECT array_agg(e.filepath::text ORDER BY e.id)
+                          FROM __norn_executions__ e WHERE e.change_id = c.id), '{}') AS files
+         FROM __norn_change__ c WHERE direction = 'change'
          ORDER BY name, id DESC",
     )
     .fetch_all(conn)
