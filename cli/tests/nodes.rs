@@ -46,6 +46,10 @@ async fn nodes_register_drain_get_lost_and_leave() {
         assert_eq!(n["role"], role, "{n}");
         assert!(n["pid"].as_i64().unwrap() > 0, "{n}");
     }
+    // Workers register with their engine's state, so health knows the engine
+    // from their first moment, not from their second heartbeat (5 s later).
+    let health = api.0.get("/api/health").await;
+    assert_eq!(health["services"]["docker"]["status"], "up", "{health}");
 
     // A worker killed outright stops beating: shown lost (checked below).
     w2.0.kill().unwrap();

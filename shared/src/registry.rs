@@ -139,8 +139,14 @@ async fn beat(mut b: Beat) {
             _ = b.shutdown.wait_for(|s| *s) => break,
             _ = tick.tick() => {}
         }
+        let engine = match &b.engine {
+            Some(probe) => Some(probe().await),
+            None => None,
+        };
         if !registered {
-            match nodes::register(&b.pool, &node).await {
+            // With the engine's state: a worker that registered without it
+            // would make `/api/health` call the engine down until its next beat.
+            match nodes::register(&b.pool, &node, engine).await {
                 Ok(()) => registered = true,
                 Err(e) => {
                     tracing::warn!(error = %e, "could not register in cluster_nodes; retrying")
@@ -149,10 +155,6 @@ async fn beat(mut b: Beat) {
             continue;
         }
         let running = b.running.load(Ordering::SeqCst) as i32;
-        let engine = match &b.engine {
-            Some(probe) => Some(probe().await),
-            None => None,
-        };
         match nodes::heartbeat(&b.pool, &b.id, running, engine).await {
             Ok(Some(status)) if status == "draining" => {
                 if !*b.drain_tx.borrow() {

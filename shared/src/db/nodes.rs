@@ -35,20 +35,38 @@ pub struct NewNode<'a> {
     pub pid: i32,
 }
 
-pub async fn register(pool: &PgPool, n: &NewNode<'_>) -> Result<(), sqlx::Error> {
+/// Registers the node `ready`, with its engine's state (see [`heartbeat`]).
+pub async fn register(
+    pool: &PgPool,
+    n: &NewNode<'_>,
+    engine: Option<Result<(), String>>,
+) -> Result<(), sqlx::Error> {
+    let (engine_ok, engine_error) = engine_columns(engine);
     sqlx::query(
-        "INSERT INTO cluster_nodes (id, name, role, host, pid, status, last_heartbeat_at)
-         VALUES ($1, $2, $3, $4, $5, 'ready', now())
-         ON CONFLICT (id) DO UPDATE SET status = 'ready', last_heartbeat_at = now(), updated_at = now()",
+        "INSERT INTO cluster_nodes (id, name, role, host, pid, status, last_heartbeat_at,
+                                   engine_ok, engine_error)
+         VALUES ($1, $2, $3, $4, $5, 'ready', now(), $6, $7)
+         ON CONFLICT (id) DO UPDATE SET status = 'ready', last_heartbeat_at = now(),
+             updated_at = now(), engine_ok = $6, engine_error = $7",
     )
     .bind(n.id)
     .bind(n.name)
     .bind(n.role)
     .bind(n.host)
     .bind(n.pid)
+    .bind(engine_ok)
+    .bind(engine_error)
     .execute(pool)
     .await?;
     Ok(())
+}
+
+fn engine_columns(engine: Option<Result<(), String>>) -> (Option<bool>, Option<String>) {
+    match engine {
+        None => (None, None),
+        Some(Ok(())) => (Some(true), None),
+        Some(Err(e)) => (Some(false), Some(e)),
+    }
 }
 
 /// Writes a heartbeat; returns the node's status (`draining` tells a worker
@@ -61,11 +79,7 @@ pub async fn heartbeat(
     running_jobs: i32,
     engine: Option<Result<(), String>>,
 ) -> Result<Option<String>, sqlx::Error> {
-    let (engine_ok, engine_error) = match engine {
-        None => (None, None),
-        Some(Ok(())) => (Some(true), None),
-        Some(Err(e)) => (Some(false), Some(e)),
-    };
+    let (engine_ok, engine_error) = engine_columns(engine);
     let row: Option<(String,)> = sqlx::query_as(
         "UPDATE cluster_nodes SET last_heartbeat_at = now(), running_jobs = $2, updated_at = now(),
                                   engine_ok = $3, engine_error = $4
