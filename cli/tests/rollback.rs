@@ -324,3 +324,59 @@ async fn a_release_unhealthy_after_the_switch_is_rolled_back_automatically() {
     serves_only(&h, &app, &v2, &v2_image, "v2").await;
     remove_containers(&app).await;
 }
+
+/// The tags of `app`'s images on the engine.
+async fn app_images(app: &str) -> Vec<String> {
+    let docker = bollard::Docker::connect_with_local_defaults().unwrap();
+    let filters = std::collections::HashMap::from([("reference", vec![format!("{app}:*")])]);
+    let mut tags: Vec<String> = docker
+        .list_images(Some(
+            bollard::query_parameters::ListImagesOptionsBuilder::default()
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .unwrap()
+        .into_iter()
+        .flat_map(|i| i.repo_tags)
+        .collect();
+    tags.sort();
+    tags
+}
+
+#[tokio::test]
+async fn cleanup_keeps_the_newest_releases_images_and_removes_older_ones() {
+    let h = Harness::start_with(|c| c.keep_images = 2).await;
+    let (app, repo) = h.app_serving_v1("images").await;
+    let mut tags = Vec::new();
+    for version in ["v2", "v3"] {
+        repo.commit(version);
+        let id = h.deploy(&app, "HEAD").await;
+        let d = h.wait_terminal(&id).await;
+        assert_eq!(d["status"], "deployed", "{d}");
+        tags.push(d["imageTag"].as_str().unwrap().to_owned());
+        if version == "v3" {
+            let cleanup = d["steps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["step"] == "cleanup")
+                .unwrap()["output"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            assert!(cleanup.contains("removed image"), "{cleanup}");
+        }
+    }
+    // v1's image is gone from the engine; v2 (the rollback target) and v3 stay.
+    tags.sort();
+    assert_eq!(app_images(&app).await, tags);
+    let (code, body) = h
+        .post(&format!("/api/apps/{app}/rollback"), json!({}))
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let d = h.wait_terminal(body["id"].as_str().unwrap()).await;
+    assert_eq!(d["status"], "deployed", "{d}");
+    assert_eq!(h.fetch(&app).await.unwrap(), "v2");
+    remove_containers(&app).await;
+}

@@ -105,6 +105,10 @@ pub struct Config {
     pub deploy_max_attempts: i32,
     /// `NORN_MAX_QUEUED_PER_APP`: more queued deploys than this for one app get 429.
     pub max_queued_per_app: i64,
+    /// `NORN_KEEP_IMAGES`: a deploy's cleanup keeps the images of the app's
+    /// newest this many releases on its engine and removes the rest (at
+    /// least 2, so the previous release can always be rolled back to).
+    pub keep_images: i64,
     /// `NORN_DRAIN_GRACE`: how long the old release keeps running after the switch.
     pub drain_grace: Duration,
     /// `NORN_JOB_RETENTION`: finished queue rows older than this are pruned.
@@ -318,6 +322,7 @@ impl Config {
             lease_ttl: duration("NORN_LEASE_TTL", Duration::from_secs(30))?,
             deploy_max_attempts: parsed("NORN_DEPLOY_MAX_ATTEMPTS", 3i32)?.max(1),
             max_queued_per_app: parsed("NORN_MAX_QUEUED_PER_APP", 10i64)?.max(1),
+            keep_images: parsed("NORN_KEEP_IMAGES", 5i64)?.clamp(2, 1000),
             drain_grace: duration("NORN_DRAIN_GRACE", Duration::from_secs(2))?,
             job_retention: duration("NORN_JOB_RETENTION", Duration::from_secs(24 * 3600))?,
             log_retention: duration("NORN_LOG_RETENTION", Duration::from_secs(30 * 24 * 3600))?,

@@ -362,6 +362,30 @@ pub async fn previous_release(
     .await?)
 }
 
+/// The image tags of the app's newest `n` releases (deployed, or replaced by
+/// a rollback: either may be rolled back to) other than `except` (the
+/// release being deployed): what a deploy's cleanup keeps besides its own.
+pub async fn release_images(
+    conn: &mut PgConnection,
+    app: &str,
+    except: &str,
+    n: i64,
+) -> Result<Vec<String>, DbError> {
+    Ok(sqlx::query_scalar(
+        "SELECT image_tag FROM (
+             SELECT image_tag, max(finished_at) AS last FROM deployments
+             WHERE app = $1 AND status IN ('deployed', 'rolled_back') AND image_tag IS NOT NULL
+               AND image_tag <> $3
+             GROUP BY image_tag) t
+         ORDER BY last DESC LIMIT $2",
+    )
+    .bind(app)
+    .bind(n)
+    .bind(except)
+    .fetch_all(conn)
+    .await?)
+}
+
 /// Ends deployment `id` of `app` as `failed` with `reason`, with a saga event
 /// `action` by `actor` and the live `deploy.failed` event, in the caller's
 /// transaction.

@@ -43,6 +43,10 @@ pub trait ImageBuilder: Send + Sync {
         registry: &str,
         out: &mut dyn Output,
     ) -> Result<String, RuntimeError>;
+    /// The tags of the images Norn built for `app` here (`<app>:<version>`).
+    async fn images(&self, app: &str) -> Result<Vec<String>, RuntimeError>;
+    /// Removes the image tag `tag`; an image a container still uses stays.
+    async fn remove_image(&self, tag: &str) -> Result<(), RuntimeError>;
 }
 
 /// Runs containers: one-off jobs and long-running release instances.
@@ -338,6 +342,42 @@ impl ImageBuilder for DockerEngine {
             }
         }
         Ok(format!("{repo}:{version}"))
+    }
+
+    async fn images(&self, app: &str) -> Result<Vec<String>, RuntimeError> {
+        let filters = HashMap::from([
+            ("reference", vec![format!("{app}:*")]),
+            ("label", vec!["norn.managed=true".to_owned()]),
+        ]);
+        let list = self
+            .client
+            .list_images(Some(
+                bollard::query_parameters::ListImagesOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await?;
+        let prefix = format!("{app}:");
+        Ok(list
+            .into_iter()
+            .flat_map(|i| i.repo_tags)
+            .filter(|t| t.starts_with(&prefix))
+            .collect())
+    }
+
+    async fn remove_image(&self, tag: &str) -> Result<(), RuntimeError> {
+        self.client
+            .remove_image(
+                tag,
+                Some(
+                    bollard::query_parameters::RemoveImageOptionsBuilder::default()
+                        .force(false)
+                        .build(),
+                ),
+                None,
+            )
+            .await?;
+        Ok(())
     }
 }
 

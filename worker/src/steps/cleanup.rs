@@ -1,5 +1,7 @@
 use std::path::Path;
 
+use norn_shared::db::deployments;
+
 use crate::pipeline::{DeployCtx, StepFailure, StepOutput};
 
 /// Best effort: a leftover directory is logged, never a failed deploy.
@@ -18,6 +20,7 @@ pub async fn remove_workdir(dir: &Path) {
 pub async fn run(ctx: &mut DeployCtx<'_>) -> Result<StepOutput, StepFailure> {
     let mut output = String::new();
     retire_previous(ctx, &mut output).await;
+    prune_images(ctx, &mut output).await;
     remove_workdir(&ctx.workdir).await;
     output.push_str(&format!("removed {}", ctx.workdir.display()));
     Ok(StepOutput::done(output))
@@ -39,6 +42,45 @@ async fn retire_previous(ctx: &DeployCtx<'_>, output: &mut String) {
         match ctx.state.runtime.remove(&name).await {
             Ok(()) => output.push_str(&format!("retired {name}\n")),
             Err(e) => output.push_str(&format!("could not retire {name}: {e}\n")),
+        }
+    }
+}
+
+/// Removes the app's images older than its newest `NORN_KEEP_IMAGES`
+/// releases (this one counted) from this engine, so disk use stays bounded
+/// however often an app deploys. Best effort, like the rest of cleanup.
+async fn prune_images(ctx: &DeployCtx<'_>, output: &mut String) {
+    let Some(current) = ctx.image.clone() else {
+        return;
+    };
+    let keep = ctx.state.config.keep_images;
+    let mut kept = match ctx.state.pool.acquire().await {
+        Ok(mut conn) => {
+            match deployments::release_images(&mut conn, &ctx.app.id, &current, keep - 1).await {
+                Ok(tags) => tags,
+                Err(e) => {
+                    output.push_str(&format!("could not read the releases to keep: {e}\n"));
+                    return;
+                }
+            }
+        }
+        Err(e) => {
+            output.push_str(&format!("could not read the releases to keep: {e}\n"));
+            return;
+        }
+    };
+    kept.push(current);
+    let images = match ctx.state.builder.images(&ctx.app.id).await {
+        Ok(images) => images,
+        Err(e) => {
+            output.push_str(&format!("could not list the app's images: {e}\n"));
+            return;
+        }
+    };
+    for tag in images.into_iter().filter(|t| !kept.contains(t)) {
+        match ctx.state.builder.remove_image(&tag).await {
+            Ok(()) => output.push_str(&format!("removed image {tag}\n")),
+            Err(e) => output.push_str(&format!("kept image {tag}: {e}\n")),
         }
     }
 }
