@@ -130,6 +130,27 @@ async fn a_deploy_applies_pending_changes_once_and_a_failed_change_is_undone_by_
     )
     .await;
     assert_eq!(first, [(1,)]);
+
+    // An applied change edited: drift fails the deploy before anything runs,
+    // so the snapshot is not restored (that would only lose newer writes).
+    write(
+        &repo,
+        "db/changes/2026-01-01-items/change/001.sql",
+        "CREATE TABLE items (v text, w text);",
+    );
+    repo.commit("v4");
+    let v4 = h.deploy(&app, "HEAD").await;
+    let d = h.wait_terminal(&v4).await;
+    assert_eq!(
+        (d["status"].as_str(), d["failedStep"].as_str()),
+        (Some("failed"), Some("migrate")),
+        "{d}"
+    );
+    let error = d["error"].as_str().unwrap();
+    assert!(
+        error.contains("edited after it ran") && error.contains("nothing restored"),
+        "{error}"
+    );
 }
 
 /// `norn changes` with `DATABASE_URL` set to `url`.

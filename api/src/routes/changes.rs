@@ -26,6 +26,7 @@ use crate::auth::Principal;
 use crate::body::Query;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
+use norn_shared::db::tokens::Role;
 
 /// `GET /api/apps/{id}/changes`: every change, as of the newest run that
 /// read them, and the app's recent runs.
@@ -203,7 +204,7 @@ pub struct RunQuery {
     post,
     path = "/api/apps/{id}/changes/run",
     tag = "changes",
-    summary = "Apply every pending change of the deployed commit",
+    summary = "Apply every pending change of the deployed commit (force: admin only)",
     params(("id" = String, Path, description = "app name"), RunQuery),
     responses((status = 202, body = ChangeRunRecord), crate::openapi::Errors),
     security(("bearer" = ["deployer"])),
@@ -215,6 +216,14 @@ pub async fn run(
     Query(q): Query<RunQuery>,
 ) -> ApiResult<(StatusCode, Json<ChangeRunRecord>)> {
     let force = flag(q.force.as_deref(), "force")?;
+    // A deploy never runs an edited change again: doing so is an admin's call.
+    if force && by.role < Role::Admin {
+        return Err(ApiError::Forbidden(format!(
+            "token {} has role {}; running drifted changes again (force) needs admin",
+            by.name,
+            by.role.as_str()
+        )));
+    }
     let req = Request {
         action: ChangeAction::Run,
         targets: None,

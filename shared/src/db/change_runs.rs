@@ -79,7 +79,8 @@ pub struct ChangeRunRecord {
     /// Every change's status once the run ended (absent in lists).
     #[schema(value_type = Option<Vec<ChangeStatus>>)]
     pub changes: Option<Json<Vec<ChangeStatus>>>,
-    /// What ran: each change and file with status and duration.
+    /// What ran: each change and file with status and duration (absent in
+    /// lists).
     #[schema(value_type = Option<Vec<ChangeRun>>)]
     pub runs: Option<Json<Vec<ChangeRun>>>,
     pub error: Option<String>,
@@ -174,7 +175,8 @@ pub async fn get(
     .await
 }
 
-/// The app's newest runs, without their (possibly long) status lists.
+/// The app's newest runs, without their (possibly long) status lists and
+/// reports (a dry run's holds the SQL).
 pub async fn recent(
     conn: &mut PgConnection,
     app: &str,
@@ -189,7 +191,11 @@ pub async fn recent(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|r| ChangeRunRecord { changes: None, ..r })
+        .map(|r| ChangeRunRecord {
+            changes: None,
+            runs: None,
+            ..r
+        })
         .collect())
 }
 
@@ -207,10 +213,12 @@ pub async fn latest_status(
     .await
 }
 
-/// Runs of the app queued or running.
+/// Runs of the app queued or running, queued within the hour (a run whose
+/// worker gave up never blocks new ones for long).
 pub async fn open(conn: &mut PgConnection, app: &str) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT count(*) FROM change_runs WHERE app = $1 AND status IN ('queued', 'running')",
+        "SELECT count(*) FROM change_runs WHERE app = $1 AND status IN ('queued', 'running')
+           AND created_at > now() - interval '1 hour'",
     )
     .bind(app)
     .fetch_one(conn)
@@ -220,34 +228,39 @@ pub async fn open(conn: &mut PgConnection, app: &str) -> Result<i64, sqlx::Error
 /// Marks it running, counts the attempt and moves it to the commit deployed
 /// now (`commit`, when there is one: a deploy may have finished since it was
 /// queued). Returns the attempts so far and the commit to read.
+/// `None` when it has already finished.
 pub async fn start(
     conn: &mut PgConnection,
     id: &str,
     commit: Option<&str>,
-) -> Result<(i32, Option<String>), sqlx::Error> {
+) -> Result<Option<(i32, Option<String>)>, sqlx::Error> {
     sqlx::query_as(
         "UPDATE change_runs SET status = 'running', attempts = attempts + 1,
                 started_at = coalesce(started_at, now()),
                 commit_sha = coalesce($2, commit_sha)
-         WHERE id = $1 RETURNING attempts, commit_sha",
+         WHERE id = $1 AND status IN ('queued', 'running') RETURNING attempts, commit_sha",
     )
     .bind(id)
     .bind(commit)
-    .fetch_one(conn)
+    .fetch_optional(conn)
     .await
 }
 
+/// Records the changes a rewind chose, unless an attempt already did;
+/// returns the recorded ones.
 pub async fn set_targets(
     conn: &mut PgConnection,
     id: &str,
     targets: &[String],
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE change_runs SET targets = $2 WHERE id = $1")
-        .bind(id)
-        .bind(Json(targets))
-        .execute(conn)
-        .await?;
-    Ok(())
+) -> Result<Vec<String>, sqlx::Error> {
+    let recorded: Option<Json<Vec<String>>> = sqlx::query_scalar(
+        "UPDATE change_runs SET targets = coalesce(targets, $2) WHERE id = $1 RETURNING targets",
+    )
+    .bind(id)
+    .bind(Json(targets))
+    .fetch_one(conn)
+    .await?;
+    Ok(recorded.map(|t| t.0).unwrap_or_default())
 }
 
 /// Records the end: `error` `None` is success.

@@ -364,7 +364,9 @@ pub async fn previous_release(
 
 /// The image tags of the app's newest `n` releases (deployed, or replaced by
 /// a rollback: either may be rolled back to) other than `except` (the
-/// release being deployed): what a deploy's cleanup keeps besides its own.
+/// release being deployed), and the images of deployments still under way
+/// (a queued rollback, a deploy being resumed): what a deploy's cleanup
+/// keeps besides its own.
 pub async fn release_images(
     conn: &mut PgConnection,
     app: &str,
@@ -372,12 +374,16 @@ pub async fn release_images(
     n: i64,
 ) -> Result<Vec<String>, DbError> {
     Ok(sqlx::query_scalar(
-        "SELECT image_tag FROM (
-             SELECT image_tag, max(finished_at) AS last FROM deployments
-             WHERE app = $1 AND status IN ('deployed', 'rolled_back') AND image_tag IS NOT NULL
-               AND image_tag <> $3
-             GROUP BY image_tag) t
-         ORDER BY last DESC LIMIT $2",
+        "(SELECT image_tag FROM (
+              SELECT image_tag, max(finished_at) AS last FROM deployments
+              WHERE app = $1 AND status IN ('deployed', 'rolled_back') AND image_tag IS NOT NULL
+                AND image_tag <> $3
+              GROUP BY image_tag) t
+          ORDER BY last DESC LIMIT $2)
+         UNION
+         SELECT image_tag FROM deployments
+         WHERE app = $1 AND image_tag IS NOT NULL
+           AND status NOT IN ('deployed', 'rolled_back', 'failed')",
     )
     .bind(app)
     .bind(n)

@@ -57,7 +57,14 @@ async fn execute(job: &ChangesJob, state: &WorkerState) -> Result<(), WorkerErro
         let live = r.is_some_and(|r| !r.status.is_terminal());
         Ok(if live { Turn::Go } else { Turn::Gone })
     };
-    let work = |token| async move { perform(state, r, Some(token)).await };
+    // Read again under the lease: an earlier attempt may have chosen a
+    // rewind's targets while this one waited.
+    let work = |token| async move {
+        match load(state, &r.id).await? {
+            Some(r) if !r.status.is_terminal() => perform(state, r, Some(token)).await,
+            _ => Ok(()),
+        }
+    };
     lease_wait::holding(state, &job.app, "changes", &job.run_id, turn, work)
         .await
         .map(|_| ())
@@ -86,7 +93,12 @@ async fn perform(
     let deployed = deployments::current(&mut tx, &r.app)
         .await?
         .and_then(|d| d.commit_sha);
-    let (attempts, commit_sha) = change_runs::start(&mut tx, &r.id, deployed.as_deref()).await?;
+    let Some((attempts, commit_sha)) =
+        change_runs::start(&mut tx, &r.id, deployed.as_deref()).await?
+    else {
+        // Finished meanwhile (a late duplicate delivery).
+        return Ok(());
+    };
     tx.commit().await?;
     let r = ChangeRunRecord { commit_sha, ..r };
     let workdir = state.config.work_dir.join(format!("changes-{}", r.id));
@@ -220,10 +232,10 @@ async fn targets(
     let n = usize::try_from(r.count.unwrap_or(1)).unwrap_or(1);
     let names = session.newest_applied(n).await.map_err(|e| e.to_string())?;
     let mut pool_conn = state.pool.acquire().await.map_err(|e| e.to_string())?;
+    // The first choice recorded wins: a concurrent attempt reverts the same.
     change_runs::set_targets(&mut pool_conn, &r.id, &names)
         .await
-        .map_err(|e| e.to_string())?;
-    Ok(names)
+        .map_err(|e| e.to_string())
 }
 
 async fn state_of(

@@ -97,8 +97,8 @@ pub struct DeployCtx<'a> {
     pub abort: watch::Receiver<Option<Abort>>,
     /// The dump the snapshot step took (restored if the migration fails).
     pub snapshot: Option<PathBuf>,
-    /// The failed migration was a change the runner rolled back: nothing to
-    /// restore.
+    /// Nothing of the failed migration stayed applied (the change runner's
+    /// transaction undid it, or nothing ran): nothing to restore.
     pub migration_undone: bool,
     /// This attempt's number (`deployments.attempts`), for its step logs.
     pub attempt: i32,

@@ -70,6 +70,12 @@ async fn prune_images(ctx: &DeployCtx<'_>, output: &mut String) {
         }
     };
     kept.push(current);
+    // With NORN_REGISTRY_URL releases are named `<registry>/<app>:<v>`; the
+    // engine's `<app>:<v>` tag of a kept release is kept too.
+    let kept: Vec<String> = kept
+        .iter()
+        .map(|t| t.rsplit('/').next().unwrap_or(t).to_owned())
+        .collect();
     let images = match ctx.state.builder.images(&ctx.app.id).await {
         Ok(images) => images,
         Err(e) => {

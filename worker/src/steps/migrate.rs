@@ -66,6 +66,9 @@ async fn run_changes(
     database: &str,
     dir: &str,
 ) -> Result<StepOutput, StepFailure> {
+    // Until a change runs, a failure leaves the database as the snapshot
+    // found it: restoring would only throw away what the app wrote since.
+    ctx.migration_undone = true;
     if !ctx.workdir.exists()
         && let Some(sha) = ctx.sha.clone()
     {
@@ -121,22 +124,18 @@ async fn run_changes(
                     .unwrap_or_else(|| format!("change {} failed", f.name))
             }),
     };
+    let after = session.status(&loaded).await.ok();
     record(
         ctx,
         &opts.holder,
-        session.as_mut(),
-        &loaded,
+        after.as_deref(),
         runs,
         failure.as_deref(),
     )
     .await;
     if let Some(error) = failure {
-        // A failed change's transaction already undid it; when nothing
-        // before it in this run committed, the snapshot is not needed.
-        ctx.migration_undone = runs
-            .iter()
-            .any(|r| r.outcome == changes::Outcome::Failed && r.transactional)
-            && !runs.iter().any(|r| r.outcome == changes::Outcome::Applied);
+        let this = format!("deploy {} #", ctx.deployment_id);
+        ctx.migration_undone = nothing_stayed(&this, after.as_deref(), runs);
         return Err(StepFailure::new(error));
     }
     let applied = runs
@@ -149,23 +148,46 @@ async fn run_changes(
     )))
 }
 
+/// Whether a failed deploy left the database as the snapshot found it: no
+/// change stays applied by this deployment (`holder`, any attempt: a failed
+/// change's transaction undid it, or the run stopped before any ran, on
+/// drift or a held lock), and no change that ran without a transaction
+/// failed half way. Unknown counts as changed.
+fn nothing_stayed(
+    holder: &str,
+    after: Option<&[changes::ChangeStatus]>,
+    runs: &[changes::ChangeRun],
+) -> bool {
+    let half_done = runs
+        .iter()
+        .any(|r| r.outcome == changes::Outcome::Failed && !r.transactional);
+    let Some(after) = after else {
+        return false;
+    };
+    !half_done
+        && !after.iter().any(|s| {
+            matches!(s.state, changes::State::Applied | changes::State::Drifted)
+                && s.applied_by
+                    .as_deref()
+                    .is_some_and(|by| by.starts_with(holder))
+        })
+}
+
 /// Records the step's run in `change_runs` with every change's status
 /// afterwards. Only a record: failing to write it is logged, not fatal.
 async fn record(
     ctx: &DeployCtx<'_>,
     holder: &str,
-    session: &mut dyn ChangeSession,
-    loaded: &[changes::Change],
+    statuses: Option<&[changes::ChangeStatus]>,
     runs: &[changes::ChangeRun],
     error: Option<&str>,
 ) {
-    let statuses = session.status(loaded).await.ok();
     let run = change_runs::DeployRun {
         app: &ctx.app.id,
         deployment_id: &ctx.deployment_id,
         commit_sha: ctx.sha.as_deref(),
         holder,
-        changes: statuses.as_deref(),
+        changes: statuses,
         runs,
         error,
     };
@@ -225,7 +247,7 @@ pub async fn restore_after_failure(ctx: &DeployCtx<'_>) -> String {
         return String::new();
     };
     if ctx.migration_undone {
-        return "nothing restored: the failed change's transaction already undid it".into();
+        return "nothing restored: no change of this run stayed applied (a failed change's transaction undid it, or none ran)".into();
     }
     if !ctx.app.spec.deploy_policy.restore_on_failed_migration {
         return "deployPolicy.restoreOnFailedMigration is off: the database was left as the migration left it".into();
