@@ -164,20 +164,15 @@ async fn operate(
             poll: Duration::from_secs(1),
         }),
     };
-    let acted = act(state, r, attempts, session.as_mut(), &loaded, &opts).await;
+    let (runs, stopped) = act(state, r, attempts, session.as_mut(), &loaded, &opts).await;
     let statuses = session.status(&loaded).await.ok();
-    let (runs, error) = match acted {
-        Ok(runs) => {
-            let failed = runs.iter().find(|r| r.outcome == Outcome::Failed);
-            let error = failed.map(|f| {
-                f.error
-                    .clone()
-                    .unwrap_or_else(|| format!("change {} failed", f.name))
-            });
-            (runs, error)
-        }
-        Err(e) => (Vec::new(), Some(e)),
-    };
+    let error = stopped.or_else(|| {
+        runs.iter().find(|r| r.outcome == Outcome::Failed).map(|f| {
+            f.error
+                .clone()
+                .unwrap_or_else(|| format!("change {} failed", f.name))
+        })
+    });
     Ok(Done {
         statuses,
         runs,
@@ -192,31 +187,53 @@ async fn act(
     session: &mut dyn ChangeSession,
     loaded: &[changes::Change],
     opts: &Options,
-) -> Result<Vec<ChangeRun>, String> {
-    let fail = |e: MigrateError| e.to_string();
+) -> (Vec<ChangeRun>, Option<String>) {
+    let split = |done: Result<Vec<ChangeRun>, MigrateError>| match done {
+        Ok(runs) => (runs, None),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
     match r.action {
-        ChangeAction::Status | ChangeAction::Deploy => Ok(Vec::new()),
-        ChangeAction::DryRun => session.dry_run(loaded).await.map_err(fail),
-        ChangeAction::Run => session.apply(loaded, opts, r.force).await.map_err(fail),
+        ChangeAction::Status | ChangeAction::Deploy => (Vec::new(), None),
+        ChangeAction::DryRun => split(session.dry_run(loaded).await),
+        ChangeAction::Run => split(session.apply(loaded, opts, r.force).await),
         ChangeAction::Revert | ChangeAction::Rewind => {
-            let targets = targets(state, r, session).await?;
+            // What was reverted before an error stays in the report.
             let mut runs = Vec::new();
-            for name in targets {
-                // A resumed run skips what its earlier attempt reverted.
-                if attempts > 1 && state_of(session, loaded, &name).await? == Some(State::Reverted)
-                {
-                    continue;
-                }
-                let run = session.revert(loaded, &name, opts).await.map_err(fail)?;
-                let failed = run.outcome == Outcome::Failed;
-                runs.push(run);
-                if failed {
-                    break;
-                }
-            }
-            Ok(runs)
+            let stopped = revert_targets(state, r, attempts, session, loaded, opts, &mut runs)
+                .await
+                .err();
+            (runs, stopped)
         }
     }
+}
+
+/// Reverts the run's targets in order, newest first, into `runs`, stopping
+/// at the first that fails.
+async fn revert_targets(
+    state: &WorkerState,
+    r: &ChangeRunRecord,
+    attempts: i32,
+    session: &mut dyn ChangeSession,
+    loaded: &[changes::Change],
+    opts: &Options,
+    runs: &mut Vec<ChangeRun>,
+) -> Result<(), String> {
+    for name in targets(state, r, session).await? {
+        // A resumed run skips what its earlier attempt reverted.
+        if attempts > 1 && state_of(session, loaded, &name).await? == Some(State::Reverted) {
+            continue;
+        }
+        let run = session
+            .revert(loaded, &name, opts)
+            .await
+            .map_err(|e| e.to_string())?;
+        let failed = run.outcome == Outcome::Failed;
+        runs.push(run);
+        if failed {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// The changes a revert or rewind reverts. A rewind chooses its changes
