@@ -15,6 +15,19 @@ fn write(repo: &AppRepo, rel: &str, text: &str) {
     std::fs::write(p, text).unwrap();
 }
 
+/// Registers `app` from `repo` with its database and `migrations.dir: db/changes`.
+async fn register(h: &Harness, app: &str, repo: &AppRepo, database: &str) {
+    let spec = json!({
+        "name": app,
+        "repo": {"url": repo.url()},
+        "processes": {"web": {"port": 8080, "health": {"path": "/health", "timeout": "2s"}}},
+        "services": {"postgres": {"database": database}},
+        "migrations": {"dir": "db/changes"},
+    });
+    let (code, body) = h.post("/api/apps", spec).await;
+    assert_eq!(code, 201, "{body}");
+}
+
 async fn query<T>(url: &str, sql: &'static str) -> Vec<T>
 where
     T: Send + Unpin + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
@@ -44,15 +57,7 @@ async fn a_deploy_applies_pending_changes_once_and_a_failed_change_is_undone_by_
         "DROP TABLE items;",
     );
     repo.commit("v1");
-    let spec = json!({
-        "name": app,
-        "repo": {"url": repo.url()},
-        "processes": {"web": {"port": 8080, "health": {"path": "/health", "timeout": "2s"}}},
-        "services": {"postgres": {"database": database}},
-        "migrations": {"dir": "db/changes"},
-    });
-    let (code, body) = h.post("/api/apps", spec).await;
-    assert_eq!(code, 201, "{body}");
+    register(&h, &app, &repo, &database).await;
     let v1 = h.deploy(&app, "HEAD").await;
     let d = h.wait_terminal(&v1).await;
     assert_eq!(d["status"], "deployed", "{d}");
@@ -263,16 +268,8 @@ async fn the_api_lists_reverts_rewinds_and_runs_an_apps_changes_on_its_deployed_
     table_change(&repo, 1, "ta");
     table_change(&repo, 2, "tb");
     let sha = repo.commit("v1");
-    let spec = json!({
-        "name": app,
-        "repo": {"url": repo.url()},
-        "processes": {"web": {"port": 8080, "health": {"path": "/health", "timeout": "2s"}}},
-        "services": {"postgres": {"database": database}},
-        "migrations": {"dir": "db/changes"},
-    });
     let base = format!("/api/apps/{app}/changes");
-    let (code, body) = h.post("/api/apps", spec).await;
-    assert_eq!(code, 201, "{body}");
+    register(&h, &app, &repo, &database).await;
     // Nothing deployed yet: nothing to read the folder from.
     let (code, body) = h.post(&format!("{base}/run"), json!({})).await;
     assert_eq!(code, 409, "{body}");
@@ -415,15 +412,7 @@ async fn a_deploy_waits_for_a_developers_change_lock_says_who_holds_it_then_appl
     let repo = AppRepo::create(h.tmp.path(), &app);
     table_change(&repo, 1, "ta");
     repo.commit("v1");
-    let spec = json!({
-        "name": app,
-        "repo": {"url": repo.url()},
-        "processes": {"web": {"port": 8080, "health": {"path": "/health", "timeout": "2s"}}},
-        "services": {"postgres": {"database": database}},
-        "migrations": {"dir": "db/changes"},
-    });
-    let (code, body) = h.post("/api/apps", spec).await;
-    assert_eq!(code, 201, "{body}");
+    register(&h, &app, &repo, &database).await;
     let v1 = h.deploy(&app, "HEAD").await;
     assert_eq!(h.wait_terminal(&v1).await["status"], "deployed");
 

@@ -179,6 +179,15 @@ impl ChangeRun {
     }
 }
 
+/// The error of the first failed change of `runs`, as a step or a run reports it.
+pub fn first_failure(runs: &[ChangeRun]) -> Option<String> {
+    runs.iter().find(|r| r.outcome == Outcome::Failed).map(|f| {
+        f.error
+            .clone()
+            .unwrap_or_else(|| format!("change {} failed", f.name))
+    })
+}
+
 fn ms(d: Duration) -> u64 {
     d.as_millis().min(u128::from(u32::MAX)) as u64
 }

@@ -166,13 +166,7 @@ async fn operate(
     };
     let (runs, stopped) = act(state, r, attempts, session.as_mut(), &loaded, &opts).await;
     let statuses = session.status(&loaded).await.ok();
-    let error = stopped.or_else(|| {
-        runs.iter().find(|r| r.outcome == Outcome::Failed).map(|f| {
-            f.error
-                .clone()
-                .unwrap_or_else(|| format!("change {} failed", f.name))
-        })
-    });
+    let error = stopped.or_else(|| changes::first_failure(&runs));
     Ok(Done {
         statuses,
         runs,

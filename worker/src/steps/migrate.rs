@@ -115,14 +115,7 @@ async fn run_changes(
     }
     let failure = match &applied {
         Err(e) => Some(e.to_string()),
-        Ok(runs) => runs
-            .iter()
-            .find(|r| r.outcome == changes::Outcome::Failed)
-            .map(|f| {
-                f.error
-                    .clone()
-                    .unwrap_or_else(|| format!("change {} failed", f.name))
-            }),
+        Ok(runs) => changes::first_failure(runs),
     };
     let after = session.status(&loaded).await.ok();
     record(
