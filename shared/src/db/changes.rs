@@ -203,7 +203,7 @@ pub async fn mark_reverted(conn: &mut PgConnection, id: i32) -> Result<(), sqlx:
 }
 
 /// Who holds a lock, and until when.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct Holder {
     pub locked_by: String,
     pub expires_at: DateTime<Utc>,
@@ -295,47 +295,28 @@ async fn release_advisory(conn: &mut PgConnection, scope: &str) -> Result<(), sq
 
 /// Who holds the lock of `scope` now (`None`: free, or no tables yet).
 pub async fn held(conn: &mut PgConnection, scope: &str) -> Result<Option<Holder>, sqlx::Error> {
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('__norn_lock__') IS NOT NULL")
-        .fetch_one(&mut *conn)
-        .await?;
-    if !exists {
+    // The tables are made together: no change table, no lock table.
+    if !exists(conn).await? {
         return Ok(None);
     }
-    sqlx::query_as::<_, (String, DateTime<Utc>, String)>(
-        "SELECT locked_by, expires_at, reason FROM __norn_lock__ WHERE scope = $1",
-    )
-    .bind(scope)
-    .fetch_optional(conn)
-    .await
-    .map(|row| {
-        row.map(|(locked_by, expires_at, reason)| Holder {
-            locked_by,
-            expires_at,
-            reason,
-        })
-    })
+    lock_row(conn, scope).await
+}
+
+async fn lock_row(conn: &mut PgConnection, scope: &str) -> Result<Option<Holder>, sqlx::Error> {
+    sqlx::query_as("SELECT locked_by, expires_at, reason FROM __norn_lock__ WHERE scope = $1")
+        .bind(scope)
+        .fetch_optional(conn)
+        .await
 }
 
 /// Who the row names.
 async fn holder_of(conn: &mut PgConnection, scope: &str) -> Result<Holder, sqlx::Error> {
-    let held: Option<(String, DateTime<Utc>, String)> =
-        sqlx::query_as("SELECT locked_by, expires_at, reason FROM __norn_lock__ WHERE scope = $1")
-            .bind(scope)
-            .fetch_optional(conn)
-            .await?;
-    Ok(match held {
-        Some((locked_by, expires_at, reason)) => Holder {
-            locked_by,
-            expires_at,
-            reason,
-        },
-        // Released between the two statements.
-        None => Holder {
-            locked_by: "a runner that has just released it".into(),
-            expires_at: Utc::now(),
-            reason: String::new(),
-        },
-    })
+    // `None`: released between the two statements.
+    Ok(lock_row(conn, scope).await?.unwrap_or_else(|| Holder {
+        locked_by: "a runner that has just released it".into(),
+        expires_at: Utc::now(),
+        reason: String::new(),
+    }))
 }
 
 /// Gives the lock back, if `holder` still has it, with this session's
